@@ -1,0 +1,123 @@
+/**
+ * The cache tier: a versioned key/entry store with guarded writes.
+ *
+ * Every entry carries the version the store assigned to the value it holds, and
+ * every write replaces only an older version. That is what keeps a slow miss fill
+ * or a late writer from overwriting a newer value (see the README's guarantee).
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import type * as Duration from "effect/Duration"
+import type * as Effect from "effect/Effect"
+import type * as Option from "effect/Option"
+
+/**
+ * A cache entry: the encoded value committed at `version`, or a tombstone that
+ * fences off every value up to and including `version`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Entry = Data.TaggedEnum<{
+  Value: { readonly version: number; readonly payload: string }
+  Tombstone: { readonly version: number }
+}>
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const Entry = Data.taggedEnum<Entry>()
+
+/**
+ * The version of a tombstone that fences a key whatever version the store holds.
+ * Used when a commit's outcome is unknown and so is the version it may have written.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const FENCE_VERSION = Number.MAX_SAFE_INTEGER
+
+/**
+ * What a guarded write did: `written`, or `rejected` because the cache already
+ * holds the same or a newer version (which is not a failure).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type WriteOutcome = "written" | "rejected"
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export class CacheError extends Data.TaggedError("CacheError")<{
+  readonly operation: string
+  readonly key: string
+  readonly reason: "Timeout" | "Unavailable" | "Injected"
+  readonly cause?: unknown
+}> {
+  override get message(): string {
+    return `cache ${this.operation} failed (${this.reason}) for key ${JSON.stringify(this.key)}`
+  }
+}
+
+/**
+ * The cache could not be reached when its layer was built.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CacheConnectionError extends Data.TaggedError("CacheConnectionError")<{
+  readonly url: string
+  readonly cause: unknown
+}> {
+  override get message(): string {
+    return `cannot connect to the cache at ${this.url}: ${String((this.cause as Error | undefined)?.message ?? this.cause)}`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export declare namespace Cache {
+  /**
+   * Every operation must complete or fail within a bounded time.
+   *
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Service {
+    readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, CacheError>
+    /**
+     * Writes a value entry when the cache holds nothing, something undecodable, or
+     * an older version. `replacing` names an entry that may be overwritten even if
+     * its version is not older: used to repair an entry whose payload no longer
+     * decodes. The swap is atomic.
+     */
+    readonly set: (
+      key: string,
+      entry: Extract<Entry, { _tag: "Value" }>,
+      ttl: Duration.Duration,
+      replacing?: Entry
+    ) => Effect.Effect<WriteOutcome, CacheError>
+    /**
+     * Writes a tombstone at `version`. It replaces values up to and including
+     * `version`, so a late fill of the same version loses.
+     */
+    readonly invalidate: (
+      key: string,
+      version: number,
+      ttl: Duration.Duration
+    ) => Effect.Effect<WriteOutcome, CacheError>
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Cache extends Context.Tag("effect-write-through/Cache")<Cache, Cache.Service>() {}

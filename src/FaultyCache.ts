@@ -1,0 +1,91 @@
+/**
+ * A `Cache` decorator that injects faults, for testing how a program handles a
+ * failing or hung cache. Provide the real cache underneath:
+ *
+ * ```ts
+ * const TestCache = FaultyCache.layer.pipe(Layer.provide(RedisCache.layer()))
+ * // then, in a test: yield* FaultyCache.FaultyCache.pipe(Effect.flatMap((f) => f.failAlways("set")))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { Cache, CacheError } from "./Cache.js"
+import * as FaultPlan from "./internal/faultPlan.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Operation = "get" | "set" | "invalidate"
+
+/**
+ * With no operations named, a fault applies to all of them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Controls {
+  /** The next `times` calls fail with a `CacheError` and do not reach the cache. */
+  readonly failNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /** Every call fails until `heal`. */
+  readonly failAlways: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /** The next `times` calls reach the cache, then fail as if the reply was lost. */
+  readonly failAfterNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /** Every call hangs until interrupted, until `heal`. */
+  readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  readonly heal: Effect.Effect<void>
+  /** How many calls of the operation arrived, faulted or not. */
+  readonly calls: (operation: Operation) => Effect.Effect<number>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class FaultyCache extends Context.Tag("effect-write-through/FaultyCache")<FaultyCache, Controls>() {}
+
+type Mode = "fail" | "failAfter" | "hang"
+
+/**
+ * Provides a faulty `Cache` over the `Cache` it is given, and its `FaultyCache` controls.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effectContext(
+  Effect.gen(function* () {
+    const cache = yield* Cache
+    const plan = FaultPlan.make<Operation, Mode>(["get", "set", "invalidate"])
+    const inject = <A>(operation: Operation, key: string, effect: Effect.Effect<A, CacheError>) =>
+      Effect.suspend((): Effect.Effect<A, CacheError> => {
+        const injected = new CacheError({ operation, key, reason: "Injected" })
+        switch (plan.take(operation)) {
+          case undefined:
+            return effect
+          case "fail":
+            return Effect.fail(injected)
+          case "failAfter":
+            return Effect.zipRight(effect, Effect.fail(injected))
+          case "hang":
+            return Effect.never
+        }
+      })
+    const faulty = Cache.of({
+      get: (key) => inject("get", key, cache.get(key)),
+      set: (key, entry, ttl, replacing) => inject("set", key, cache.set(key, entry, ttl, replacing)),
+      invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl))
+    })
+    const controls: Controls = {
+      failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),
+      failAlways: (...operations) => Effect.sync(() => plan.arm("fail", Infinity, operations)),
+      failAfterNext: (times, ...operations) => Effect.sync(() => plan.arm("failAfter", times, operations)),
+      hang: (...operations) => Effect.sync(() => plan.arm("hang", Infinity, operations)),
+      heal: Effect.sync(() => plan.clear()),
+      calls: (operation) => Effect.sync(() => plan.calls(operation))
+    }
+    return Context.make(Cache, faulty).pipe(Context.add(FaultyCache, controls))
+  })
+)

@@ -1,0 +1,116 @@
+/**
+ * A `Store` decorator that injects faults, for testing how a program handles a
+ * failing store or a commit whose outcome is lost. Provide the real store underneath:
+ *
+ * ```ts
+ * const TestStore = FaultyStore.layer.pipe(Layer.provide(SqlStore.layer()), Layer.provide(PgLive))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as FaultPlan from "./internal/faultPlan.js"
+import { Store, StoreError, StoreOutcomeUnknownError } from "./Store.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Operation = "get" | "put" | "delete"
+
+/**
+ * With no operations named, a fault applies to all of them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Controls {
+  /** The next `times` calls fail with a `StoreError` and do not reach the store. */
+  readonly failNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /** Every call fails until `heal`. */
+  readonly failAlways: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /**
+   * The next write loses its connection while committing: it fails with a
+   * `StoreOutcomeUnknownError`, after committing when `committed` is true.
+   */
+  readonly loseConnectionOnCommit: (
+    options: { readonly committed: boolean },
+    ...operations: ReadonlyArray<"put" | "delete">
+  ) => Effect.Effect<void>
+  /** Every call hangs until interrupted, until `heal`. */
+  readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  readonly heal: Effect.Effect<void>
+  /** How many calls of the operation arrived, faulted or not. */
+  readonly calls: (operation: Operation) => Effect.Effect<number>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class FaultyStore extends Context.Tag("effect-write-through/FaultyStore")<FaultyStore, Controls>() {}
+
+type Mode = "fail" | "hang" | "lostBeforeCommit" | "lostAfterCommit"
+
+/**
+ * Provides a faulty `Store` over the `Store` it is given, and its `FaultyStore` controls.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effectContext(
+  Effect.gen(function* () {
+    const store = yield* Store
+    const plan = FaultPlan.make<Operation, Mode>(["get", "put", "delete"])
+    const faulty = Store.of({
+      collection: (target) =>
+        Effect.map(store.collection(target), (collection) => {
+          const inject = <A, E>(operation: Operation, key: string, effect: Effect.Effect<A, E>) =>
+            Effect.suspend((): Effect.Effect<A, E | StoreError | StoreOutcomeUnknownError> => {
+              const entity = target.entity
+              const lost = new StoreOutcomeUnknownError({
+                entity,
+                key,
+                operation,
+                cause: new Error("injected: connection lost during commit")
+              })
+              switch (plan.take(operation)) {
+                case undefined:
+                  return effect
+                case "fail":
+                  return Effect.fail(new StoreError({ entity, key, operation, reason: "Injected" }))
+                case "hang":
+                  return Effect.never
+                case "lostBeforeCommit":
+                  return Effect.fail(lost)
+                case "lostAfterCommit":
+                  return Effect.zipRight(effect, Effect.fail(lost))
+              }
+            })
+          return {
+            get: (key) => inject("get", key, collection.get(key)) as Effect.Effect<any, StoreError>,
+            put: (key, value) => inject("put", key, collection.put(key, value)),
+            delete: (key) => inject("delete", key, collection.delete(key))
+          } satisfies Store.Collection
+        })
+    })
+    const controls: Controls = {
+      failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),
+      failAlways: (...operations) => Effect.sync(() => plan.arm("fail", Infinity, operations)),
+      loseConnectionOnCommit: ({ committed }, ...operations) =>
+        Effect.sync(() =>
+          plan.arm(
+            committed ? "lostAfterCommit" : "lostBeforeCommit",
+            1,
+            operations.length === 0 ? ["put", "delete"] : operations
+          )
+        ),
+      hang: (...operations) => Effect.sync(() => plan.arm("hang", Infinity, operations)),
+      heal: Effect.sync(() => plan.clear()),
+      calls: (operation) => Effect.sync(() => plan.calls(operation))
+    }
+    return Context.make(Store, faulty).pipe(Context.add(FaultyStore, controls))
+  })
+)

@@ -1,0 +1,87 @@
+/**
+ * The `Cache` in process memory: bounded, least recently used out first, with
+ * TTLs read from Effect's `Clock` so `TestClock` controls expiry.
+ *
+ * @since 0.1.0
+ */
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { Cache, Entry, type WriteOutcome } from "./Cache.js"
+import * as VersionGuard from "./internal/versionGuard.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** The most entries held at once; the least recently used go first. Default 10,000. */
+  readonly maxEntries?: number | undefined
+}
+
+interface Slot {
+  readonly entry: Entry
+  readonly expiresAt: number
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
+  Effect.sync(() => {
+    const maxEntries = options.maxEntries ?? 10_000
+    if (!Number.isInteger(maxEntries) || maxEntries < 1) {
+      throw new RangeError(`MemoryCache: maxEntries must be a positive integer, got ${maxEntries}`)
+    }
+    // A Map iterates in insertion order: re-inserting on use keeps the least recently used first.
+    const slots = new Map<string, Slot>()
+
+    const live = (key: string, now: number): Slot | undefined => {
+      const slot = slots.get(key)
+      if (slot === undefined) return undefined
+      if (slot.expiresAt <= now) {
+        slots.delete(key)
+        return undefined
+      }
+      return slot
+    }
+
+    const put = (key: string, entry: Entry, ttl: Duration.Duration, now: number): WriteOutcome => {
+      slots.delete(key)
+      slots.set(key, { entry, expiresAt: now + Duration.toMillis(ttl) })
+      if (slots.size > maxEntries) slots.delete(slots.keys().next().value!)
+      return "written"
+    }
+
+    return Cache.of({
+      get: (key) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          const slot = live(key, now)
+          if (slot === undefined) return Option.none()
+          slots.delete(key)
+          slots.set(key, slot)
+          return Option.some(slot.entry)
+        }),
+      set: (key, entry, ttl, replacing) =>
+        Effect.map(Clock.currentTimeMillis, (now) =>
+          VersionGuard.acceptsValue(live(key, now)?.entry, entry.version, replacing)
+            ? put(key, entry, ttl, now)
+            : "rejected"
+        ),
+      invalidate: (key, version, ttl) =>
+        Effect.map(Clock.currentTimeMillis, (now) =>
+          VersionGuard.acceptsTombstone(live(key, now)?.entry, version)
+            ? put(key, Entry.Tombstone({ version }), ttl, now)
+            : "rejected"
+        )
+    })
+  })
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<Cache> => Layer.effect(Cache, make(options))

@@ -1,0 +1,271 @@
+/**
+ * The `Store` on a SQL database through `@effect/sql` (PostgreSQL, through
+ * `@effect/sql-pg`).
+ *
+ * An entity with a `table` maps onto a real table: one column per value field,
+ * the key in the primary key column, and a `bigint` version column filled from a
+ * sequence. Without a `table` it lives in a generic key/JSON table.
+ *
+ * Versions come from one sequence, `nextval` evaluated after the row lock is
+ * taken, so per key they increase in commit order and survive delete and re-insert.
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { type Row, Store, StoreError, StoreOutcomeUnknownError, type Target } from "./Store.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** The sequence versions are drawn from; created if missing. Default `effect_write_through_version`. */
+  readonly versionSequence?: string | undefined
+  /** The table for entities without a `table`; created if missing. Default `effect_write_through_entries`. */
+  readonly genericTable?: string | undefined
+}
+
+const identifierPattern = /^[A-Za-z_][A-Za-z0-9_$]*$/
+
+const quote = (identifier: string): string => `"${identifier.replace(/"/g, '""')}"`
+
+const qualified = (schema: string | undefined, name: string): string =>
+  schema === undefined ? quote(name) : `${quote(schema)}.${quote(name)}`
+
+// A SQLSTATE from the server means the statement was refused and rolled back,
+// except for the classes that also mean the connection went away mid-statement.
+const sqlState = (error: SqlError): string | undefined => {
+  const code = (error.cause as { code?: unknown } | undefined)?.code
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) ? code : undefined
+}
+
+const connectionLost = (state: string | undefined): boolean =>
+  state === undefined || state.startsWith("08") || state.startsWith("57P")
+
+const neverSent = (error: SqlError): boolean => error.message.startsWith("Failed to acquire connection")
+
+interface Layout {
+  readonly selectSql: string
+  readonly putSql: string
+  readonly deleteSql: string
+  readonly putParams: (key: string, value: unknown) => ReadonlyArray<unknown>
+  readonly keyParams: (key: string) => ReadonlyArray<unknown>
+  /** Turns a selected row (its columns in order, the version last) into an encoded value. */
+  readonly toValue: (row: ReadonlyArray<unknown>) => unknown
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreError, SqlClient.SqlClient> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const sequenceName = options.versionSequence ?? "effect_write_through_version"
+    const genericName = options.genericTable ?? "effect_write_through_entries"
+    for (const name of [sequenceName, genericName]) {
+      if (!identifierPattern.test(name)) {
+        return yield* new StoreError({
+          entity: "*",
+          key: "",
+          operation: "make",
+          reason: "Schema",
+          detail: `${JSON.stringify(name)} is not a plain SQL identifier`
+        })
+      }
+    }
+    const sequence = quote(sequenceName)
+    const nextVersion = `nextval('${sequence}')`
+
+    const schemaError = (entity: string, detail: string, cause?: unknown) =>
+      new StoreError({ entity, key: "", operation: "prepare", reason: "Schema", detail, cause })
+
+    // Concurrent first runs may race on creating the same object; the loser sees a unique violation.
+    const ensure = (ddl: string) =>
+      sql.unsafe(ddl).raw.pipe(
+        Effect.retry({ times: 2, while: (error) => sqlState(error) === "23505" || sqlState(error) === "42P07" }),
+        Effect.mapError((cause) => schemaError("*", `could not run ${ddl}`, cause))
+      )
+
+    yield* ensure(`CREATE SEQUENCE IF NOT EXISTS ${sequence}`)
+
+    const genericLayout = (entity: string): Layout => {
+      const table = quote(genericName)
+      return {
+        selectSql: `SELECT "value", "version" FROM ${table} WHERE "entity" = $1 AND "key" = $2`,
+        putSql:
+          `INSERT INTO ${table} ("entity", "key", "value", "version") VALUES ($1, $2, $3::jsonb, ${nextVersion}) ` +
+          `ON CONFLICT ("entity", "key") DO UPDATE SET "value" = EXCLUDED."value", "version" = ${nextVersion} ` +
+          `RETURNING "version"`,
+        deleteSql: `DELETE FROM ${table} WHERE "entity" = $1 AND "key" = $2 RETURNING ${nextVersion}`,
+        // Serialized here: pg would send a top-level array as a Postgres array, not JSON.
+        putParams: (key, value) => [entity, key, JSON.stringify(value)],
+        keyParams: (key) => [entity, key],
+        toValue: (row) => row[0]
+      }
+    }
+
+    const tableLayout = Effect.fnUntraced(function* (target: Target) {
+      const table = target.table!
+      const fields = target.fields
+      if (fields === undefined) {
+        return yield* schemaError(target.entity, `a table-mapped entity's value must encode to an object with fields`)
+      }
+      const columnOf = (field: string) => table.columns?.[field] ?? field
+      const versionColumn = table.versionColumn ?? "version"
+      const rows = yield* sql
+        .unsafe(
+          `SELECT column_name, data_type FROM information_schema.columns ` +
+            `WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2`,
+          [table.schema ?? null, table.name]
+        )
+        .values.pipe(Effect.mapError((cause) => schemaError(target.entity, `could not inspect ${table.name}`, cause)))
+      const name = qualified(table.schema, table.name)
+      if (rows.length === 0) {
+        return yield* schemaError(target.entity, `table ${name} does not exist`)
+      }
+      const types = new Map(rows.map((row) => [String(row[0]), String(row[1])]))
+      const missing = [table.primaryKey, ...fields.map(columnOf)].filter((column) => !types.has(column))
+      if (missing.length > 0) {
+        return yield* schemaError(target.entity, `table ${name} has no column ${missing.map(quote).join(", ")}`)
+      }
+      if (types.get(versionColumn) !== "bigint") {
+        return yield* schemaError(
+          target.entity,
+          `table ${name} needs a bigint version column ${quote(versionColumn)}` +
+            (types.has(versionColumn) ? ` (it is ${types.get(versionColumn)})` : "") +
+            `; add it with: ALTER TABLE ${name} ADD COLUMN ${quote(versionColumn)} bigint NOT NULL DEFAULT ${nextVersion}`
+        )
+      }
+      const unique = yield* sql
+        .unsafe(
+          `SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] ` +
+            `WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2`,
+          [name, table.primaryKey]
+        )
+        .values.pipe(Effect.mapError((cause) => schemaError(target.entity, `could not inspect ${name}`, cause)))
+      if (unique.length === 0) {
+        return yield* schemaError(
+          target.entity,
+          `column ${quote(table.primaryKey)} of ${name} must be a primary key or have a unique index on it alone`
+        )
+      }
+
+      const keyField = fields.find((field) => columnOf(field) === table.primaryKey)
+      const valueFields = fields.filter((field) => field !== keyField)
+      const pk = quote(table.primaryKey)
+      const version = quote(versionColumn)
+      const selected = fields.map((field) => quote(columnOf(field)))
+      const written = valueFields.map((field) => quote(columnOf(field)))
+      const updates = [...written.map((column) => `${column} = EXCLUDED.${column}`), `${version} = ${nextVersion}`]
+      return {
+        selectSql: `SELECT ${[...selected, version].join(", ")} FROM ${name} WHERE ${pk} = $1`,
+        putSql:
+          `INSERT INTO ${name} (${[pk, ...written, version].join(", ")}) ` +
+          `VALUES (${["$1", ...written.map((_, i) => `$${i + 2}`), nextVersion].join(", ")}) ` +
+          `ON CONFLICT (${pk}) DO UPDATE SET ${updates.join(", ")} RETURNING ${version}`,
+        deleteSql: `DELETE FROM ${name} WHERE ${pk} = $1 RETURNING ${nextVersion}`,
+        putParams: (key, value) => {
+          const record = value as Record<string, unknown>
+          return [key, ...valueFields.map((field) => record[field] ?? null)]
+        },
+        keyParams: (key) => [key],
+        toValue: (row) => {
+          const value: Record<string, unknown> = {}
+          for (let i = 0; i < fields.length; i++) value[fields[i]!] = row[i]
+          return value
+        }
+      } satisfies Layout
+    })
+
+    const collection = Effect.fnUntraced(function* (target: Target) {
+      if (target.table === undefined) {
+        yield* ensure(
+          `CREATE TABLE IF NOT EXISTS ${quote(genericName)} ("entity" text NOT NULL, "key" text NOT NULL, ` +
+            `"value" jsonb NOT NULL, "version" bigint NOT NULL, PRIMARY KEY ("entity", "key"))`
+        )
+      }
+      const layout = target.table === undefined ? genericLayout(target.entity) : yield* tableLayout(target)
+      const entity = target.entity
+
+      const readFailure = (operation: string, key: string) => (error: SqlError) =>
+        new StoreError({
+          entity,
+          key,
+          operation,
+          reason: neverSent(error) || connectionLost(sqlState(error)) ? "Unavailable" : "Rejected",
+          cause: error
+        })
+
+      const writeFailure = (operation: string, key: string) => (error: SqlError) => {
+        const state = sqlState(error)
+        return neverSent(error) || !connectionLost(state)
+          ? new StoreError({
+              entity,
+              key,
+              operation,
+              reason: neverSent(error) ? "Unavailable" : "Rejected",
+              cause: error
+            })
+          : new StoreOutcomeUnknownError({ entity, key, operation, cause: error })
+      }
+
+      const toVersion = (operation: string, key: string, raw: unknown) => {
+        const version = Number(raw)
+        return Number.isSafeInteger(version) && version > 0
+          ? Effect.succeed(version)
+          : Effect.fail(
+              new StoreError({
+                entity,
+                key,
+                operation,
+                reason: "Decode",
+                detail: `version ${String(raw)} is not a positive safe integer`
+              })
+            )
+      }
+
+      return {
+        get: (key) =>
+          sql.unsafe(layout.selectSql, layout.keyParams(key)).values.pipe(
+            Effect.mapError(readFailure("get", key)),
+            Effect.flatMap((rows): Effect.Effect<Option.Option<Row>, StoreError> => {
+              const row = rows[0]
+              if (row === undefined) return Effect.succeedNone
+              return Effect.map(toVersion("get", key, row[row.length - 1]), (version) =>
+                Option.some({ version, value: layout.toValue(row) })
+              )
+            })
+          ),
+        put: (key, value) =>
+          sql.unsafe(layout.putSql, layout.putParams(key, value)).values.pipe(
+            Effect.mapError(writeFailure("put", key)),
+            Effect.flatMap((rows) => toVersion("put", key, rows[0]?.[0]))
+          ),
+        delete: (key) =>
+          sql.unsafe(layout.deleteSql, layout.keyParams(key)).values.pipe(
+            // No row: still a fresh version, so the caller can fence off a delete that raced ahead of it.
+            Effect.flatMap((rows) =>
+              rows.length > 0 ? Effect.succeed(rows) : sql.unsafe(`SELECT ${nextVersion}`).values
+            ),
+            Effect.mapError(writeFailure("delete", key)),
+            Effect.flatMap((rows) => toVersion("delete", key, rows[0]?.[0]))
+          )
+      } satisfies Store.Collection
+    })
+
+    return Store.of({ collection })
+  })
+
+/**
+ * Needs a `SqlClient`, for example from `PgClient.layer`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<Store, StoreError, SqlClient.SqlClient> =>
+  Layer.effect(Store, make(options))

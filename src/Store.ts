@@ -1,0 +1,132 @@
+/**
+ * The source of truth: rows keyed by string, each carrying a version that
+ * increases in commit order per key and is never reused.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import type * as Effect from "effect/Effect"
+import type * as Option from "effect/Option"
+
+/**
+ * Where an entity lives in a SQL database: a real table with real columns.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Table {
+  readonly name: string
+  /** The database schema; default the connection's current schema. */
+  readonly schema?: string | undefined
+  /** The column the key is stored in. It must be unique (a primary key). */
+  readonly primaryKey: string
+  /** A `bigint` column the store fills from its version sequence. Default `version`. */
+  readonly versionColumn?: string | undefined
+  /** Column names for value fields that are not stored under their own name. */
+  readonly columns?: Readonly<Record<string, string>> | undefined
+}
+
+/**
+ * What a store needs to know of an entity.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Target {
+  /** The entity's name: the cache namespace, and the partition in the generic table. */
+  readonly entity: string
+  /** The value's encoded fields, when it encodes to an object. */
+  readonly fields: ReadonlyArray<string> | undefined
+  /** Absent: the entity is kept in the store's generic key/JSON table. */
+  readonly table: Table | undefined
+}
+
+/**
+ * An encoded value and the version it was committed at.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Row {
+  readonly version: number
+  readonly value: unknown
+}
+
+/**
+ * The store failed, and a write did not happen.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StoreError extends Data.TaggedError("StoreError")<{
+  readonly entity: string
+  readonly key: string
+  readonly operation: string
+  /**
+   * `Unavailable`: not reached; `Rejected`: the database refused the statement;
+   * `Timeout`: a read ran out of time; `Decode`: a stored row does not fit the schema;
+   * `Schema`: the table does not fit the entity (raised when the layer is built).
+   */
+  readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Injected"
+  readonly detail?: string | undefined
+  readonly cause?: unknown
+}> {
+  override get message(): string {
+    return `store ${this.operation} failed (${this.reason}) for ${this.entity} ${JSON.stringify(this.key)}${
+      this.detail === undefined ? "" : `: ${this.detail}`
+    }`
+  }
+}
+
+/**
+ * The write was sent but its outcome is unknown: the connection was lost or the
+ * call timed out while the database may have been committing.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StoreOutcomeUnknownError extends Data.TaggedError("StoreOutcomeUnknownError")<{
+  readonly entity: string
+  readonly key: string
+  readonly operation: string
+  readonly cause?: unknown
+}> {
+  override get message(): string {
+    return `store ${this.operation} for ${this.entity} ${JSON.stringify(this.key)} may or may not have committed`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export declare namespace Store {
+  /**
+   * One entity's rows. Versions returned by `put` and `delete` belong to
+   * committed writes; `delete` returns a fresh version, above the deleted row's.
+   *
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Collection {
+    readonly get: (key: string) => Effect.Effect<Option.Option<Row>, StoreError>
+    readonly put: (key: string, value: unknown) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
+    readonly delete: (key: string) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
+  }
+
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Service {
+    /** Checks that the entity fits the store (table, columns, version) and prepares its statements. */
+    readonly collection: (target: Target) => Effect.Effect<Collection, StoreError>
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Store extends Context.Tag("effect-write-through/Store")<Store, Store.Service>() {}

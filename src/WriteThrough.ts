@@ -1,0 +1,410 @@
+/**
+ * Write-through over a `Cache` and a `Store`: writes go to the store first and
+ * then to the cache, and succeed only when both did; reads come from the cache
+ * and, on a miss, from the store, filling the cache.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Random from "effect/Random"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import * as SchemaAST from "effect/SchemaAST"
+import { Cache, CacheError, Entry, FENCE_VERSION } from "./Cache.js"
+import * as Metrics from "./Metrics.js"
+import { Store, StoreError, type StoreOutcomeUnknownError, type Table } from "./Store.js"
+import { InconsistentCacheError, StaleCacheError, ValidationError } from "./WriteThroughError.js"
+
+/**
+ * One entity: its key, its value, where it lives and how the cache treats it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<K, A, I> {
+  /** The key's schema; it must encode to a string. */
+  readonly key: Schema.Schema<K, string>
+  /** The value's schema. Its encoded form is what the store holds and, as JSON, what the cache holds. */
+  readonly value: Schema.Schema<A, I>
+  /** The entity's name: the cache namespace and the name in errors. Default the table's name, else the service id. */
+  readonly entity?: string | undefined
+  /** A real table to map the value's fields onto; absent, the store's generic key/JSON table. */
+  readonly table?: Table | undefined
+  /** The safety net on every cache entry. Default 1 hour. */
+  readonly ttl?: Duration.DurationInput | undefined
+  /** Up to this fraction is added to each TTL at random, so a burst of writes does not expire together. Default 0.1. */
+  readonly ttlJitter?: number | undefined
+  /** How long a delete's or an invalidation's tombstone stays. Default 30 seconds. */
+  readonly tombstoneTtl?: Duration.DurationInput | undefined
+  /** Retries of a failed cache write, then of the invalidation that replaces it. Default `defaultRetry`. */
+  readonly retry?: Schedule.Schedule<unknown, CacheError> | undefined
+  /** The bound on one cache call. Default 1 second. */
+  readonly cacheTimeout?: Duration.DurationInput | undefined
+  /** The bound on one store call. Default 5 seconds. */
+  readonly storeTimeout?: Duration.DurationInput | undefined
+  /** Longer keys (in UTF-8 bytes, once encoded) are refused. Default 1024. */
+  readonly maxKeyBytes?: number | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type ReadError = ValidationError | StoreError
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type WriteError = ValidationError | StoreError | StaleCacheError | InconsistentCacheError
+
+/**
+ * The operations on one entity.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface WriteThrough<K, A> {
+  readonly entity: string
+  /** The cache, else the store (filling the cache). `None` when the store has no such key. */
+  readonly get: (key: K) => Effect.Effect<Option.Option<A>, ReadError>
+  /** Validates, writes the store, then the cache. */
+  readonly set: (key: K, value: A) => Effect.Effect<void, WriteError>
+  /** Deletes from the store, then leaves a tombstone in the cache. Deleting an absent key succeeds. */
+  readonly delete: (key: K) => Effect.Effect<void, WriteError>
+}
+
+/**
+ * Jittered exponential backoff from 20 ms, at most 3 retries, within 2 seconds.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaultRetry: Schedule.Schedule<unknown, CacheError> = Schedule.exponential("20 millis").pipe(
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(3)),
+  Schedule.upTo("2 seconds")
+)
+
+const entityPattern = /^[A-Za-z0-9_./-]+$/
+
+// The encoded value's field names when it encodes to an object; the SQL store maps them onto columns.
+const encodedFields = (schema: Schema.Schema.AnyNoContext): ReadonlyArray<string> | undefined => {
+  const ast = Schema.encodedSchema(schema).ast
+  if (!SchemaAST.isTypeLiteral(ast)) return undefined
+  return SchemaAST.getPropertySignatures(ast).map((property) => String(property.name))
+}
+
+const describeKey = (key: unknown): string => {
+  if (typeof key !== "string") return `<${typeof key}>`
+  return key.length > 64 ? `${JSON.stringify(key.slice(0, 64))}... (${key.length} characters)` : JSON.stringify(key)
+}
+
+/**
+ * Builds the operations of one entity. Fails with a `StoreError` when the store
+ * does not fit the entity, for example a table without its version column.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <K, A, I>(
+  options: Options<K, A, I> & { readonly entity: string }
+): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store> =>
+  Effect.gen(function* () {
+    const entity = options.entity
+    if (!entityPattern.test(entity)) {
+      return yield* Effect.dieMessage(`WriteThrough: entity ${JSON.stringify(entity)} must match ${entityPattern}`)
+    }
+    const cache = yield* Cache
+    const fields = encodedFields(options.value)
+    const collection = yield* (yield* Store).collection({ entity, fields, table: options.table })
+
+    const ttl = Duration.decode(options.ttl ?? "1 hour")
+    const ttlJitter = options.ttlJitter ?? 0.1
+    const maxTtl = Duration.times(ttl, 1 + ttlJitter)
+    const tombstoneTtl = Duration.decode(options.tombstoneTtl ?? "30 seconds")
+    const cacheTimeout = Duration.decode(options.cacheTimeout ?? "1 second")
+    const storeTimeout = Duration.decode(options.storeTimeout ?? "5 seconds")
+    const maxKeyBytes = options.maxKeyBytes ?? 1024
+    const prefix = `${entity}:`
+    const tags = (metric: Metric.Metric.Counter<number>) => Metric.tagged(metric, "entity", entity)
+    const metric = {
+      hits: tags(Metrics.cacheHits),
+      misses: tags(Metrics.cacheMisses),
+      corrupt: tags(Metrics.corruptEntries),
+      degraded: tags(Metrics.degradedReads),
+      fillFailures: tags(Metrics.fillFailures),
+      retries: tags(Metrics.cacheWriteRetries),
+      fallbacks: tags(Metrics.invalidationFallbacks),
+      stale: tags(Metrics.staleWrites),
+      inconsistent: tags(Metrics.inconsistentWrites)
+    }
+    const retry = (options.retry ?? defaultRetry).pipe(Schedule.tapInput(() => Metric.increment(metric.retries)))
+
+    // Compiled once: no schema work is repeated per call beyond running these.
+    const encodeKey = ParseResult.encodeEither(options.key)
+    const encodeValue = ParseResult.encodeEither(options.value)
+    const decodeValue = ParseResult.decodeUnknownEither(options.value)
+    const table = options.table
+    const keyField =
+      table === undefined || fields === undefined
+        ? undefined
+        : fields.find((field) => (table.columns?.[field] ?? field) === table.primaryKey)
+
+    const invalid = (key: unknown, field: "key" | "value", detail: string, cause?: unknown) =>
+      Either.left(new ValidationError({ entity, key: describeKey(key), field, detail, cause }))
+
+    const checkKey = (key: K): Either.Either<string, ValidationError> => {
+      const encoded = encodeKey(key)
+      if (Either.isLeft(encoded)) return invalid(key, "key", "the key does not fit its schema", encoded.left)
+      const text = encoded.right
+      if (typeof text !== "string" || text.length === 0)
+        return invalid(key, "key", "the key must encode to a non-empty string")
+      if (!text.isWellFormed()) return invalid(text, "key", "the key holds an unpaired surrogate")
+      if (text.includes("\u0000")) return invalid(text, "key", "the key holds a NUL character")
+      const bytes = Buffer.byteLength(text, "utf8")
+      if (bytes > maxKeyBytes)
+        return invalid(text, "key", `the key is ${bytes} bytes long, over the limit of ${maxKeyBytes}`)
+      return Either.right(text)
+    }
+
+    const checkValue = (key: string, value: A): Either.Either<{ encoded: I; payload: string }, ValidationError> => {
+      const encoded = encodeValue(value)
+      if (Either.isLeft(encoded)) {
+        return invalid(key, "value", ParseResult.TreeFormatter.formatIssueSync(encoded.left), encoded.left)
+      }
+      if (keyField !== undefined) {
+        const inValue = (encoded.right as Record<string, unknown>)[keyField]
+        if (String(inValue) !== key) {
+          return invalid(
+            key,
+            "value",
+            `field ${keyField} is ${JSON.stringify(inValue)}, but the key is ${JSON.stringify(key)}`
+          )
+        }
+      }
+      try {
+        return Either.right({ encoded: encoded.right, payload: JSON.stringify(encoded.right) })
+      } catch (cause) {
+        return invalid(key, "value", "the encoded value cannot be written as JSON", cause)
+      }
+    }
+
+    const boundCache = <X>(operation: string, key: string, effect: Effect.Effect<X, CacheError>) =>
+      Effect.timeoutFail(effect, {
+        duration: cacheTimeout,
+        onTimeout: () => new CacheError({ operation, key, reason: "Timeout" })
+      })
+
+    const ttlWithJitter = Effect.map(Random.next, (r) => Duration.times(ttl, 1 + r * ttlJitter))
+
+    // The write is committed at `version`; make the cache hold it, or fence the old value off, or say it may be stale.
+    const publish = (
+      operation: "set" | "delete",
+      key: string,
+      version: number,
+      update: Effect.Effect<unknown, CacheError>
+    ): Effect.Effect<void, StaleCacheError> =>
+      boundCache(operation, key, update).pipe(
+        Effect.retry(retry),
+        Effect.catchAll((updateError) =>
+          boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(
+            Effect.retry(retry),
+            Effect.zipLeft(
+              Effect.logWarning("cache update failed; invalidated the key instead").pipe(
+                Effect.annotateLogs({ entity, operation, version }),
+                Effect.zipRight(Metric.increment(metric.fallbacks))
+              )
+            ),
+            Effect.catchAll((invalidateError) =>
+              Effect.flatMap(
+                Effect.clockWith((clock) => clock.currentTimeMillis),
+                (now) =>
+                  Effect.zipRight(
+                    Metric.increment(metric.stale),
+                    Effect.fail(
+                      new StaleCacheError({
+                        entity,
+                        key,
+                        operation,
+                        version,
+                        maxStaleness: maxTtl,
+                        staleUntil: now + Duration.toMillis(maxTtl),
+                        cause: [updateError, invalidateError]
+                      })
+                    )
+                  )
+              )
+            )
+          )
+        ),
+        Effect.asVoid
+      )
+
+    // The store may or may not have committed: fence the key so no reader trusts the cache for it.
+    const fence = (
+      operation: "set" | "delete",
+      key: string,
+      cause: unknown
+    ): Effect.Effect<never, InconsistentCacheError> =>
+      boundCache("invalidate", key, cache.invalidate(prefix + key, FENCE_VERSION, tombstoneTtl)).pipe(
+        Effect.retry(retry),
+        Effect.match({ onFailure: () => false, onSuccess: () => true }),
+        Effect.tap(() => Metric.increment(metric.inconsistent)),
+        Effect.flatMap((invalidated) =>
+          Effect.fail(new InconsistentCacheError({ entity, key, operation, invalidated, cause }))
+        )
+      )
+
+    const storeWrite = (
+      operation: "set" | "delete",
+      key: string,
+      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
+    ): Effect.Effect<number, StoreError | InconsistentCacheError> =>
+      write.pipe(
+        Effect.timeout(storeTimeout),
+        Effect.catchTags({
+          TimeoutException: (timeout) => fence(operation, key, timeout),
+          StoreOutcomeUnknownError: (unknown) => fence(operation, key, unknown)
+        })
+      )
+
+    const storeRead = (key: string) =>
+      collection.get(key).pipe(
+        Effect.timeoutFail({
+          duration: storeTimeout,
+          onTimeout: () =>
+            new StoreError({
+              entity,
+              key,
+              operation: "get",
+              reason: "Timeout",
+              detail: `no answer within ${Duration.format(storeTimeout)}`
+            })
+        })
+      )
+
+    // Reads the store and, unless the cache just failed, fills it; `replacing` is an entry that failed to decode.
+    const readThrough = (key: string, fill: boolean, replacing?: Entry) =>
+      Effect.flatMap(storeRead(key), (row) => {
+        if (Option.isNone(row)) return Effect.succeedNone
+        const decoded = decodeValue(row.value.value)
+        if (Either.isLeft(decoded)) {
+          return Effect.fail(
+            new StoreError({
+              entity,
+              key,
+              operation: "get",
+              reason: "Decode",
+              detail: ParseResult.TreeFormatter.formatIssueSync(decoded.left),
+              cause: decoded.left
+            })
+          )
+        }
+        const value = Option.some(decoded.right)
+        if (!fill) return Effect.succeed(value)
+        const encoded = encodeValue(decoded.right)
+        if (Either.isLeft(encoded)) return Effect.succeed(value)
+        const entry = Entry.Value({ version: row.value.version, payload: JSON.stringify(encoded.right) })
+        return ttlWithJitter.pipe(
+          Effect.flatMap((entryTtl) => boundCache("set", key, cache.set(prefix + key, entry, entryTtl, replacing))),
+          Effect.catchAll(() => Metric.increment(metric.fillFailures)),
+          Effect.as(value)
+        )
+      })
+
+    const decodePayload = (payload: string): Either.Either<A, unknown> => {
+      let json: unknown
+      try {
+        json = JSON.parse(payload)
+      } catch (error) {
+        return Either.left(error)
+      }
+      return decodeValue(json)
+    }
+
+    const get = (key: K): Effect.Effect<Option.Option<A>, ReadError> =>
+      Effect.flatMap(checkKey(key), (text) =>
+        Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
+          if (Either.isLeft(cached)) {
+            return Effect.zipRight(Metric.increment(metric.degraded), readThrough(text, false))
+          }
+          const entry = cached.right
+          if (Option.isSome(entry) && entry.value._tag === "Value") {
+            const decoded = decodePayload(entry.value.payload)
+            if (Either.isRight(decoded)) {
+              return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
+            }
+            return Effect.zipRight(Metric.increment(metric.corrupt), readThrough(text, true, entry.value))
+          }
+          return Effect.zipRight(Metric.increment(metric.misses), readThrough(text, true))
+        })
+      ).pipe(Effect.withSpan("WriteThrough.get", { attributes: { entity } }))
+
+    const set = (key: K, value: A): Effect.Effect<void, WriteError> =>
+      Effect.flatMap(checkKey(key), (text) =>
+        Effect.flatMap(checkValue(text, value), ({ encoded, payload }) =>
+          Effect.flatMap(storeWrite("set", text, collection.put(text, encoded)), (version) =>
+            publish(
+              "set",
+              text,
+              version,
+              Effect.flatMap(ttlWithJitter, (entryTtl) =>
+                cache.set(prefix + text, Entry.Value({ version, payload }), entryTtl)
+              )
+            )
+          )
+        )
+      ).pipe(Effect.withSpan("WriteThrough.set", { attributes: { entity } }))
+
+    const remove = (key: K): Effect.Effect<void, WriteError> =>
+      Effect.flatMap(checkKey(key), (text) =>
+        Effect.flatMap(storeWrite("delete", text, collection.delete(text)), (version) =>
+          publish("delete", text, version, cache.invalidate(prefix + text, version, tombstoneTtl))
+        )
+      ).pipe(Effect.withSpan("WriteThrough.delete", { attributes: { entity } }))
+
+    return { entity, get, set, delete: remove }
+  })
+
+/**
+ * The class returned by `Service`: a tag for the entity's operations with a
+ * `Default` layer that builds them from `Cache` and `Store`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ServiceClass<Self, Id extends string, K, A> extends Context.TagClass<Self, Id, WriteThrough<K, A>> {
+  readonly Default: Layer.Layer<Self, StoreError, Cache | Store>
+  readonly entity: string
+}
+
+/**
+ * Declares an entity as a service:
+ *
+ * ```ts
+ * class Users extends WriteThrough.Service<Users>()("app/Users", {
+ *   key: Schema.String,
+ *   value: User,
+ *   table: { name: "users", primaryKey: "id" }
+ * }) {}
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const Service =
+  <Self = never>() =>
+  <const Id extends string, K, A, I>(id: Id, options: Options<K, A, I>): ServiceClass<Self, Id, K, A> => {
+    const entity = options.entity ?? options.table?.name ?? id
+    const Tag = Context.Tag(id)<Self, WriteThrough<K, A>>()
+    const layer = Layer.effect(Tag, make({ ...options, entity }))
+    return Object.assign(Tag, { Default: layer, entity }) as unknown as ServiceClass<Self, Id, K, A>
+  }

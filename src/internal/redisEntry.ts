@@ -1,0 +1,53 @@
+import * as Option from "effect/Option"
+import { Entry } from "../Cache.js"
+
+// Wire format of an entry in Redis: `v<version>:<payload>` or `t<version>:`.
+// The version leads so the Lua guard can read it without decoding the payload.
+export const encode = (entry: Entry): string =>
+  entry._tag === "Value" ? `v${entry.version}:${entry.payload}` : `t${entry.version}:`
+
+const header = /^([vt])(\d{1,16}):/
+
+// Anything that does not parse is a foreign or corrupt write: a miss, which the
+// guard also treats as absent, so the next fill overwrites it.
+export const decode = (raw: string | null): Option.Option<Entry> => {
+  if (raw === null) return Option.none()
+  const match = header.exec(raw)
+  if (match === null) return Option.none()
+  const version = Number(match[2])
+  if (!Number.isSafeInteger(version)) return Option.none()
+  return Option.some(
+    match[1] === "v" ? Entry.Value({ version, payload: raw.slice(match[0].length) }) : Entry.Tombstone({ version })
+  )
+}
+
+// Both scripts read the current entry, compare versions and write, atomically.
+// A key of another type or an unparseable string counts as absent.
+const readCurrent = `
+local cur = redis.pcall('GET', KEYS[1])
+local kind, ver = nil, nil
+if type(cur) == 'string' then
+  kind, ver = string.match(cur, '^([vt])(%d+):')
+  if ver then ver = tonumber(ver) end
+end
+`
+
+// KEYS[1] key; ARGV: version, encoded entry, ttl in ms, encoded entry it may replace ('' for none)
+export const setScript = `${readCurrent}
+local replacing = ARGV[4] ~= '' and cur == ARGV[4]
+if kind and not replacing and ver >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+`
+
+// KEYS[1] key; ARGV: version, encoded tombstone, ttl in ms. A tombstone wins a tie with a value.
+export const invalidateScript = `${readCurrent}
+local version = tonumber(ARGV[1])
+if kind and (ver > version or (ver == version and kind == 't')) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+`

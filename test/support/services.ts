@@ -1,0 +1,49 @@
+// The real services the suites run against, and per-test isolation on them.
+import { PgClient } from "@effect/sql-pg"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Duration, Effect, Layer, Redacted } from "effect"
+import { Redis } from "ioredis"
+import { randomUUID } from "node:crypto"
+import { RedisCache } from "../../src/index.js"
+
+export const databaseUrl = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379"
+
+/** The application name the library's connections carry in tests, so a test can find them in pg_stat_activity. */
+export const applicationName = "effect-write-through-test"
+
+/** A name unique to this test run and call: a table name or a key prefix. */
+export const unique = (label: string): string => `${label}_${randomUUID().replaceAll("-", "").slice(0, 12)}`
+
+/** Fails with a message naming the URL when Postgres does not answer: no silent skips. */
+export const PgLive = PgClient.layer({
+  url: Redacted.make(databaseUrl),
+  applicationName,
+  connectTimeout: Duration.seconds(5),
+  maxConnections: 4
+}).pipe(
+  Layer.tapError((error) =>
+    Effect.logError(`PostgreSQL at ${databaseUrl} is not reachable; start it or set DATABASE_URL`, error)
+  )
+)
+
+/** A RedisCache on the shared Redis, under a key prefix of its own. */
+export const redisCacheLayer = (prefix: string = unique("wt")) =>
+  RedisCache.layer({ url: redisUrl, keyPrefix: `${prefix}:` })
+
+/** A raw ioredis client for inspecting and vandalising what the library wrote. */
+export const rawRedis = Effect.acquireRelease(
+  Effect.sync(() => new Redis(redisUrl, { lazyConnect: true, commandTimeout: 2000 })),
+  (redis) => Effect.promise(() => redis.quit())
+).pipe(Effect.tap((redis) => Effect.promise(() => redis.connect())))
+
+/** Creates a table for a test and drops it when the test's scope closes. */
+export const scopedTable = (ddl: (name: string) => string, label = "users") =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const name = unique(label)
+    yield* Effect.acquireRelease(sql.unsafe(ddl(name)).raw, () =>
+      sql.unsafe(`DROP TABLE IF EXISTS "${name}"`).raw.pipe(Effect.orDie)
+    )
+    return name
+  })
