@@ -47,3 +47,9 @@ export const scopedTable = (ddl: (name: string) => string, label = "users") =>
     )
     return name
   })
+
+/** The `users(id, name, email)` table of the seed example, with the version column the store needs. */
+export const usersTable = scopedTable(
+  (name) =>
+    `CREATE TABLE "${name}" (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, version bigint NOT NULL)`
+)

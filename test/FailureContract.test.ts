@@ -1,0 +1,342 @@
+// Every row of the failure contract, against the real Redis and Postgres, with faults injected by the
+// public FaultyCache / FaultyStore layers.
+import { describe, expect, it } from "@effect/vitest"
+import { Cause, Duration, Effect, Either, Option, Schedule, TestClock } from "effect"
+import { Cache, WriteThroughError } from "../src/index.js"
+import { driveClock, Metrics, user, withHarness } from "./support/harness.js"
+
+const versionOf = (raw: string | null) => Number(/^[vt](\d+):/.exec(raw ?? "")?.[1])
+
+describe("failure contract", () => {
+  it.effect("a value that fails its schema: nothing is written, a ValidationError", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        const error = yield* Effect.flip(users.set("1", { ...user("1", "Ada"), email: "nope" }))
+        expect(error).toBeInstanceOf(WriteThroughError.ValidationError)
+        expect(yield* storeFaults.calls("put")).toBe(0)
+        expect(yield* cacheFaults.calls("set")).toBe(0)
+        expect(yield* raw("1")).toBeNull()
+        expect(yield* collection.get("1")).toEqual(Option.none())
+      })
+    )
+  )
+
+  it.effect("the database write fails: the cache is untouched, a StoreError", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        const before = yield* raw("1")
+        const setsBefore = yield* cacheFaults.calls("set")
+        yield* storeFaults.failNext(1, "put")
+        const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+        expect(error._tag).toBe("StoreError")
+        expect(yield* raw("1")).toBe(before)
+        expect(yield* cacheFaults.calls("set")).toBe(setsBefore)
+        expect(yield* cacheFaults.calls("invalidate")).toBe(0)
+        expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v1" })
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+      })
+    )
+  )
+
+  it.effect("the cache write fails a few times: retried on the schedule, then succeeds", () =>
+    withHarness(({ users, collection, cacheFaults, raw, count }) =>
+      Effect.gen(function* () {
+        yield* cacheFaults.failNext(2, "set")
+        yield* driveClock(users.set("1", user("1", "v1")))
+        expect(yield* cacheFaults.calls("set")).toBe(3)
+        expect(yield* count(Metrics.cacheWriteRetries)).toBe(2)
+        const stored = Option.getOrThrow(yield* collection.get("1"))
+        expect(yield* raw("1")).toBe(
+          `v${stored.version}:${JSON.stringify({ id: "1", name: "v1", email: "1@example.com" })}`
+        )
+      })
+    )
+  )
+
+  it.effect(
+    "the cache write keeps failing: the key is invalidated with a versioned tombstone, the write succeeds",
+    () =>
+      withHarness(({ users, collection, cacheFaults, raw, count }) =>
+        Effect.gen(function* () {
+          yield* users.set("1", user("1", "v1"))
+          yield* cacheFaults.failAlways("set")
+          yield* driveClock(users.set("1", user("1", "v2")))
+          const stored = Option.getOrThrow(yield* collection.get("1"))
+          expect(yield* raw("1")).toBe(`t${stored.version}:`)
+          expect(yield* count(Metrics.invalidationFallbacks)).toBe(1)
+          // Reads go past the tombstone to the database.
+          expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+        })
+      )
+  )
+
+  it.effect(
+    "cache write and invalidation both fail: a StaleCacheError carrying entity, key, version and the bound",
+    () =>
+      withHarness(
+        ({ entity, users, collection, cacheFaults, raw, count }) =>
+          Effect.gen(function* () {
+            yield* users.set("1", user("1", "v1"))
+            const cachedBefore = yield* raw("1")
+            yield* cacheFaults.failAlways("set", "invalidate")
+            const setsBefore = yield* cacheFaults.calls("set")
+            const startedAt = yield* TestClock.currentTimeMillis
+            const error = yield* Effect.flip(driveClock(users.set("1", user("1", "v2"))))
+            const finishedAt = yield* TestClock.currentTimeMillis
+            expect(error).toBeInstanceOf(WriteThroughError.StaleCacheError)
+            if (error._tag !== "StaleCacheError") return
+            const stored = Option.getOrThrow(yield* collection.get("1"))
+            expect(stored.value).toMatchObject({ name: "v2" })
+            expect(error).toMatchObject({ entity, key: "1", operation: "set", version: stored.version })
+            expect(Duration.toMillis(error.maxStaleness)).toBe(Duration.toMillis("10 minutes") * 1.1)
+            expect(error.staleUntil).toBeGreaterThanOrEqual(startedAt + Duration.toMillis(error.maxStaleness))
+            expect(error.staleUntil).toBeLessThanOrEqual(finishedAt + Duration.toMillis(error.maxStaleness))
+            // The default schedule: the first try and three retries, for the update and for the invalidation.
+            expect((yield* cacheFaults.calls("set")) - setsBefore).toBe(4)
+            expect(yield* cacheFaults.calls("invalidate")).toBe(4)
+            expect(yield* count(Metrics.staleWrites)).toBe(1)
+            // What the error warns of: the cache still holds the previous value.
+            expect(yield* raw("1")).toBe(cachedBefore)
+          }),
+        { ttl: "10 minutes" }
+      )
+  )
+
+  it.effect("the default retry schedule stays within its time bound", () =>
+    withHarness(({ users, cacheFaults }) =>
+      Effect.gen(function* () {
+        yield* cacheFaults.failAlways("set", "invalidate")
+        const startedAt = yield* TestClock.currentTimeMillis
+        yield* Effect.flip(driveClock(users.set("1", user("1", "v1")), "5 millis"))
+        const elapsed = (yield* TestClock.currentTimeMillis) - startedAt
+        // Two schedules (update, then invalidation), each within 2 seconds of backoff.
+        expect(elapsed).toBeLessThanOrEqual(4_100)
+      })
+    )
+  )
+
+  it.effect("a hung cache on the write path is bounded: the write ends with a StaleCacheError", () =>
+    withHarness(
+      ({ users, collection, cacheFaults }) =>
+        Effect.gen(function* () {
+          yield* cacheFaults.hang("set", "invalidate")
+          const error = yield* Effect.flip(driveClock(users.set("1", user("1", "v1")), "100 millis"))
+          expect(error._tag).toBe("StaleCacheError")
+          if (error._tag !== "StaleCacheError") return
+          const causes = error.cause as ReadonlyArray<Cache.CacheError>
+          expect(causes.map((cause) => cause.reason)).toEqual(["Timeout", "Timeout"])
+          expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v1" })
+        }),
+      { cacheTimeout: "1 second", retry: Schedule.recurs(1) }
+    )
+  )
+
+  it.effect("the commit's outcome is unknown and it did commit: the key is fenced, an InconsistentCacheError", () =>
+    withHarness(({ users, collection, storeFaults, raw, count }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        yield* storeFaults.loseConnectionOnCommit({ committed: true })
+        const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+        expect(error).toBeInstanceOf(WriteThroughError.InconsistentCacheError)
+        expect(error).toMatchObject({ key: "1", operation: "set", invalidated: true })
+        expect(yield* raw("1")).toBe(`t${Cache.FENCE_VERSION}:`)
+        expect(yield* count(Metrics.inconsistentWrites)).toBe(1)
+        expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v2" })
+        // The old value is no longer served: reads see what the database decided.
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+      })
+    )
+  )
+
+  it.effect("the commit's outcome is unknown and it did not commit: reads see the database's value", () =>
+    withHarness(({ users, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        yield* storeFaults.loseConnectionOnCommit({ committed: false })
+        const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+        expect(error).toMatchObject({ _tag: "InconsistentCacheError", invalidated: true })
+        expect(versionOf(yield* raw("1"))).toBe(Cache.FENCE_VERSION)
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+      })
+    )
+  )
+
+  it.effect("the commit's outcome is unknown and the cache is down too: InconsistentCacheError, not invalidated", () =>
+    withHarness(({ users, cacheFaults, storeFaults }) =>
+      Effect.gen(function* () {
+        yield* cacheFaults.failAlways("invalidate")
+        yield* storeFaults.loseConnectionOnCommit({ committed: true }, "delete")
+        yield* users.set("1", user("1", "v1"))
+        const error = yield* Effect.flip(driveClock(users.delete("1")))
+        expect(error).toMatchObject({ _tag: "InconsistentCacheError", operation: "delete", invalidated: false })
+      })
+    )
+  )
+
+  it.effect("a hung database write is bounded and treated as an unknown outcome", () =>
+    withHarness(
+      ({ users, storeFaults, raw }) =>
+        Effect.gen(function* () {
+          yield* storeFaults.hang("put")
+          const error = yield* Effect.flip(driveClock(users.set("1", user("1", "v1")), "100 millis"))
+          expect(error).toMatchObject({ _tag: "InconsistentCacheError", invalidated: true })
+          if (error._tag === "InconsistentCacheError") expect(Cause.isTimeoutException(error.cause)).toBe(true)
+          expect(yield* raw("1")).toBe(`t${Cache.FENCE_VERSION}:`)
+        }),
+      { storeTimeout: "2 seconds" }
+    )
+  )
+
+  it.effect("delete: the database delete fails, the cache keeps the value, a StoreError", () =>
+    withHarness(({ users, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        const before = yield* raw("1")
+        yield* storeFaults.failNext(1, "delete")
+        expect((yield* Effect.flip(users.delete("1")))._tag).toBe("StoreError")
+        expect(yield* raw("1")).toBe(before)
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+      })
+    )
+  )
+
+  it.effect("delete: committed but the tombstone cannot be written: a StaleCacheError for the delete", () =>
+    withHarness(({ users, collection, cacheFaults }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        yield* cacheFaults.failAlways("invalidate")
+        const error = yield* Effect.flip(driveClock(users.delete("1")))
+        expect(error).toMatchObject({ _tag: "StaleCacheError", operation: "delete", key: "1" })
+        expect(yield* collection.get("1")).toEqual(Option.none())
+      })
+    )
+  )
+
+  it.effect("delete leaves a tombstone above the deleted row's version", () =>
+    withHarness(({ users, collection, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        const rowVersion = Option.getOrThrow(yield* collection.get("1")).version
+        yield* users.delete("1")
+        const tombstone = yield* raw("1")
+        expect(tombstone).toMatch(/^t\d+:$/)
+        expect(versionOf(tombstone)).toBeGreaterThan(rowVersion)
+      })
+    )
+  )
+
+  it.effect("the cache fails on read: the value comes from the database, counted, not failed", () =>
+    withHarness(({ users, cacheFaults, count }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        yield* cacheFaults.failAlways("get")
+        const setsBefore = yield* cacheFaults.calls("set")
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+        expect(yield* users.get("absent")).toEqual(Option.none())
+        expect(yield* count(Metrics.degradedReads)).toBe(2)
+        // No fill is attempted against a cache that just failed.
+        expect(yield* cacheFaults.calls("set")).toBe(setsBefore)
+      })
+    )
+  )
+
+  it.effect("a hung cache on read is bounded: the value comes from the database", () =>
+    withHarness(
+      ({ users, cacheFaults, count }) =>
+        Effect.gen(function* () {
+          yield* users.set("1", user("1", "v1"))
+          yield* cacheFaults.hang("get")
+          const got = yield* driveClock(users.get("1"), "50 millis")
+          expect(Option.getOrThrow(got).name).toBe("v1")
+          expect(yield* count(Metrics.degradedReads)).toBe(1)
+        }),
+      { cacheTimeout: "500 millis" }
+    )
+  )
+
+  it.effect("the database fails on a miss: a StoreError, nothing cached", () =>
+    withHarness(({ users, collection, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* collection.put("1", { id: "1", name: "v1", email: "1@example.com" })
+        yield* storeFaults.failNext(1, "get")
+        expect((yield* Effect.flip(users.get("1")))._tag).toBe("StoreError")
+        expect(yield* raw("1")).toBeNull()
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+      })
+    )
+  )
+
+  it.effect("a database row that does not fit the schema fails with a StoreError of reason Decode", () =>
+    withHarness(({ users, collection }) =>
+      Effect.gen(function* () {
+        yield* collection.put("1", { id: "1", name: "v1", email: "not an email" })
+        const error = yield* Effect.flip(users.get("1"))
+        expect(error).toMatchObject({ _tag: "StoreError", reason: "Decode", key: "1" })
+      })
+    )
+  )
+
+  describe("a cache entry that fails to decode is a miss, repaired from the database", () => {
+    const corruptions: ReadonlyArray<[string, (version: number) => string]> = [
+      ["garbage from another client", () => "not an entry at all"],
+      ["a payload of an old schema at the same version", (version) => `v${version}:{"id":"1","fullName":"v1"}`],
+      ["a payload that is not JSON at a higher version", (version) => `v${version + 1000}:{oops`],
+      ["a truncated header", () => "v12"]
+    ]
+    for (const [name, corrupt] of corruptions) {
+      it.effect(name, () =>
+        withHarness(({ users, collection, redis, redisKey, raw, count }) =>
+          Effect.gen(function* () {
+            yield* users.set("1", user("1", "v1"))
+            const stored = Option.getOrThrow(yield* collection.get("1"))
+            yield* Effect.promise(() => redis.set(redisKey("1"), corrupt(stored.version)))
+            expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+            expect(yield* raw("1")).toBe(
+              `v${stored.version}:${JSON.stringify({ id: "1", name: "v1", email: "1@example.com" })}`
+            )
+            expect(yield* count(Metrics.cacheHits)).toBe(0)
+            expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+            expect(yield* count(Metrics.cacheHits)).toBe(1)
+          })
+        )
+      )
+    }
+
+    it.effect("a key of another type written by another client", () =>
+      withHarness(({ users, redis, redisKey, raw }) =>
+        Effect.gen(function* () {
+          yield* users.set("1", user("1", "v1"))
+          yield* Effect.promise(() => redis.del(redisKey("1")).then(() => redis.hset(redisKey("1"), "field", "value")))
+          expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+          expect(yield* raw("1")).toMatch(/^v\d+:/)
+        })
+      )
+    )
+  })
+
+  it.effect("writes whose cache fails transiently still leave every key converged", () =>
+    withHarness(({ users, collection, cacheFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* cacheFaults.failNext(5, "set")
+        const results = yield* driveClock(
+          Effect.forEach(
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            (i) => Effect.either(users.set(`k${i % 3}`, user(`k${i % 3}`, `w${i}`))),
+            {
+              concurrency: "unbounded"
+            }
+          )
+        )
+        expect(results.filter(Either.isLeft)).toEqual([])
+        for (const key of ["k0", "k1", "k2"]) {
+          const stored = Option.getOrThrow(yield* collection.get(key))
+          const cached = yield* raw(key)
+          // Either the store's version with its value, or a tombstone at it: never an older value.
+          expect(versionOf(cached)).toBeGreaterThanOrEqual(stored.version)
+          expect(Option.getOrThrow(yield* users.get(key)).name).toBe((stored.value as { name: string }).name)
+        }
+      })
+    )
+  )
+})

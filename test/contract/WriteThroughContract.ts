@@ -1,0 +1,183 @@
+// The write-through contract, run once per (cache, store) pair: what users can rely on whatever layers they pick.
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, type Layer, Option, Schema } from "effect"
+import type * as Scope from "effect/Scope"
+import { Cache, Store, WriteThrough } from "../../src/index.js"
+
+export class User extends Schema.Class<User>("User")({
+  id: Schema.String,
+  name: Schema.String,
+  email: Schema.String.pipe(Schema.pattern(/^[^@\s]+@[^@\s]+$/))
+}) {}
+
+export interface Fixture<R> {
+  /** Fresh cache and store (and what the table needs) for one test. */
+  readonly layer: () => Layer.Layer<Cache.Cache | Store.Store | R, unknown>
+  /** Where the test's entity lives: a table created for the test (the in-memory store only uses its name). */
+  readonly table: Effect.Effect<Store.Table, unknown, Scope.Scope | R>
+}
+
+const user = (id: string, name = `name ${id}`) => new User({ id, name, email: `${id.length}@example.com` })
+
+export const hostileKeys = [
+  "'; drop table users; --",
+  "user:*",
+  "a\r\nSET x y",
+  'quote " and \\ backslash',
+  "ünïcødé ✓ 🎉",
+  "user",
+  "user:"
+]
+
+export const writeThroughContract = <R>(name: string, fixture: Fixture<R>) =>
+  describe(name, () => {
+    const withUsers = <A, E>(
+      body: (
+        users: WriteThrough.WriteThrough<string, User>,
+        collection: Store.Store.Collection
+      ) => Effect.Effect<A, E, Cache.Cache | Store.Store | Scope.Scope | R>
+    ) =>
+      Effect.gen(function* () {
+        const table = yield* fixture.table
+        const users = yield* WriteThrough.make({ entity: table.name, key: Schema.String, value: User, table })
+        const store = yield* Store.Store
+        const collection = yield* store.collection({ entity: table.name, fields: ["id", "name", "email"], table })
+        return yield* body(users, collection)
+      }).pipe(Effect.scoped, Effect.provide(fixture.layer()))
+
+    it.effect("set then get returns the value", () =>
+      withUsers((users) =>
+        Effect.gen(function* () {
+          yield* users.set("42", user("42", "Ada"))
+          const got = yield* users.get("42")
+          expect(Option.getOrThrow(got)).toEqual(user("42", "Ada"))
+          expect(Option.getOrThrow(got)).toBeInstanceOf(User)
+        })
+      )
+    )
+
+    it.effect("get of a key absent from both tiers is None", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          expect(yield* users.get("nobody")).toEqual(Option.none())
+          expect(yield* collection.get("nobody")).toEqual(Option.none())
+        })
+      )
+    )
+
+    it.effect("the store holds every acknowledged write, and a later write replaces an earlier one", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          yield* users.set("1", user("1", "first"))
+          yield* users.set("1", user("1", "second"))
+          expect(Option.getOrThrow(yield* users.get("1")).name).toBe("second")
+          expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "second" })
+        })
+      )
+    )
+
+    it.effect("a miss reads the store and fills the cache", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          yield* collection.put("7", { id: "7", name: "from the store", email: "7@example.com" })
+          expect(Option.getOrThrow(yield* users.get("7")).name).toBe("from the store")
+          // Written behind the library's back: a filled cache keeps serving what it filled.
+          yield* collection.put("7", { id: "7", name: "changed behind its back", email: "7@example.com" })
+          expect(Option.getOrThrow(yield* users.get("7")).name).toBe("from the store")
+        })
+      )
+    )
+
+    it.effect("delete removes the value from both tiers; deleting an absent key succeeds", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          yield* users.set("9", user("9"))
+          expect(Option.isSome(yield* users.get("9"))).toBe(true)
+          yield* users.delete("9")
+          expect(yield* users.get("9")).toEqual(Option.none())
+          expect(yield* collection.get("9")).toEqual(Option.none())
+          yield* users.delete("never-there")
+          yield* users.set("9", user("9", "back"))
+          expect(Option.getOrThrow(yield* users.get("9")).name).toBe("back")
+        })
+      )
+    )
+
+    it.effect("a value that fails its schema is refused with a ValidationError and nothing is written", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          const bad = yield* Effect.flip(users.set("5", { ...user("5"), email: "not an email" } as User))
+          expect(bad._tag).toBe("ValidationError")
+          expect(bad).toMatchObject({ field: "value", key: '"5"' })
+          const wrongShape = yield* Effect.flip(users.set("5", { id: "5", name: 42 } as unknown as User))
+          expect(wrongShape._tag).toBe("ValidationError")
+          expect(yield* collection.get("5")).toEqual(Option.none())
+          expect(yield* users.get("5")).toEqual(Option.none())
+        })
+      )
+    )
+
+    it.effect("a value whose primary key field disagrees with the key is refused before any write", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          const error = yield* Effect.flip(users.set("1", user("2")))
+          expect(error).toMatchObject({ _tag: "ValidationError", field: "value" })
+          expect(yield* collection.get("1")).toEqual(Option.none())
+          expect(yield* collection.get("2")).toEqual(Option.none())
+        })
+      )
+    )
+
+    it.effect("hostile keys round-trip and stay distinct", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          for (const key of hostileKeys) yield* users.set(key, user(key, `value of ${key}`))
+          for (const key of hostileKeys) {
+            expect(Option.getOrThrow(yield* users.get(key)).name).toBe(`value of ${key}`)
+            expect(Option.getOrThrow(yield* collection.get(key)).value).toMatchObject({ id: key })
+          }
+          yield* users.delete("user:*")
+          expect(yield* users.get("user:*")).toEqual(Option.none())
+          expect(Option.isSome(yield* users.get("user:"))).toBe(true)
+        })
+      )
+    )
+
+    it.effect("keys that cannot be stored faithfully are refused before any I/O", () =>
+      withUsers((users) =>
+        Effect.gen(function* () {
+          const huge = "ü🎉".repeat(2000) // about 12 KB of UTF-8
+          for (const key of [huge, "", "nul\u0000byte", "lone \ud800 surrogate"]) {
+            const error = yield* Effect.flip(users.set(key, user(key)))
+            expect(error).toMatchObject({ _tag: "ValidationError", field: "key" })
+            expect(yield* Effect.flip(users.get(key))).toMatchObject({ _tag: "ValidationError", field: "key" })
+          }
+        })
+      )
+    )
+
+    it.effect("large unicode values round-trip exactly", () =>
+      withUsers((users) =>
+        Effect.gen(function* () {
+          const name = "Ωμέγα 🎉 \"quoted\" 'single' \\ \r\n * ".repeat(300) // about 10 KB
+          yield* users.set("big", new User({ id: "big", name, email: "big@example.com" }))
+          expect(Option.getOrThrow(yield* users.get("big")).name).toBe(name)
+        })
+      )
+    )
+
+    it.effect("concurrent writes to one key leave the cache holding the store's final value", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          const results = yield* Effect.forEach(
+            Array.from({ length: 24 }, (_, i) => i),
+            (i) => Effect.either(users.set("hot", user("hot", `writer ${i}`))),
+            { concurrency: "unbounded" }
+          )
+          expect(results.filter(Either.isLeft)).toEqual([])
+          const stored = Option.getOrThrow(yield* collection.get("hot")).value as { name: string }
+          expect(Option.getOrThrow(yield* users.get("hot")).name).toBe(stored.name)
+        })
+      )
+    )
+  })
