@@ -1,9 +1,14 @@
 // Every row of the failure contract, against the real Redis and Postgres, with faults injected by the
 // public FaultyCache / FaultyStore layers.
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Either, Option, Schedule, TestClock } from "effect"
-import { Cache, WriteThroughError } from "../src/index.js"
+import { Cause, Duration, Effect, Either, Layer, Option, Schedule, Schema, TestClock } from "effect"
+import type * as Scope from "effect/Scope"
+import { Cache, RedisCache, SqlStore, Store, WriteThrough, WriteThroughError } from "../src/index.js"
+import { User } from "./contract/WriteThroughContract.js"
 import { driveClock, Metrics, user, withHarness } from "./support/harness.js"
+import { type RedisServer, startRedisServer } from "./support/redisServer.js"
+import { Redis } from "ioredis"
+import { PgLive, usersTable } from "./support/services.js"
 
 const versionOf = (raw: string | null) => Number(/^[vt](\d+):/.exec(raw ?? "")?.[1])
 
@@ -336,6 +341,76 @@ describe("failure contract", () => {
           expect(versionOf(cached)).toBeGreaterThanOrEqual(stored.version)
           expect(Option.getOrThrow(yield* users.get(key)).name).toBe((stored.value as { name: string }).name)
         }
+      })
+    )
+  )
+})
+
+describe("with a real Redis that dies", () => {
+  const withOwnRedis = <A, E>(
+    body: (
+      users: WriteThrough.WriteThrough<string, User>,
+      server: RedisServer,
+      collection: Store.Store.Collection
+    ) => Effect.Effect<A, E, Scope.Scope>
+  ) =>
+    Effect.gen(function* () {
+      const server = yield* startRedisServer
+      const layer = Layer.merge(
+        RedisCache.layer({ url: server.url, commandTimeout: "200 millis", redis: { maxRetriesPerRequest: 1 } }),
+        SqlStore.layer()
+      ).pipe(Layer.provideMerge(PgLive))
+      return yield* Effect.gen(function* () {
+        const entity = yield* usersTable
+        const table = { name: entity, primaryKey: "id" }
+        const users = yield* WriteThrough.make({
+          entity,
+          key: Schema.String,
+          value: User,
+          table,
+          retry: Schedule.recurs(2)
+        })
+        const collection = yield* Effect.flatMap(Store.Store, (store) =>
+          store.collection({ entity, fields: ["id", "name", "email"], table })
+        )
+        return yield* body(users, server, collection)
+      }).pipe(Effect.scoped, Effect.provide(layer))
+    }).pipe(Effect.scoped)
+
+  it.live("reads keep working from the database after kill -9, and writes report the possible staleness", () =>
+    withOwnRedis((users, server, collection) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        yield* server.kill
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+        const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+        expect(error).toMatchObject({ _tag: "StaleCacheError", key: "1" })
+        expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v2" })
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+      })
+    )
+  )
+
+  it.live("after a restart the empty cache refills from the database", () =>
+    withOwnRedis((users, server, collection) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        const version = Option.getOrThrow(yield* collection.get("1")).version
+        yield* server.kill
+        yield* server.start
+        const redis = yield* Effect.acquireRelease(
+          Effect.sync(() => new Redis(server.url, { commandTimeout: 1000 })),
+          (redis) => Effect.promise(() => redis.quit())
+        )
+        expect(yield* Effect.promise(() => redis.dbsize())).toBe(0)
+        // ioredis reconnects with backoff; reads meanwhile are served by the database.
+        const filled = yield* users.get("1").pipe(
+          Effect.tap((got) => expect(Option.getOrThrow(got).name).toBe("v1")),
+          Effect.zipRight(Effect.promise(() => redis.keys("*").then((keys) => (keys[0] ? redis.get(keys[0]) : null)))),
+          Effect.filterOrFail((raw): raw is string => raw !== null),
+          Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo("10 seconds")))
+        )
+        expect(filled).toMatch(new RegExp(`^v${version}:`))
       })
     )
   )

@@ -1,7 +1,8 @@
-import { Effect, Layer } from "effect"
-import { MemoryCache, MemoryStore, SqlStore } from "../src/index.js"
-import { writeThroughContract } from "./contract/WriteThroughContract.js"
-import { PgLive, redisCacheLayer, unique, usersTable } from "./support/services.js"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, Option, Schema, TestClock } from "effect"
+import { MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
+import { PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
 
 const memoryTable = Effect.sync(() => ({ name: unique("users"), primaryKey: "id" }))
 const sqlTable = Effect.map(usersTable, (name) => ({ name, primaryKey: "id" }))
@@ -25,4 +26,98 @@ writeThroughContract("MemoryCache + SqlStore (PostgreSQL)", {
 writeThroughContract("RedisCache + MemoryStore", {
   layer: () => Layer.merge(redisCacheLayer(), MemoryStore.layer),
   table: memoryTable
+})
+
+describe("WriteThrough.Service", () => {
+  class Users extends WriteThrough.Service<Users>()("app/Users", { key: Schema.String, value: User, ttl: "1 hour" }) {}
+
+  it.effect("a class declares the entity; its Default layer builds it from Cache and Store", () =>
+    Effect.gen(function* () {
+      const users = yield* Users
+      yield* users.set("42", new User({ id: "42", name: "Ada", email: "ada@example.com" }))
+      expect(Option.getOrThrow(yield* users.get("42")).name).toBe("Ada")
+      expect(Users.entity).toBe("app/Users")
+      expect(users.entity).toBe("app/Users")
+    }).pipe(Effect.provide(Users.Default.pipe(Layer.provide(MemoryCache.layer()), Layer.provide(MemoryStore.layer))))
+  )
+
+  it.effect("on Redis and Postgres, the entity is named after its table", () =>
+    Effect.gen(function* () {
+      const table = yield* usersTable
+      class TableUsers extends WriteThrough.Service<TableUsers>()("app/TableUsers", {
+        key: Schema.String,
+        value: User,
+        table: { name: table, primaryKey: "id" }
+      }) {}
+      expect(TableUsers.entity).toBe(table)
+      yield* Effect.gen(function* () {
+        const users = yield* TableUsers
+        yield* users.set("1", new User({ id: "1", name: "Grace", email: "grace@example.com" }))
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("Grace")
+      }).pipe(
+        Effect.provide(TableUsers.Default.pipe(Layer.provide(redisCacheLayer()), Layer.provide(SqlStore.layer())))
+      )
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
+  it.effect("building the layer on a table without the version column fails, naming the column and the DDL", () =>
+    Effect.gen(function* () {
+      const table = yield* scopedTable((name) => `CREATE TABLE "${name}" (id text PRIMARY KEY, name text, email text)`)
+      class Legacy extends WriteThrough.Service<Legacy>()("app/Legacy", {
+        key: Schema.String,
+        value: User,
+        table: { name: table, primaryKey: "id" }
+      }) {}
+      const error = yield* Layer.build(Legacy.Default).pipe(
+        Effect.provide(Layer.merge(redisCacheLayer(), SqlStore.layer())),
+        Effect.scoped,
+        Effect.flip
+      )
+      expect(error._tag).toBe("StoreError")
+      expect(error.message).toContain(`"version"`)
+      expect(error.message).toContain(`ALTER TABLE "${table}" ADD COLUMN "version" bigint NOT NULL DEFAULT nextval(`)
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+})
+
+describe("TTL: the safety net", () => {
+  it.effect("in memory, entries expire after the TTL plus at most its jitter (TestClock)", () =>
+    Effect.gen(function* () {
+      const entity = unique("ttl")
+      const table = { name: entity, primaryKey: "id" }
+      const users = yield* WriteThrough.make({ entity, key: Schema.String, value: User, table, ttl: "10 minutes" })
+      const store = yield* Effect.flatMap(Store.Store, (store) =>
+        store.collection({ entity, fields: ["id", "name", "email"], table })
+      )
+      yield* users.set("1", new User({ id: "1", name: "cached", email: "1@example.com" }))
+      yield* store.put("1", { id: "1", name: "changed behind its back", email: "1@example.com" })
+      yield* TestClock.adjust("9 minutes")
+      expect(Option.getOrThrow(yield* users.get("1")).name).toBe("cached")
+      yield* TestClock.adjust("2 minutes") // 11 minutes: past 10 minutes + 10% jitter
+      expect(Option.getOrThrow(yield* users.get("1")).name).toBe("changed behind its back")
+    }).pipe(Effect.provide(Layer.merge(MemoryCache.layer(), MemoryStore.layer)))
+  )
+
+  it.effect("in Redis, every entry carries a TTL between the TTL and the TTL plus jitter, spread across keys", () => {
+    const prefix = unique("ttl")
+    return Effect.gen(function* () {
+      const entity = unique("ttl")
+      const table = { name: entity, primaryKey: "id" }
+      const users = yield* WriteThrough.make({ entity, key: Schema.String, value: User, table })
+      const redis = yield* rawRedis
+      const keys = Array.from({ length: 20 }, (_, i) => String(i))
+      yield* Effect.forEach(keys, (key) => users.set(key, new User({ id: key, name: "n", email: "e@example.com" })))
+      const ttls = yield* Effect.forEach(keys, (key) => Effect.promise(() => redis.pttl(`${prefix}:${entity}:${key}`)))
+      const hour = 3_600_000
+      for (const ttl of ttls) {
+        expect(ttl).toBeGreaterThan(hour - 60_000)
+        expect(ttl).toBeLessThanOrEqual(hour * 1.1)
+      }
+      expect(new Set(ttls.map((ttl) => Math.round(ttl / 1000))).size).toBeGreaterThan(1)
+      yield* users.delete("0")
+      const tombstoneTtl = yield* Effect.promise(() => redis.pttl(`${prefix}:${entity}:0`))
+      expect(tombstoneTtl).toBeGreaterThan(20_000)
+      expect(tombstoneTtl).toBeLessThanOrEqual(30_000)
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(redisCacheLayer(prefix), MemoryStore.layer)))
+  })
 })
