@@ -32,7 +32,8 @@ export interface Controls {
   /** Every call fails until `heal`. */
   readonly failAlways: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
   /**
-   * The next write loses its connection while committing: it fails with a
+   * The next call of each named write (both `put` and `delete` when none is
+   * named) loses its connection while committing: it fails with a
    * `StoreOutcomeUnknownError`, after committing when `committed` is true.
    */
   readonly loseConnectionOnCommit: (

@@ -9,7 +9,7 @@ import * as Metric from "effect/Metric"
 export const cacheHits = Metric.counter("write_through_cache_hits", { description: "reads served by the cache" })
 /** @since 0.1.0 @category metrics */
 export const cacheMisses = Metric.counter("write_through_cache_misses", {
-  description: "reads that went to the store: absent, tombstoned or undecodable entries"
+  description: "reads that went to the store because the cache held nothing or a tombstone"
 })
 /** @since 0.1.0 @category metrics */
 export const corruptEntries = Metric.counter("write_through_corrupt_entries", {

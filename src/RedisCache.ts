@@ -86,11 +86,15 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
           Effect.catchAllCause(() => Effect.sync(() => redis.disconnect()))
         )
     )
-    // ioredis reports connection failures as events; without a listener Node prints them.
-    redis.on("error", () => {})
+    // ioredis reports connection failures as events (without a listener Node prints them); the
+    // last one says more than the "Connection is closed" that connect() rejects with.
+    let lastError: unknown = undefined
+    redis.on("error", (error) => {
+      lastError = error
+    })
     yield* Effect.tryPromise({
       try: () => redis.connect(),
-      catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
+      catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause: lastError ?? cause })
     }).pipe(
       Effect.timeoutFail({
         duration: connectTimeout,

@@ -6,8 +6,11 @@
  * the key in the primary key column, and a `bigint` version column filled from a
  * sequence. Without a `table` it lives in a generic key/JSON table.
  *
- * Versions come from one sequence, `nextval` evaluated after the row lock is
- * taken, so per key they increase in commit order and survive delete and re-insert.
+ * Versions come from one sequence. Every write to a key first takes a
+ * transaction-scoped advisory lock on the key and draws its version while holding
+ * it, so per key versions increase in commit order, across delete and re-insert
+ * too (an `INSERT ... VALUES (nextval(...))` alone draws before it waits on a
+ * concurrent delete, and would commit after a higher version).
  *
  * @since 0.1.0
  */
@@ -52,8 +55,9 @@ interface Layout {
   readonly selectSql: string
   readonly putSql: string
   readonly deleteSql: string
+  readonly selectParams: (key: string) => ReadonlyArray<unknown>
   readonly putParams: (key: string, value: unknown) => ReadonlyArray<unknown>
-  readonly keyParams: (key: string) => ReadonlyArray<unknown>
+  readonly deleteParams: (key: string) => ReadonlyArray<unknown>
   /** Turns a selected row (its columns in order, the version last) into an encoded value. */
   readonly toValue: (row: ReadonlyArray<unknown>) => unknown
 }
@@ -80,9 +84,24 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
     }
     const sequence = quote(sequenceName)
     const nextVersion = `nextval('${sequence}')`
+    // `$n` is the lock's name: the entity and the key, hashed to the advisory lock's bigint.
+    const withKeyLock = (n: number) =>
+      `WITH "wt_lock" AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($${n}, 0)))`
+    const lockedVersion = `(SELECT ${nextVersion} FROM "wt_lock")`
+    // One row whatever the delete found: a delete of an absent key still fences off one that raced ahead of it.
+    const deleteStatement = (n: number, table: string, where: string) =>
+      `${withKeyLock(n)}, "wt_deleted" AS (DELETE FROM ${table} WHERE ${where} AND EXISTS (SELECT 1 FROM "wt_lock") ` +
+      `RETURNING 1) SELECT ${nextVersion} FROM (SELECT count(*) FROM "wt_deleted") AS "wt_done"`
 
-    const schemaError = (entity: string, detail: string, cause?: unknown) =>
-      new StoreError({ entity, key: "", operation: "prepare", reason: "Schema", detail, cause })
+    const schemaError = (entity: string, detail: string, cause?: SqlError) =>
+      new StoreError({
+        entity,
+        key: "",
+        operation: "prepare",
+        reason: cause !== undefined && (neverSent(cause) || connectionLost(sqlState(cause))) ? "Unavailable" : "Schema",
+        detail,
+        cause
+      })
 
     // Concurrent first runs may race on creating the same object; the loser sees a unique violation.
     const ensure = (ddl: string) =>
@@ -98,13 +117,15 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       return {
         selectSql: `SELECT "value", "version" FROM ${table} WHERE "entity" = $1 AND "key" = $2`,
         putSql:
-          `INSERT INTO ${table} ("entity", "key", "value", "version") VALUES ($1, $2, $3::jsonb, ${nextVersion}) ` +
-          `ON CONFLICT ("entity", "key") DO UPDATE SET "value" = EXCLUDED."value", "version" = ${nextVersion} ` +
+          `${withKeyLock(4)} INSERT INTO ${table} ("entity", "key", "value", "version") ` +
+          `VALUES ($1, $2, $3::jsonb, ${lockedVersion}) ` +
+          `ON CONFLICT ("entity", "key") DO UPDATE SET "value" = EXCLUDED."value", "version" = EXCLUDED."version" ` +
           `RETURNING "version"`,
-        deleteSql: `DELETE FROM ${table} WHERE "entity" = $1 AND "key" = $2 RETURNING ${nextVersion}`,
+        deleteSql: deleteStatement(3, table, `"entity" = $1 AND "key" = $2`),
+        selectParams: (key) => [entity, key],
         // Serialized here: pg would send a top-level array as a Postgres array, not JSON.
-        putParams: (key, value) => [entity, key, JSON.stringify(value)],
-        keyParams: (key) => [entity, key],
+        putParams: (key, value) => [entity, key, JSON.stringify(value), `${entity}:${key}`],
+        deleteParams: (key) => [entity, key, `${entity}:${key}`],
         toValue: (row) => row[0]
       }
     }
@@ -144,14 +165,16 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       const unique = yield* sql
         .unsafe(
           `SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] ` +
-            `WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2`,
+            // Only an index ON CONFLICT can use as its arbiter: not partial, not deferrable.
+            `WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2 ` +
+            `AND i.indpred IS NULL AND i.indimmediate`,
           [name, table.primaryKey]
         )
         .values.pipe(Effect.mapError((cause) => schemaError(target.entity, `could not inspect ${name}`, cause)))
       if (unique.length === 0) {
         return yield* schemaError(
           target.entity,
-          `column ${quote(table.primaryKey)} of ${name} must be a primary key or have a unique index on it alone`
+          `column ${quote(table.primaryKey)} of ${name} must be a primary key or have a unique index on it alone, neither partial nor deferrable`
         )
       }
 
@@ -161,19 +184,20 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       const version = quote(versionColumn)
       const selected = fields.map((field) => quote(columnOf(field)))
       const written = valueFields.map((field) => quote(columnOf(field)))
-      const updates = [...written.map((column) => `${column} = EXCLUDED.${column}`), `${version} = ${nextVersion}`]
+      const updates = [...written, version].map((column) => `${column} = EXCLUDED.${column}`)
       return {
         selectSql: `SELECT ${[...selected, version].join(", ")} FROM ${name} WHERE ${pk} = $1`,
         putSql:
-          `INSERT INTO ${name} (${[pk, ...written, version].join(", ")}) ` +
-          `VALUES (${["$1", ...written.map((_, i) => `$${i + 2}`), nextVersion].join(", ")}) ` +
+          `${withKeyLock(written.length + 2)} INSERT INTO ${name} (${[pk, ...written, version].join(", ")}) ` +
+          `VALUES (${["$1", ...written.map((_, i) => `$${i + 2}`), lockedVersion].join(", ")}) ` +
           `ON CONFLICT (${pk}) DO UPDATE SET ${updates.join(", ")} RETURNING ${version}`,
-        deleteSql: `DELETE FROM ${name} WHERE ${pk} = $1 RETURNING ${nextVersion}`,
+        deleteSql: deleteStatement(2, name, `${pk} = $1`),
+        selectParams: (key) => [key],
         putParams: (key, value) => {
           const record = value as Record<string, unknown>
-          return [key, ...valueFields.map((field) => record[field] ?? null)]
+          return [key, ...valueFields.map((field) => record[field] ?? null), `${target.entity}:${key}`]
         },
-        keyParams: (key) => [key],
+        deleteParams: (key) => [key, `${target.entity}:${key}`],
         toValue: (row) => {
           const value: Record<string, unknown> = {}
           for (let i = 0; i < fields.length; i++) value[fields[i]!] = row[i]
@@ -229,9 +253,34 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
             )
       }
 
+      // Inside a caller's transaction the version would come back before COMMIT, and the cache would
+      // publish a value that may still roll back: refuse rather than be silently wrong.
+      const outsideTransaction = <A, E>(
+        operation: string,
+        key: string,
+        write: Effect.Effect<A, E>
+      ): Effect.Effect<A, E | StoreError> =>
+        Effect.flatMap(
+          Effect.serviceOption(SqlClient.TransactionConnection),
+          (transaction): Effect.Effect<A, E | StoreError> =>
+            Option.isNone(transaction)
+              ? write
+              : Effect.fail(
+                  new StoreError({
+                    entity,
+                    key,
+                    operation,
+                    reason: "Transaction",
+                    detail:
+                      "write-through inside sql.withTransaction would publish to the cache before COMMIT; " +
+                      "commit first, then write through"
+                  })
+                )
+        )
+
       return {
         get: (key) =>
-          sql.unsafe(layout.selectSql, layout.keyParams(key)).values.pipe(
+          sql.unsafe(layout.selectSql, layout.selectParams(key)).values.pipe(
             Effect.mapError(readFailure("get", key)),
             Effect.flatMap((rows): Effect.Effect<Option.Option<Row>, StoreError> => {
               const row = rows[0]
@@ -242,18 +291,22 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
             })
           ),
         put: (key, value) =>
-          sql.unsafe(layout.putSql, layout.putParams(key, value)).values.pipe(
-            Effect.mapError(writeFailure("put", key)),
-            Effect.flatMap((rows) => toVersion("put", key, rows[0]?.[0]))
+          outsideTransaction(
+            "put",
+            key,
+            sql.unsafe(layout.putSql, layout.putParams(key, value)).values.pipe(
+              Effect.mapError(writeFailure("put", key)),
+              Effect.flatMap((rows) => toVersion("put", key, rows[0]?.[0]))
+            )
           ),
         delete: (key) =>
-          sql.unsafe(layout.deleteSql, layout.keyParams(key)).values.pipe(
-            // No row: still a fresh version, so the caller can fence off a delete that raced ahead of it.
-            Effect.flatMap((rows) =>
-              rows.length > 0 ? Effect.succeed(rows) : sql.unsafe(`SELECT ${nextVersion}`).values
-            ),
-            Effect.mapError(writeFailure("delete", key)),
-            Effect.flatMap((rows) => toVersion("delete", key, rows[0]?.[0]))
+          outsideTransaction(
+            "delete",
+            key,
+            sql.unsafe(layout.deleteSql, layout.deleteParams(key)).values.pipe(
+              Effect.mapError(writeFailure("delete", key)),
+              Effect.flatMap((rows) => toVersion("delete", key, rows[0]?.[0]))
+            )
           )
       } satisfies Store.Collection
     })

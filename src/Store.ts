@@ -66,9 +66,11 @@ export class StoreError extends Data.TaggedError("StoreError")<{
   /**
    * `Unavailable`: not reached; `Rejected`: the database refused the statement;
    * `Timeout`: a read ran out of time; `Decode`: a stored row does not fit the schema;
-   * `Schema`: the table does not fit the entity (raised when the layer is built).
+   * `Schema`: the table does not fit the entity (raised when the layer is built);
+   * `Transaction`: a write was attempted inside a caller's SQL transaction;
+   * `Injected`: a fault injected by `FaultyStore`.
    */
-  readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Injected"
+  readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Transaction" | "Injected"
   readonly detail?: string | undefined
   readonly cause?: unknown
 }> {

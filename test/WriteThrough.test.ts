@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Layer, Option, Schema, TestClock } from "effect"
 import { MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
@@ -119,5 +120,39 @@ describe("TTL: the safety net", () => {
       expect(tombstoneTtl).toBeGreaterThan(20_000)
       expect(tombstoneTtl).toBeLessThanOrEqual(30_000)
     }).pipe(Effect.scoped, Effect.provide(Layer.merge(redisCacheLayer(prefix), MemoryStore.layer)))
+  })
+})
+
+describe("inside a caller's SQL transaction", () => {
+  it.effect("a write is refused with a typed error before anything is written, and the transaction goes on", () => {
+    const prefix = unique("tx")
+    return Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const table = yield* usersTable
+      const users = yield* WriteThrough.make({
+        entity: table,
+        key: Schema.String,
+        value: User,
+        table: { name: table, primaryKey: "id" }
+      })
+      const redis = yield* rawRedis
+      const inside = yield* sql.withTransaction(
+        Effect.gen(function* () {
+          const error = yield* Effect.flip(users.set("1", new User({ id: "1", name: "Ada", email: "a@example.com" })))
+          const deleteError = yield* Effect.flip(users.delete("1"))
+          yield* sql.unsafe(
+            `INSERT INTO "${table}" (id, name, email, version) VALUES ('2', 'other', 'o@example.com', 1)`
+          )
+          return [error, deleteError] as const
+        })
+      )
+      for (const error of inside) expect(error).toMatchObject({ _tag: "StoreError", reason: "Transaction", key: "1" })
+      expect(yield* Effect.promise(() => redis.keys(`${prefix}:*`))).toEqual([])
+      const rows = yield* sql.unsafe<{ id: string }>(`SELECT id FROM "${table}" ORDER BY id`)
+      expect(rows.map((row) => row.id)).toEqual(["2"])
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Layer.mergeAll(redisCacheLayer(prefix), SqlStore.layer()).pipe(Layer.provideMerge(PgLive)))
+    )
   })
 })

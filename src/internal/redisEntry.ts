@@ -28,7 +28,7 @@ local cur = redis.pcall('GET', KEYS[1])
 local kind, ver = nil, nil
 if type(cur) == 'string' then
   kind, ver = string.match(cur, '^([vt])(%d+):')
-  if ver then ver = tonumber(ver) end
+  if ver and #ver <= 16 and tonumber(ver) <= 9007199254740991 then ver = tonumber(ver) else kind = nil end
 end
 `
 

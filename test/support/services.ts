@@ -22,8 +22,9 @@ export const PgLive = PgClient.layer({
   connectTimeout: Duration.seconds(5),
   maxConnections: 4
 }).pipe(
-  Layer.tapError((error) =>
-    Effect.logError(`PostgreSQL at ${databaseUrl} is not reachable; start it or set DATABASE_URL`, error)
+  Layer.mapError(
+    (error) =>
+      new Error(`PostgreSQL at ${databaseUrl} is not reachable (start it or set DATABASE_URL): ${error.message}`)
   )
 )
 

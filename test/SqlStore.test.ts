@@ -1,0 +1,647 @@
+import { PgClient } from "@effect/sql-pg"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Deferred, Duration, Effect, Either, Fiber, Layer, Option, Redacted, Schedule } from "effect"
+import type * as Scope from "effect/Scope"
+import { createServer } from "node:net"
+import { SqlStore, Store } from "../src/index.js"
+import { storeContract, user, userFields } from "./contract/StoreContract.js"
+import { applicationName, databaseUrl, PgLive, scopedTable, unique } from "./support/services.js"
+
+const StoreLive = SqlStore.layer().pipe(Layer.provideMerge(PgLive))
+
+const quote = (identifier: string) => `"${identifier.replace(/"/g, '""')}"`
+
+const usersDdl = (t: string) => `CREATE TABLE ${quote(t)} (id text primary key, name text, email text, version bigint)`
+
+const tableTarget = (name: string, table: Partial<Store.Table> = {}): Store.Target => ({
+  entity: name,
+  fields: userFields,
+  table: { name, primaryKey: "id", ...table }
+})
+
+/** Runs a statement behind the store's back, on the test's own SqlClient. */
+const exec = (statement: string, params: ReadonlyArray<unknown> = []) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement, params).values)
+
+/** Like `scopedTable`, for names that need quoting (and for DDL that is not a single CREATE TABLE). */
+const scopedRelation = (name: string, create: string, drop: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.acquireRelease(sql.unsafe(create).raw, () => sql.unsafe(drop).raw.pipe(Effect.orDie))
+  ).pipe(Effect.as(name))
+
+/** Preparing the target fails; returns the StoreError after checking it is a Schema error. */
+const schemaFailure = (target: Store.Target) =>
+  Effect.gen(function* () {
+    const store = yield* Store.Store
+    const error = yield* Effect.flip(store.collection(target))
+    expect(error).toBeInstanceOf(Store.StoreError)
+    expect(error).toMatchObject({ _tag: "StoreError", reason: "Schema", entity: target.entity, operation: "prepare" })
+    return error
+  })
+
+/** A second connection pool, with an application name of its own, for locking and terminating. */
+const adminClient: Effect.Effect<SqlClient.SqlClient, unknown, Scope.Scope> = Layer.build(
+  PgClient.layer({
+    url: Redacted.make(databaseUrl),
+    applicationName: `${applicationName}-admin`,
+    connectTimeout: Duration.seconds(5),
+    maxConnections: 2
+  })
+).pipe(Effect.map(Context.get(SqlClient.SqlClient)))
+
+/**
+ * The pids of the library's backends (found by application name) that wait on a lock
+ * while running a statement on `table`: a put, get or delete blocked by the test.
+ */
+const blockedBackends = (admin: SqlClient.SqlClient, table: string, count = 1) =>
+  admin
+    .unsafe(
+      `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' ` +
+        `AND state = 'active' AND position($2 in query) > 0`,
+      [applicationName, table]
+    )
+    .values.pipe(
+      Effect.map((rows) => rows.map((row) => Number(row[0]))),
+      Effect.filterOrFail((pids) => pids.length >= count),
+      Effect.retry(Schedule.spaced(Duration.millis(20)).pipe(Schedule.intersect(Schedule.recurs(500))))
+    )
+
+/**
+ * Holds a lock in a transaction on the admin connection until `release` completes (or the
+ * scope closes: the transaction is rolled back before the test's table is dropped).
+ * Returns once the lock is held.
+ */
+const holdLock = (admin: SqlClient.SqlClient, lockSql: string, params: ReadonlyArray<unknown>) =>
+  Effect.gen(function* () {
+    const locked = yield* Deferred.make<void>()
+    const release = yield* Deferred.make<void>()
+    const holder = yield* admin
+      .withTransaction(
+        Effect.gen(function* () {
+          yield* admin.unsafe(lockSql, params).raw
+          yield* Deferred.succeed(locked, undefined)
+          yield* Deferred.await(release)
+        })
+      )
+      .pipe(Effect.forkScoped)
+    yield* Deferred.await(locked)
+    return Deferred.succeed(release, undefined).pipe(Effect.zipRight(Fiber.join(holder)))
+  })
+
+/**
+ * A read right after a backend was killed. @effect/sql-pg returns the killed connection to
+ * its pool (the query failed with 57P01, so it releases it without an error), and the next
+ * call may pick it up and fail as Unavailable; that call discards it. So one retry, and
+ * only on Unavailable: the store then works on a fresh connection.
+ */
+const recovered = <A>(read: Effect.Effect<A, Store.StoreError>) =>
+  read.pipe(Effect.retry({ times: 1, while: (error) => error.reason === "Unavailable" }))
+
+/** A TCP port with nothing listening on it. */
+const deadPort = Effect.async<number>((resume) => {
+  const server = createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+storeContract("SqlStore, table mode", {
+  layer: () => StoreLive,
+  target: Effect.map(scopedTable(usersDdl), (name) => tableTarget(name)),
+  countRows: (target) =>
+    Effect.map(exec(`SELECT count(*)::int FROM ${quote(target.table!.name)}`), (rows) => Number(rows[0]![0]))
+})
+
+storeContract("SqlStore, generic mode", {
+  layer: () => StoreLive,
+  target: Effect.gen(function* () {
+    const entity = unique("users")
+    // The generic table is shared: remove the test's rows when it ends.
+    yield* Effect.addFinalizer(() =>
+      exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
+    )
+    return { entity, fields: userFields, table: undefined }
+  }),
+  countRows: (target) =>
+    Effect.map(
+      exec(`SELECT count(*)::int FROM "effect_write_through_entries" WHERE "entity" = $1`, [target.entity]),
+      (rows) => Number(rows[0]![0])
+    )
+})
+
+describe("SqlStore", () => {
+  describe("schema checks when a collection is prepared", () => {
+    it.live("a table without the version column fails with the DDL to add it; running that DDL fixes it", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable((t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, email text)`)
+        yield* exec(`INSERT INTO ${quote(table)} (id, name, email) VALUES ('old', 'Old', 'old@example.com')`)
+        const error = yield* schemaFailure(tableTarget(table))
+        expect(error.message).toContain(`"version"`)
+        const ddl = `ALTER TABLE ${quote(table)} ADD COLUMN "version" bigint NOT NULL DEFAULT nextval('"effect_write_through_version"')`
+        expect(error.message).toContain(ddl)
+        expect(error.message.endsWith(ddl)).toBe(true)
+
+        yield* exec(ddl)
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        // The existing row got a version from the DDL's default.
+        const old = Option.getOrThrow(yield* users.get("old"))
+        expect(old.value).toEqual(user("old", "Old", "old@example.com"))
+        expect(old.version).toBeGreaterThan(0)
+        const version = yield* users.put("old", user("old", "Renewed", "old@example.com"))
+        expect(version).toBeGreaterThan(old.version)
+        expect(yield* users.get("old")).toEqual(
+          Option.some({ version, value: user("old", "Renewed", "old@example.com") })
+        )
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a missing table fails naming the table", () =>
+      Effect.gen(function* () {
+        const table = unique("missing")
+        const error = yield* schemaFailure(tableTarget(table))
+        expect(error.message).toContain(`table "${table}" does not exist`)
+      }).pipe(Effect.provide(StoreLive))
+    )
+
+    it.live("a missing value column fails naming the column", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, version bigint)`
+        )
+        const error = yield* schemaFailure(tableTarget(table))
+        expect(error.message).toContain(`table "${table}" has no column "email"`)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a missing primary key column fails naming the column", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(usersDdl)
+        const error = yield* schemaFailure(tableTarget(table, { primaryKey: "user_id" }))
+        expect(error.message).toContain(`table "${table}" has no column "user_id"`)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a version column of the wrong type fails naming the column and its type", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, email text, version integer)`
+        )
+        const error = yield* schemaFailure(tableTarget(table))
+        expect(error.message).toContain(`needs a bigint version column "version" (it is integer)`)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a primary key column without a unique index on it alone fails", () =>
+      Effect.gen(function* () {
+        const noIndex = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text, name text, email text, version bigint)`
+        )
+        const noIndexError = yield* schemaFailure(tableTarget(noIndex))
+        expect(noIndexError.message).toContain(
+          `column "id" of "${noIndex}" must be a primary key or have a unique index on it alone`
+        )
+        const composite = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text, name text, email text, version bigint, PRIMARY KEY (id, name))`
+        )
+        const compositeError = yield* schemaFailure(tableTarget(composite))
+        expect(compositeError.message).toContain(`column "id" of "${composite}" must be a primary key`)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a partial unique index or a deferrable primary key is refused: ON CONFLICT cannot use them", () =>
+      Effect.gen(function* () {
+        const partial = yield* scopedTable(
+          (t) =>
+            `CREATE TABLE ${quote(t)} (id text, name text, email text, version bigint); ` +
+            `CREATE UNIQUE INDEX ON ${quote(t)} (id) WHERE id <> ''`
+        )
+        const deferrable = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text PRIMARY KEY DEFERRABLE, name text, email text, version bigint)`
+        )
+        for (const table of [partial, deferrable]) {
+          const error = yield* schemaFailure(tableTarget(table))
+          expect(error.message).toContain(
+            `column "id" of "${table}" must be a primary key or have a unique index on it alone, neither partial nor deferrable`
+          )
+        }
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a unique index on the key column alone is enough", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text NOT NULL UNIQUE, name text, email text, version bigint)`
+        )
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        const first = yield* users.put("1", user("1", "Ada"))
+        const second = yield* users.put("1", user("1", "Grace"))
+        expect(second).toBeGreaterThan(first)
+        expect(yield* users.get("1")).toEqual(Option.some({ version: second, value: user("1", "Grace") }))
+        expect(yield* exec(`SELECT count(*)::int FROM ${quote(table)}`)).toEqual([[1]])
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("an entity without value fields cannot be mapped onto a table", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(usersDdl)
+        const error = yield* schemaFailure({ ...tableTarget(table), fields: undefined })
+        expect(error.message).toContain("must encode to an object with fields")
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a version sequence or generic table name that is not a plain identifier is refused", () =>
+      Effect.gen(function* () {
+        for (const options of [{ versionSequence: `x"; DROP TABLE users; --` }, { genericTable: "a b" }]) {
+          const error = yield* Effect.flip(SqlStore.make(options))
+          expect(error).toMatchObject({ _tag: "StoreError", reason: "Schema", operation: "make" })
+          expect(error.message).toContain("is not a plain SQL identifier")
+        }
+      }).pipe(Effect.provide(PgLive))
+    )
+  })
+
+  describe("table mapping", () => {
+    it.live("a value field stored in a column of another name, and a custom version column", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) =>
+            `CREATE TABLE ${quote(t)} (id text primary key, name text, email_address text, row_version bigint not null)`
+        )
+        const store = yield* Store.Store
+        const users = yield* store.collection(
+          tableTarget(table, { columns: { email: "email_address" }, versionColumn: "row_version" })
+        )
+        const version = yield* users.put("1", user("1", "Ada", "ada@example.com"))
+        expect(yield* users.get("1")).toEqual(Option.some({ version, value: user("1", "Ada", "ada@example.com") }))
+        expect(yield* exec(`SELECT id, name, email_address, row_version FROM ${quote(table)}`)).toEqual([
+          ["1", "Ada", "ada@example.com", String(version)]
+        ])
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a schema-qualified table is found in its schema, not in the current one", () =>
+      Effect.gen(function* () {
+        const schema = unique("wt_schema")
+        yield* scopedRelation(
+          schema,
+          `CREATE SCHEMA ${quote(schema)}`,
+          `DROP SCHEMA IF EXISTS ${quote(schema)} CASCADE`
+        )
+        const table = unique("users")
+        yield* exec(
+          `CREATE TABLE ${quote(schema)}.${quote(table)} (id text primary key, name text, email text, version bigint)`
+        )
+        // A decoy of the same name in the current schema, without a version column.
+        yield* scopedRelation(
+          table,
+          `CREATE TABLE ${quote(table)} (id text primary key, name text, email text)`,
+          `DROP TABLE IF EXISTS ${quote(table)}`
+        )
+        const store = yield* Store.Store
+        const error = yield* schemaFailure(tableTarget(table))
+        expect(error.message).toContain(`"version"`)
+
+        const users = yield* store.collection(tableTarget(table, { schema }))
+        const version = yield* users.put("1", user("1", "Ada"))
+        expect(yield* users.get("1")).toEqual(Option.some({ version, value: user("1", "Ada") }))
+        expect(yield* exec(`SELECT id, version FROM ${quote(schema)}.${quote(table)}`)).toEqual([
+          ["1", String(version)]
+        ])
+        expect(yield* exec(`SELECT count(*)::int FROM ${quote(table)}`)).toEqual([[0]])
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("table and column names that need quoting work, because identifiers are quoted", () =>
+      Effect.gen(function* () {
+        const table = unique(`we"ird ta'ble`)
+        const emailColumn = `e-mail "address"`
+        yield* scopedRelation(
+          table,
+          `CREATE TABLE ${quote(table)} (id text primary key, name text, ${quote(emailColumn)} text, version bigint)`,
+          `DROP TABLE IF EXISTS ${quote(table)}`
+        )
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table, { columns: { email: emailColumn } }))
+        const first = yield* users.put("1", user("1", "Ada", "ada@example.com"))
+        const second = yield* users.put("1", user("1", "Ada", "lovelace@example.com"))
+        expect(second).toBeGreaterThan(first)
+        expect(yield* users.get("1")).toEqual(
+          Option.some({ version: second, value: user("1", "Ada", "lovelace@example.com") })
+        )
+        expect(yield* exec(`SELECT ${quote(emailColumn)} FROM ${quote(table)}`)).toEqual([["lovelace@example.com"]])
+        const deleted = yield* users.delete("1")
+        expect(deleted).toBeGreaterThan(second)
+        expect(yield* users.get("1")).toEqual(Option.none())
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+
+  describe("versions", () => {
+    it.live("come from one sequence: shared across entities and never reused across delete and re-insert", () =>
+      Effect.gen(function* () {
+        const sequence = unique("wt_seq")
+        yield* Effect.addFinalizer(() => exec(`DROP SEQUENCE IF EXISTS ${quote(sequence)}`).pipe(Effect.orDie))
+        const store = yield* SqlStore.make({ versionSequence: sequence })
+        const lastValue = Effect.map(exec(`SELECT last_value FROM ${quote(sequence)}`), (rows) => Number(rows[0]![0]))
+
+        const a = yield* store.collection(tableTarget(yield* scopedTable(usersDdl)))
+        const b = yield* store.collection(tableTarget(yield* scopedTable(usersDdl)))
+        const genericEntity = unique("users")
+        yield* Effect.addFinalizer(() =>
+          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [genericEntity]).pipe(Effect.orDie)
+        )
+        const c = yield* store.collection({ entity: genericEntity, fields: userFields, table: undefined })
+
+        const steps = [
+          a.put("1", user("1", "a1")),
+          b.put("1", user("1", "b1")),
+          c.put("1", user("1", "c1")),
+          a.put("1", user("1", "a2")),
+          a.delete("1"),
+          b.delete("1"),
+          a.put("1", user("1", "a3")),
+          c.delete("absent"),
+          b.put("1", user("1", "b3")),
+          c.put("1", user("1", "c2"))
+        ]
+        const versions: Array<number> = []
+        for (const step of steps) {
+          const version = yield* step
+          // Each version is the sequence's latest value: drawn from this sequence, for every entity.
+          expect(version).toBe(yield* lastValue)
+          versions.push(version)
+        }
+        for (let i = 1; i < versions.length; i++) expect(versions[i]!).toBeGreaterThan(versions[i - 1]!)
+        expect(yield* a.get("1")).toEqual(Option.some({ version: versions[6]!, value: user("1", "a3") }))
+        expect(yield* b.get("1")).toEqual(Option.some({ version: versions[8]!, value: user("1", "b3") }))
+        expect(yield* c.get("1")).toEqual(Option.some({ version: versions[9]!, value: user("1", "c2") }))
+      }).pipe(Effect.scoped, Effect.provide(PgLive))
+    )
+
+    it.live("a delete that waits on the row lock and a put racing it are ordered by version as they commit", () =>
+      Effect.gen(function* () {
+        const admin = yield* adminClient
+        const table = yield* scopedTable(usersDdl)
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        const initial = yield* users.put("k", user("k", "initial"))
+
+        const release = yield* holdLock(admin, `SELECT 1 FROM ${quote(table)} WHERE id = $1 FOR UPDATE`, ["k"])
+        const deleting = yield* Effect.forkScoped(users.delete("k"))
+        yield* blockedBackends(admin, table, 1)
+        const putting = yield* Effect.forkScoped(users.put("k", user("k", "after the delete")))
+        yield* blockedBackends(admin, table, 2)
+        yield* release
+
+        const deleted = yield* Fiber.join(deleting)
+        const put = yield* Fiber.join(putting)
+        expect(deleted).toBeGreaterThan(initial)
+        // The delete was first in the lock queue, so it committed first and the put re-inserted the row:
+        // the row that survives was committed last and must carry the highest version.
+        expect(yield* users.get("k")).toEqual(Option.some({ version: put, value: user("k", "after the delete") }))
+        expect(put).toBeGreaterThan(deleted)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a stored version that is not a positive safe integer fails the read with Decode", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(usersDdl)
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        yield* exec(
+          `INSERT INTO ${quote(table)} (id, name, email, version) VALUES ('null', 'n', 'e', NULL), ` +
+            `('zero', 'n', 'e', 0), ('huge', 'n', 'e', 9007199254740993)`
+        )
+        for (const key of ["null", "zero", "huge"]) {
+          const error = yield* Effect.flip(users.get(key))
+          expect(error).toMatchObject({ _tag: "StoreError", reason: "Decode", operation: "get", key })
+        }
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+
+  describe("failures", () => {
+    it.live("a put the database rejects fails with Rejected and writes nothing", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text not null, email text, version bigint)`
+        )
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        const version = yield* users.put("kept", user("kept", "Ada"))
+
+        for (const key of ["kept", "fresh"]) {
+          const error = yield* Effect.flip(users.put(key, { id: key, name: null, email: "x@example.com" }))
+          expect(error).toBeInstanceOf(Store.StoreError)
+          expect(error).toMatchObject({ _tag: "StoreError", reason: "Rejected", operation: "put", key })
+        }
+        expect(yield* users.get("kept")).toEqual(Option.some({ version, value: user("kept", "Ada") }))
+        expect(yield* users.get("fresh")).toEqual(Option.none())
+        expect(yield* exec(`SELECT id, name FROM ${quote(table)}`)).toEqual([["kept", "Ada"]])
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("an unreachable database: building the PgClient layer fails, so no store is ever built", () =>
+      Effect.gen(function* () {
+        const port = yield* deadPort
+        const unreachable = SqlStore.layer().pipe(
+          Layer.provideMerge(
+            PgClient.layer({
+              host: "127.0.0.1",
+              port,
+              username: "postgres",
+              database: "test",
+              applicationName,
+              connectTimeout: Duration.millis(500)
+            })
+          )
+        )
+        const error = yield* Effect.flip(
+          Effect.gen(function* () {
+            const store = yield* Store.Store
+            const users = yield* store.collection({ entity: unique("users"), fields: userFields, table: undefined })
+            return yield* users.put("1", user("1", "Ada"))
+          }).pipe(Effect.provide(unreachable))
+        )
+        expect(error).toMatchObject({ _tag: "SqlError", message: "PgClient: Failed to connect" })
+        expect((error as { cause?: { code?: unknown } }).cause).toMatchObject({ code: "ECONNREFUSED" })
+      })
+    )
+
+    it.live("a call that cannot get a connection fails with Unavailable, not outcome-unknown, and writes nothing", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(usersDdl)
+        const sql = yield* SqlClient.SqlClient
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        const version = yield* users.put("kept", user("kept", "Ada"))
+
+        // The pool's only connection is held by a transaction until `release`.
+        const held = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const holder = yield* sql
+          .withTransaction(Deferred.succeed(held, undefined).pipe(Effect.zipRight(Deferred.await(release))))
+          .pipe(Effect.forkScoped)
+        yield* Deferred.await(held)
+
+        const failures = [
+          yield* Effect.flip(users.put("fresh", user("fresh", "Grace"))),
+          yield* Effect.flip(users.put("kept", user("kept", "Grace"))),
+          yield* Effect.flip(users.delete("kept")),
+          yield* Effect.flip(users.get("kept"))
+        ]
+        for (const error of failures) {
+          expect(error).toBeInstanceOf(Store.StoreError)
+          expect(error).toMatchObject({ _tag: "StoreError", reason: "Unavailable" })
+        }
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holder)
+
+        expect(yield* users.get("kept")).toEqual(Option.some({ version, value: user("kept", "Ada") }))
+        expect(yield* users.get("fresh")).toEqual(Option.none())
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(
+          SqlStore.layer().pipe(
+            Layer.provideMerge(
+              PgClient.layer({
+                url: Redacted.make(databaseUrl),
+                applicationName,
+                connectTimeout: Duration.millis(300),
+                maxConnections: 1
+              })
+            )
+          )
+        )
+      )
+    )
+
+    const killed = [
+      {
+        operation: "put",
+        lock: (table: string) => `SELECT 1 FROM ${quote(table)} WHERE id = 'k' FOR UPDATE`,
+        call: (users: Store.Store.Collection) => users.put("k", user("k", "never acknowledged"))
+      },
+      {
+        operation: "delete",
+        lock: (table: string) => `SELECT 1 FROM ${quote(table)} WHERE id = 'k' FOR UPDATE`,
+        call: (users: Store.Store.Collection) => users.delete("k")
+      }
+    ] as const
+    for (const { operation, lock, call } of killed) {
+      it.live(`a ${operation} whose connection is killed while it runs fails with StoreOutcomeUnknownError`, () =>
+        Effect.gen(function* () {
+          const admin = yield* adminClient
+          const table = yield* scopedTable(usersDdl)
+          const store = yield* Store.Store
+          const users = yield* store.collection(tableTarget(table))
+          const version = yield* users.put("k", user("k", "before"))
+
+          const release = yield* holdLock(admin, lock(table), [])
+          const running = yield* Effect.forkScoped(Effect.either(call(users)))
+          const pids = yield* blockedBackends(admin, table)
+          expect(pids).toHaveLength(1)
+          expect(yield* admin.unsafe(`SELECT pg_terminate_backend($1)`, [pids[0]]).values).toEqual([[true]])
+          const result = yield* Fiber.join(running)
+          yield* release
+
+          expect(Either.isLeft(result)).toBe(true)
+          const error = Either.getLeft(result).pipe(Option.getOrThrow)
+          expect(error).toBeInstanceOf(Store.StoreOutcomeUnknownError)
+          expect(error).toMatchObject({ _tag: "StoreOutcomeUnknownError", operation, key: "k" })
+          // The statement was cut off before it could commit.
+          expect(yield* admin.unsafe(`SELECT name, version FROM ${quote(table)}`).values).toEqual([
+            ["before", String(version)]
+          ])
+          expect(yield* recovered(users.get("k"))).toEqual(Option.some({ version, value: user("k", "before") }))
+        }).pipe(Effect.scoped, Effect.provide(StoreLive))
+      )
+    }
+
+    it.live("a get whose connection is killed while it runs fails with Unavailable", () =>
+      Effect.gen(function* () {
+        const admin = yield* adminClient
+        const table = yield* scopedTable(usersDdl)
+        const store = yield* Store.Store
+        const users = yield* store.collection(tableTarget(table))
+        const version = yield* users.put("k", user("k", "before"))
+
+        const release = yield* holdLock(admin, `LOCK TABLE ${quote(table)} IN ACCESS EXCLUSIVE MODE`, [])
+        const reading = yield* Effect.forkScoped(Effect.flip(users.get("k")))
+        const pids = yield* blockedBackends(admin, table)
+        expect(yield* admin.unsafe(`SELECT pg_terminate_backend($1)`, [pids[0]]).values).toEqual([[true]])
+        const error = yield* Fiber.join(reading)
+        yield* release
+
+        expect(error).toBeInstanceOf(Store.StoreError)
+        expect(error).toMatchObject({ _tag: "StoreError", reason: "Unavailable", operation: "get", key: "k" })
+        expect(yield* recovered(users.get("k"))).toEqual(Option.some({ version, value: user("k", "before") }))
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+
+  describe("generic mode", () => {
+    it.live("creates the generic table and the version sequence if they are missing", () =>
+      Effect.gen(function* () {
+        const genericTable = unique("wt_entries")
+        const versionSequence = unique("wt_seq")
+        yield* Effect.addFinalizer(() =>
+          exec(`DROP TABLE IF EXISTS ${quote(genericTable)}`).pipe(
+            Effect.zipRight(exec(`DROP SEQUENCE IF EXISTS ${quote(versionSequence)}`)),
+            Effect.orDie
+          )
+        )
+        const exists = (name: string) =>
+          Effect.map(exec(`SELECT to_regclass($1) IS NOT NULL`, [quote(name)]), (rows) => rows[0]![0])
+        expect(yield* exists(genericTable)).toBe(false)
+        expect(yield* exists(versionSequence)).toBe(false)
+
+        const store = yield* SqlStore.make({ genericTable, versionSequence })
+        const entity = unique("users")
+        const users = yield* store.collection({ entity, fields: userFields, table: undefined })
+        expect(yield* exists(genericTable)).toBe(true)
+        expect(yield* exists(versionSequence)).toBe(true)
+
+        const version = yield* users.put("1", user("1", "Ada"))
+        expect(yield* users.get("1")).toEqual(Option.some({ version, value: user("1", "Ada") }))
+        expect(yield* exec(`SELECT last_value FROM ${quote(versionSequence)}`)).toEqual([[String(version)]])
+        expect(yield* exec(`SELECT "entity", "key", "value", "version" FROM ${quote(genericTable)}`)).toEqual([
+          [entity, "1", user("1", "Ada"), String(version)]
+        ])
+
+        // A second store over the same, now existing, objects sees the same rows.
+        const again = yield* SqlStore.make({ genericTable, versionSequence })
+        const same = yield* again.collection({ entity, fields: userFields, table: undefined })
+        expect(yield* same.get("1")).toEqual(Option.some({ version, value: user("1", "Ada") }))
+      }).pipe(Effect.scoped, Effect.provide(PgLive))
+    )
+
+    it.live("values that are not objects round-trip as JSON", () =>
+      Effect.gen(function* () {
+        const entity = unique("values")
+        yield* Effect.addFinalizer(() =>
+          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
+        )
+        const store = yield* Store.Store
+        const values = yield* store.collection({ entity, fields: undefined, table: undefined })
+        const samples: ReadonlyArray<unknown> = [
+          [1, "two", { three: 3 }],
+          "a string",
+          42,
+          true,
+          null,
+          { nested: { list: [null, "x"] } }
+        ]
+        for (const [i, value] of samples.entries()) {
+          const version = yield* values.put(String(i), value)
+          expect(yield* values.get(String(i))).toEqual(Option.some({ version, value }))
+        }
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+})
