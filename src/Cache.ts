@@ -41,13 +41,47 @@ export const Entry = Data.taggedEnum<Entry>()
 export const FENCE_VERSION = Number.MAX_SAFE_INTEGER
 
 /**
- * What a guarded write did: `written`, or `rejected` because the cache already
- * holds the same or a newer version (which is not a failure).
+ * What a guarded write did: `written`; `rejected` because the cache already
+ * holds the same or a newer version (not a failure); or `outdated` because its
+ * ticket expired or the cache lost its memory since the ticket was taken, so the
+ * version guard cannot vouch for it (a writer then invalidates instead).
  *
  * @since 0.1.0
  * @category models
  */
-export type WriteOutcome = "written" | "rejected"
+export type WriteOutcome = "written" | "rejected" | "outdated"
+
+/**
+ * Taken before the store is read or written, carried by the cache write that
+ * publishes the result.
+ *
+ * `epoch` names the cache's memory: it changes when the cache loses its contents
+ * (a Redis restart), which also erases the versions the guard compares against.
+ * `notAfter` (epoch milliseconds) bounds how late the write may land: a write
+ * delayed past it could find a newer tombstone already expired.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Ticket {
+  readonly epoch: string
+  readonly notAfter: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface SetOptions {
+  readonly ttl: Duration.Duration
+  /**
+   * An entry that may be overwritten even if its version is not older: used to
+   * repair an entry whose payload no longer decodes. The swap is atomic.
+   */
+  readonly replacing?: Entry | undefined
+  /** Without a ticket only the version guard applies. */
+  readonly ticket?: Ticket | undefined
+}
 
 /**
  * @since 0.1.0
@@ -93,16 +127,18 @@ export declare namespace Cache {
   export interface Service {
     readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, CacheError>
     /**
+     * A ticket good for `validFor` from now, on the cache's own clock, under the
+     * cache's current epoch as this process knows it: cheap, no round trip.
+     */
+    readonly ticket: (validFor: Duration.Duration) => Effect.Effect<Ticket>
+    /**
      * Writes a value entry when the cache holds nothing, something undecodable, or
-     * an older version. `replacing` names an entry that may be overwritten even if
-     * its version is not older: used to repair an entry whose payload no longer
-     * decodes. The swap is atomic.
+     * an older version, and the ticket (if any) is still good.
      */
     readonly set: (
       key: string,
       entry: Extract<Entry, { _tag: "Value" }>,
-      ttl: Duration.Duration,
-      replacing?: Entry
+      options: SetOptions
     ) => Effect.Effect<WriteOutcome, CacheError>
     /**
      * Writes a tombstone at `version`. It replaces values up to and including

@@ -75,7 +75,8 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
       })
     const faulty = Cache.of({
       get: (key) => inject("get", key, cache.get(key)),
-      set: (key, entry, ttl, replacing) => inject("set", key, cache.set(key, entry, ttl, replacing)),
+      ticket: cache.ticket,
+      set: (key, entry, options) => inject("set", key, cache.set(key, entry, options)),
       invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl))
     })
     const controls: Controls = {

@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
+import { randomUUID } from "node:crypto"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -36,6 +37,7 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
     if (!Number.isInteger(maxEntries) || maxEntries < 1) {
       throw new RangeError(`MemoryCache: maxEntries must be a positive integer, got ${maxEntries}`)
     }
+    const epoch = `memory:${randomUUID()}`
     // A Map iterates in insertion order: re-inserting on use keeps the least recently used first.
     const slots = new Map<string, Slot>()
 
@@ -65,12 +67,16 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
           slots.set(key, slot)
           return Option.some(slot.entry)
         }),
-      set: (key, entry, ttl, replacing) =>
-        Effect.map(Clock.currentTimeMillis, (now) =>
-          VersionGuard.acceptsValue(live(key, now)?.entry, entry.version, replacing)
+      // This cache's memory ends with the instance, and so does every ticket it issued.
+      ticket: (validFor) =>
+        Effect.map(Clock.currentTimeMillis, (now) => ({ epoch, notAfter: now + Duration.toMillis(validFor) })),
+      set: (key, entry, { replacing, ticket, ttl }) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          if (ticket !== undefined && (ticket.epoch !== epoch || now > ticket.notAfter)) return "outdated"
+          return VersionGuard.acceptsValue(live(key, now)?.entry, entry.version, replacing)
             ? put(key, entry, ttl, now)
             : "rejected"
-        ),
+        }),
       invalidate: (key, version, ttl) =>
         Effect.map(Clock.currentTimeMillis, (now) =>
           VersionGuard.acceptsTombstone(live(key, now)?.entry, version)

@@ -11,6 +11,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { Redis, type RedisOptions } from "ioredis"
+import { randomUUID } from "node:crypto"
 import { Cache, CacheConnectionError, CacheError, Entry, type WriteOutcome } from "./Cache.js"
 import * as RedisEntry from "./internal/redisEntry.js"
 
@@ -32,7 +33,18 @@ export interface Options {
 }
 
 interface GuardedCommands {
-  wtSet(key: string, version: string, entry: string, ttlMillis: string, replacing: string): Promise<number>
+  wtEpoch(epochKey: string, candidate: string): Promise<string>
+  wtSet(
+    key: string,
+    epochKey: string,
+    version: string,
+    entry: string,
+    ttlMillis: string,
+    replacing: string,
+    epoch: string,
+    notAfter: string,
+    candidate: string
+  ): Promise<string>
   wtInvalidate(key: string, version: string, entry: string, ttlMillis: string): Promise<number>
 }
 
@@ -105,9 +117,19 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
           })
       })
     )
-    redis.defineCommand("wtSet", { numberOfKeys: 1, lua: RedisEntry.setScript })
+    redis.defineCommand("wtEpoch", { numberOfKeys: 1, lua: RedisEntry.epochScript })
+    redis.defineCommand("wtSet", { numberOfKeys: 2, lua: RedisEntry.setScript })
     redis.defineCommand("wtInvalidate", { numberOfKeys: 1, lua: RedisEntry.invalidateScript })
     const commands = redis as unknown as GuardedCommands
+
+    // Candidates for a new epoch: unique to this process and call, so no two memories share a name.
+    const candidatePrefix = randomUUID()
+    let candidates = 0
+    const candidate = () => `${candidatePrefix}:${++candidates}`
+    let epoch = yield* Effect.tryPromise({
+      try: () => commands.wtEpoch(RedisEntry.epochKey, candidate()),
+      catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
+    })
 
     const fail = (operation: string, key: string) => (cause: unknown) =>
       new CacheError({ operation, key, reason: isTimeout(cause) ? "Timeout" : "Unavailable", cause })
@@ -124,18 +146,28 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
           Effect.catchIf(isWrongType, () => Effect.succeedNone),
           Effect.mapError(fail("get", key))
         ),
-      set: (key, entry, ttl, replacing) =>
+      // Deadlines are checked against Redis's clock (TIME), so they are set from the wall clock, not Effect's Clock.
+      ticket: (validFor) => Effect.sync(() => ({ epoch, notAfter: Date.now() + Duration.toMillis(validFor) })),
+      set: (key, entry, { replacing, ticket, ttl }) =>
         Effect.tryPromise({
           try: () =>
             commands
               .wtSet(
                 key,
+                RedisEntry.epochKey,
                 String(entry.version),
                 RedisEntry.encode(entry),
                 String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))),
-                replacing === undefined ? "" : RedisEntry.encode(replacing)
+                replacing === undefined ? "" : RedisEntry.encode(replacing),
+                ticket === undefined ? "" : ticket.epoch,
+                ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
+                candidate()
               )
-              .then(toOutcome),
+              .then((reply): WriteOutcome => {
+                if (reply === "written" || reply === "rejected") return reply
+                if (reply.startsWith("epoch:")) epoch = reply.slice("epoch:".length)
+                return "outdated"
+              }),
           catch: fail("set", key)
         }),
       invalidate: (key, version, ttl) =>

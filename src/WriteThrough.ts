@@ -5,10 +5,14 @@
  *
  * @since 0.1.0
  */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -17,7 +21,7 @@ import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
-import { Cache, CacheError, Entry, FENCE_VERSION } from "./Cache.js"
+import { Cache, CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "./Cache.js"
 import * as Metrics from "./Metrics.js"
 import { Store, StoreError, type StoreOutcomeUnknownError, type Table } from "./Store.js"
 import { InconsistentCacheError, StaleCacheError, ValidationError } from "./WriteThroughError.js"
@@ -205,28 +209,42 @@ export const make = <K, A, I>(
 
     const ttlWithJitter = Effect.map(Random.next, (r) => Duration.times(ttl, 1 + r * ttlJitter))
 
-    // The write is committed at `version`; make the cache hold it, or fence the old value off, or say it may be stale.
+    // Taken before the store is read or written, and carried by the cache write that publishes the
+    // result: the cache refuses it if it lost its memory since, or if it lands after any tombstone
+    // written meanwhile could have expired.
+    const takeTicket: Effect.Effect<Ticket> = cache.ticket(tombstoneTtl)
+
+    const invalidate = (key: string, version: number) =>
+      boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(Effect.retry(retry))
+
+    // The write is committed at `version`: make the cache hold it, or fence the old value off with a
+    // tombstone, or say that it may be stale.
     const publish = (
       operation: "set" | "delete",
       key: string,
       version: number,
-      update: Effect.Effect<unknown, CacheError>
+      update: Effect.Effect<WriteOutcome, CacheError>
     ): Effect.Effect<void, StaleCacheError> =>
       boundCache(operation, key, update).pipe(
         Effect.retry(retry),
-        Effect.catchAll((updateError) =>
-          boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(
-            Effect.retry(retry),
-            Effect.zipLeft(
-              Effect.logWarning("cache update failed; invalidated the key instead").pipe(
-                Effect.annotateLogs({ entity, operation, version }),
-                Effect.zipRight(Metric.increment(metric.fallbacks))
-              )
-            ),
-            Effect.catchAll((invalidateError) =>
-              Effect.flatMap(
-                Effect.clockWith((clock) => clock.currentTimeMillis),
-                (now) =>
+        Effect.either,
+        Effect.flatMap((updated) => {
+          if (Either.isRight(updated) && updated.right !== "outdated") return Effect.void
+          // Failed, or refused because the guard cannot vouch for it: a tombstone is always safe.
+          const updateError = Either.isLeft(updated) ? updated.left : undefined
+          return invalidate(key, version).pipe(
+            Effect.matchEffect({
+              onSuccess: () =>
+                Effect.zipRight(
+                  Metric.increment(metric.fallbacks),
+                  updateError === undefined
+                    ? Effect.void
+                    : Effect.logWarning("cache update failed; invalidated the key instead").pipe(
+                        Effect.annotateLogs({ entity, operation, version })
+                      )
+                ),
+              onFailure: (invalidateError) =>
+                Effect.flatMap(Clock.currentTimeMillis, (now) =>
                   Effect.zipRight(
                     Metric.increment(metric.stale),
                     Effect.fail(
@@ -237,15 +255,14 @@ export const make = <K, A, I>(
                         version,
                         maxStaleness: maxTtl,
                         staleUntil: now + Duration.toMillis(maxTtl),
-                        cause: [updateError, invalidateError]
+                        cause: updateError === undefined ? [invalidateError] : [updateError, invalidateError]
                       })
                     )
                   )
-              )
-            )
+                )
+            })
           )
-        ),
-        Effect.asVoid
+        })
       )
 
     // The store may or may not have committed: fence the key so no reader trusts the cache for it.
@@ -254,8 +271,7 @@ export const make = <K, A, I>(
       key: string,
       cause: unknown
     ): Effect.Effect<never, InconsistentCacheError> =>
-      boundCache("invalidate", key, cache.invalidate(prefix + key, FENCE_VERSION, tombstoneTtl)).pipe(
-        Effect.retry(retry),
+      invalidate(key, FENCE_VERSION).pipe(
         Effect.match({ onFailure: () => false, onSuccess: () => true }),
         Effect.tap(() => Metric.increment(metric.inconsistent)),
         Effect.flatMap((invalidated) =>
@@ -276,7 +292,12 @@ export const make = <K, A, I>(
         })
       )
 
-    const storeRead = (key: string) =>
+    interface Loaded {
+      readonly version: number
+      readonly value: A
+    }
+
+    const storeRead = (key: string): Effect.Effect<Option.Option<Loaded>, StoreError> =>
       collection.get(key).pipe(
         Effect.timeoutFail({
           duration: storeTimeout,
@@ -288,33 +309,75 @@ export const make = <K, A, I>(
               reason: "Timeout",
               detail: `no answer within ${Duration.format(storeTimeout)}`
             })
+        }),
+        Effect.flatMap((row) => {
+          if (Option.isNone(row)) return Effect.succeedNone
+          const decoded = decodeValue(row.value.value)
+          return Either.isRight(decoded)
+            ? Effect.succeed(Option.some({ version: row.value.version, value: decoded.right }))
+            : Effect.fail(
+                new StoreError({
+                  entity,
+                  key,
+                  operation: "get",
+                  reason: "Decode",
+                  detail: ParseResult.TreeFormatter.formatIssueSync(decoded.left),
+                  cause: decoded.left
+                })
+              )
         })
       )
 
-    // Reads the store and, unless the cache just failed, fills it; `replacing` is an entry that failed to decode.
-    const readThrough = (key: string, fill: boolean, replacing?: Entry) =>
-      Effect.flatMap(storeRead(key), (row) => {
-        if (Option.isNone(row)) return Effect.succeedNone
-        const decoded = decodeValue(row.value.value)
-        if (Either.isLeft(decoded)) {
-          return Effect.fail(
-            new StoreError({
-              entity,
-              key,
-              operation: "get",
-              reason: "Decode",
-              detail: ParseResult.TreeFormatter.formatIssueSync(decoded.left),
-              cause: decoded.left
-            })
+    // Single flight: concurrent misses of one key share one store read, but a reader joins only a
+    // read sent after it was invoked. One sent earlier may predate a write (from this process or
+    // any other) that was acknowledged before the reader began, and would hand it an older value.
+    // Times are logical: a counter, advanced as readers begin and as loads start.
+    let logicalTime = 0
+    const loads = new Map<
+      string,
+      { readonly sentAt: number; readonly result: Deferred.Deferred<Option.Option<Loaded>, StoreError> }
+    >()
+
+    const sharedRead = (key: string, invokedAt: number): Effect.Effect<Option.Option<Loaded>, StoreError> =>
+      Effect.suspend(() => {
+        const current = loads.get(key)
+        if (current !== undefined && current.sentAt > invokedAt) {
+          // A load whose reader was interrupted tells the others nothing: they read for themselves.
+          return Effect.catchAllCause(Deferred.await(current.result), (cause) =>
+            Cause.isInterruptedOnly(cause) ? storeRead(key) : Effect.failCause(cause)
           )
         }
-        const value = Option.some(decoded.right)
+        const load = {
+          sentAt: ++logicalTime,
+          result: Deferred.unsafeMake<Option.Option<Loaded>, StoreError>(FiberId.none)
+        }
+        loads.set(key, load)
+        return Effect.onExit(storeRead(key), (exit) => {
+          if (loads.get(key) === load) loads.delete(key)
+          return Deferred.done(load.result, exit)
+        })
+      })
+
+    // Reads the store and, unless the cache just failed, fills it under the ticket taken before the
+    // read; `replacing` is an entry that failed to decode.
+    const readThrough = (
+      key: string,
+      invokedAt: number,
+      ticket: Ticket,
+      fill: boolean,
+      replacing?: Entry
+    ): Effect.Effect<Option.Option<A>, StoreError> =>
+      Effect.flatMap(sharedRead(key, invokedAt), (loaded) => {
+        if (Option.isNone(loaded)) return Effect.succeedNone
+        const value = Option.some(loaded.value.value)
         if (!fill) return Effect.succeed(value)
-        const encoded = encodeValue(decoded.right)
+        const encoded = encodeValue(loaded.value.value)
         if (Either.isLeft(encoded)) return Effect.succeed(value)
-        const entry = Entry.Value({ version: row.value.version, payload: JSON.stringify(encoded.right) })
+        const entry = Entry.Value({ version: loaded.value.version, payload: JSON.stringify(encoded.right) })
         return ttlWithJitter.pipe(
-          Effect.flatMap((entryTtl) => boundCache("set", key, cache.set(prefix + key, entry, entryTtl, replacing))),
+          Effect.flatMap((entryTtl) =>
+            boundCache("set", key, cache.set(prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
+          ),
           Effect.catchAll(() => Metric.increment(metric.fillFailures)),
           Effect.as(value)
         )
@@ -332,32 +395,40 @@ export const make = <K, A, I>(
 
     const get = (key: K): Effect.Effect<Option.Option<A>, ReadError> =>
       Effect.flatMap(checkKey(key), (text) =>
-        Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
-          if (Either.isLeft(cached)) {
-            return Effect.zipRight(Metric.increment(metric.degraded), readThrough(text, false))
-          }
-          const entry = cached.right
-          if (Option.isSome(entry) && entry.value._tag === "Value") {
-            const decoded = decodePayload(entry.value.payload)
-            if (Either.isRight(decoded)) {
-              return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
+        Effect.flatMap(takeTicket, (ticket) => {
+          const invokedAt = ++logicalTime
+          return Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
+            if (Either.isLeft(cached)) {
+              return Effect.zipRight(Metric.increment(metric.degraded), readThrough(text, invokedAt, ticket, false))
             }
-            return Effect.zipRight(Metric.increment(metric.corrupt), readThrough(text, true, entry.value))
-          }
-          return Effect.zipRight(Metric.increment(metric.misses), readThrough(text, true))
+            const entry = cached.right
+            if (Option.isSome(entry) && entry.value._tag === "Value") {
+              const decoded = decodePayload(entry.value.payload)
+              if (Either.isRight(decoded)) {
+                return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
+              }
+              return Effect.zipRight(
+                Metric.increment(metric.corrupt),
+                readThrough(text, invokedAt, ticket, true, entry.value)
+              )
+            }
+            return Effect.zipRight(Metric.increment(metric.misses), readThrough(text, invokedAt, ticket, true))
+          })
         })
       ).pipe(Effect.withSpan("WriteThrough.get", { attributes: { entity } }))
 
     const set = (key: K, value: A): Effect.Effect<void, WriteError> =>
       Effect.flatMap(checkKey(key), (text) =>
         Effect.flatMap(checkValue(text, value), ({ encoded, payload }) =>
-          Effect.flatMap(storeWrite("set", text, collection.put(text, encoded)), (version) =>
-            publish(
-              "set",
-              text,
-              version,
-              Effect.flatMap(ttlWithJitter, (entryTtl) =>
-                cache.set(prefix + text, Entry.Value({ version, payload }), entryTtl)
+          Effect.flatMap(takeTicket, (ticket) =>
+            Effect.flatMap(storeWrite("set", text, collection.put(text, encoded)), (version) =>
+              publish(
+                "set",
+                text,
+                version,
+                Effect.flatMap(ttlWithJitter, (entryTtl) =>
+                  cache.set(prefix + text, Entry.Value({ version, payload }), { ttl: entryTtl, ticket })
+                )
               )
             )
           )

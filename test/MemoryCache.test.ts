@@ -13,7 +13,7 @@ describe("MemoryCache", () => {
     it.effect("a value is present just before its TTL and gone at it", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        expect(yield* cache.set("k", value(1, "one"), Duration.seconds(10))).toBe("written")
+        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.seconds(10) })).toBe("written")
         yield* TestClock.adjust(Duration.millis(9_999))
         expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
         yield* TestClock.adjust(Duration.millis(1))
@@ -24,7 +24,7 @@ describe("MemoryCache", () => {
     it.effect("a get does not extend the TTL", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        yield* cache.set("k", value(1, "one"), Duration.seconds(10))
+        yield* cache.set("k", value(1, "one"), { ttl: Duration.seconds(10) })
         yield* TestClock.adjust(Duration.seconds(5))
         expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
         yield* TestClock.adjust(Duration.seconds(5))
@@ -35,9 +35,9 @@ describe("MemoryCache", () => {
     it.effect("a newer write restarts the TTL with its own", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        yield* cache.set("k", value(1, "one"), Duration.seconds(10))
+        yield* cache.set("k", value(1, "one"), { ttl: Duration.seconds(10) })
         yield* TestClock.adjust(Duration.seconds(8))
-        expect(yield* cache.set("k", value(2, "two"), Duration.seconds(10))).toBe("written")
+        expect(yield* cache.set("k", value(2, "two"), { ttl: Duration.seconds(10) })).toBe("written")
         yield* TestClock.adjust(Duration.seconds(9))
         expect(yield* cache.get("k")).toEqual(Option.some(value(2, "two")))
         yield* TestClock.adjust(Duration.seconds(1))
@@ -48,9 +48,9 @@ describe("MemoryCache", () => {
     it.effect("a rejected write does not refresh the held entry's TTL", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        yield* cache.set("k", value(5, "five"), Duration.seconds(10))
+        yield* cache.set("k", value(5, "five"), { ttl: Duration.seconds(10) })
         yield* TestClock.adjust(Duration.seconds(8))
-        expect(yield* cache.set("k", value(4, "four"), Duration.hours(1))).toBe("rejected")
+        expect(yield* cache.set("k", value(4, "four"), { ttl: Duration.hours(1) })).toBe("rejected")
         yield* TestClock.adjust(Duration.seconds(2))
         expect(yield* cache.get("k")).toEqual(Option.none())
       })
@@ -59,11 +59,11 @@ describe("MemoryCache", () => {
     it.effect("an expired value does not guard: an older version can be written after expiry", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        yield* cache.set("k", value(10, "ten"), Duration.seconds(10))
-        expect(yield* cache.set("k", value(3, "three"), Duration.seconds(10))).toBe("rejected")
+        yield* cache.set("k", value(10, "ten"), { ttl: Duration.seconds(10) })
+        expect(yield* cache.set("k", value(3, "three"), { ttl: Duration.seconds(10) })).toBe("rejected")
         yield* TestClock.adjust(Duration.seconds(10))
         // No get in between: the guard itself must see the entry as expired.
-        expect(yield* cache.set("k", value(3, "three"), Duration.seconds(10))).toBe("written")
+        expect(yield* cache.set("k", value(3, "three"), { ttl: Duration.seconds(10) })).toBe("written")
         expect(yield* cache.get("k")).toEqual(Option.some(value(3, "three")))
       })
     )
@@ -73,10 +73,10 @@ describe("MemoryCache", () => {
         const cache = yield* MemoryCache.make()
         yield* cache.invalidate("a", 10, Duration.seconds(10))
         yield* cache.invalidate("b", 10, Duration.seconds(10))
-        expect(yield* cache.set("a", value(3, "three"), Duration.seconds(10))).toBe("rejected")
+        expect(yield* cache.set("a", value(3, "three"), { ttl: Duration.seconds(10) })).toBe("rejected")
         expect(yield* cache.invalidate("b", 3, Duration.seconds(10))).toBe("rejected")
         yield* TestClock.adjust(Duration.seconds(10))
-        expect(yield* cache.set("a", value(3, "three"), Duration.seconds(10))).toBe("written")
+        expect(yield* cache.set("a", value(3, "three"), { ttl: Duration.seconds(10) })).toBe("written")
         expect(yield* cache.invalidate("b", 3, Duration.seconds(10))).toBe("written")
         expect(yield* cache.get("a")).toEqual(Option.some(value(3, "three")))
         expect(yield* cache.get("b")).toEqual(Option.some(tombstone(3)))
@@ -86,10 +86,12 @@ describe("MemoryCache", () => {
     it.effect("an expired entry does not count as the entry a replacing set names", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        yield* cache.set("k", value(10, "ten"), Duration.seconds(10))
+        yield* cache.set("k", value(10, "ten"), { ttl: Duration.seconds(10) })
         yield* TestClock.adjust(Duration.seconds(10))
         // Absent after expiry, so the set is written whatever it names.
-        expect(yield* cache.set("k", value(3, "three"), Duration.seconds(10), value(10, "ten"))).toBe("written")
+        expect(
+          yield* cache.set("k", value(3, "three"), { ttl: Duration.seconds(10), replacing: value(10, "ten") })
+        ).toBe("written")
         expect(yield* cache.get("k")).toEqual(Option.some(value(3, "three")))
       })
     )
@@ -97,11 +99,11 @@ describe("MemoryCache", () => {
     it.effect("a tombstone's TTL is its own: it outlives a shorter-lived value it replaced", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make()
-        yield* cache.set("k", value(1, "one"), Duration.seconds(10))
+        yield* cache.set("k", value(1, "one"), { ttl: Duration.seconds(10) })
         expect(yield* cache.invalidate("k", 1, Duration.minutes(1))).toBe("written")
         yield* TestClock.adjust(Duration.seconds(30))
         expect(yield* cache.get("k")).toEqual(Option.some(tombstone(1)))
-        expect(yield* cache.set("k", value(1, "late fill"), Duration.seconds(10))).toBe("rejected")
+        expect(yield* cache.set("k", value(1, "late fill"), { ttl: Duration.seconds(10) })).toBe("rejected")
         yield* TestClock.adjust(Duration.seconds(30))
         expect(yield* cache.get("k")).toEqual(Option.none())
       })
@@ -112,7 +114,7 @@ describe("MemoryCache", () => {
       () =>
         Effect.gen(function* () {
           const cache = yield* MemoryCache.make()
-          yield* cache.set("k", value(1, "one"), Duration.hours(1))
+          yield* cache.set("k", value(1, "one"), { ttl: Duration.hours(1) })
           expect(yield* cache.invalidate("k", 2, Duration.seconds(5))).toBe("written")
           yield* TestClock.adjust(Duration.millis(4_999))
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(2)))
@@ -127,7 +129,7 @@ describe("MemoryCache", () => {
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make({ maxEntries: 3 })
         for (const [i, key] of ["a", "b", "c", "d"].entries()) {
-          expect(yield* cache.set(key, value(i + 1, key), Duration.hours(1))).toBe("written")
+          expect(yield* cache.set(key, value(i + 1, key), { ttl: Duration.hours(1) })).toBe("written")
         }
         expect(yield* cache.get("a")).toEqual(Option.none())
         expect(yield* cache.get("b")).toEqual(Option.some(value(2, "b")))
@@ -139,12 +141,12 @@ describe("MemoryCache", () => {
     it.effect("a get refreshes recency, so the least recently used goes first", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make({ maxEntries: 3 })
-        yield* cache.set("a", value(1, "a"), Duration.hours(1))
-        yield* cache.set("b", value(1, "b"), Duration.hours(1))
-        yield* cache.set("c", value(1, "c"), Duration.hours(1))
+        yield* cache.set("a", value(1, "a"), { ttl: Duration.hours(1) })
+        yield* cache.set("b", value(1, "b"), { ttl: Duration.hours(1) })
+        yield* cache.set("c", value(1, "c"), { ttl: Duration.hours(1) })
         // "a" is the oldest write but is read now, so "b" becomes the least recently used.
         expect(yield* cache.get("a")).toEqual(Option.some(value(1, "a")))
-        yield* cache.set("d", value(1, "d"), Duration.hours(1))
+        yield* cache.set("d", value(1, "d"), { ttl: Duration.hours(1) })
         expect(yield* cache.get("b")).toEqual(Option.none())
         expect(yield* cache.get("a")).toEqual(Option.some(value(1, "a")))
         expect(yield* cache.get("c")).toEqual(Option.some(value(1, "c")))
@@ -155,13 +157,13 @@ describe("MemoryCache", () => {
     it.effect("overwriting a held key refreshes its recency and does not evict another key", () =>
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make({ maxEntries: 2 })
-        yield* cache.set("a", value(1, "a1"), Duration.hours(1))
-        yield* cache.set("b", value(1, "b1"), Duration.hours(1))
-        expect(yield* cache.set("a", value(2, "a2"), Duration.hours(1))).toBe("written")
+        yield* cache.set("a", value(1, "a1"), { ttl: Duration.hours(1) })
+        yield* cache.set("b", value(1, "b1"), { ttl: Duration.hours(1) })
+        expect(yield* cache.set("a", value(2, "a2"), { ttl: Duration.hours(1) })).toBe("written")
         expect(yield* cache.get("b")).toEqual(Option.some(value(1, "b1")))
         expect(yield* cache.get("a")).toEqual(Option.some(value(2, "a2")))
         // Now "b" was read before "a": a third key evicts "b".
-        yield* cache.set("c", value(1, "c1"), Duration.hours(1))
+        yield* cache.set("c", value(1, "c1"), { ttl: Duration.hours(1) })
         expect(yield* cache.get("b")).toEqual(Option.none())
         expect(yield* cache.get("a")).toEqual(Option.some(value(2, "a2")))
         expect(yield* cache.get("c")).toEqual(Option.some(value(1, "c1")))
@@ -172,8 +174,8 @@ describe("MemoryCache", () => {
       Effect.gen(function* () {
         const cache = yield* MemoryCache.make({ maxEntries: 2 })
         yield* cache.invalidate("a", 5, Duration.hours(1))
-        yield* cache.set("b", value(1, "b"), Duration.hours(1))
-        yield* cache.set("c", value(1, "c"), Duration.hours(1))
+        yield* cache.set("b", value(1, "b"), { ttl: Duration.hours(1) })
+        yield* cache.set("c", value(1, "c"), { ttl: Duration.hours(1) })
         expect(yield* cache.get("a")).toEqual(Option.none())
         expect(yield* cache.get("b")).toEqual(Option.some(value(1, "b")))
         expect(yield* cache.get("c")).toEqual(Option.some(value(1, "c")))

@@ -3,6 +3,7 @@ import { Context, Duration, Effect, Layer, Option, Redacted, Schedule, type Scop
 import * as net from "node:net"
 import { Cache, RedisCache } from "../src/index.js"
 import { cacheContract } from "./contract/CacheContract.js"
+import { startRedisServer } from "./support/redisServer.js"
 import { rawRedis, redisCacheLayer, redisUrl, unique } from "./support/services.js"
 
 cacheContract("RedisCache", () => redisCacheLayer(unique("contract")))
@@ -124,9 +125,10 @@ describe("RedisCache", () => {
       Effect.gen(function* () {
         const redis = yield* rawRedis
         const { cache, prefix, redisKey } = yield* prefixedCache("wire")
-        expect(yield* cache.set("user:42", value(7, "hello: world\r\n"), Duration.minutes(1))).toBe("written")
+        expect(yield* cache.set("user:42", value(7, "hello: world\r\n"), { ttl: Duration.minutes(1) })).toBe("written")
         expect(yield* Effect.promise(() => redis.get(redisKey("user:42")))).toBe("v7:hello: world\r\n")
-        expect(yield* Effect.promise(() => redis.keys(`${prefix}:*`))).toEqual([redisKey("user:42")])
+        const keys = yield* Effect.promise(() => redis.keys(`${prefix}:*`))
+        expect(keys.sort()).toEqual([`${prefix}:__wt_epoch`, redisKey("user:42")].sort())
         const pttl = yield* Effect.promise(() => redis.pttl(redisKey("user:42")))
         expect(pttl).toBeGreaterThan(55_000)
         expect(pttl).toBeLessThanOrEqual(60_000)
@@ -137,7 +139,7 @@ describe("RedisCache", () => {
       Effect.gen(function* () {
         const redis = yield* rawRedis
         const { cache, redisKey } = yield* prefixedCache("wire")
-        yield* cache.set("k", value(7, "seven"), Duration.minutes(2))
+        yield* cache.set("k", value(7, "seven"), { ttl: Duration.minutes(2) })
         expect(yield* cache.invalidate("k", 8, Duration.seconds(30))).toBe("written")
         expect(yield* Effect.promise(() => redis.get(redisKey("k")))).toBe("t8:")
         const pttl = yield* Effect.promise(() => redis.pttl(redisKey("k")))
@@ -150,8 +152,8 @@ describe("RedisCache", () => {
       Effect.gen(function* () {
         const redis = yield* rawRedis
         const { cache, redisKey } = yield* prefixedCache("wire")
-        yield* cache.set("k", value(7, "seven"), Duration.seconds(30))
-        expect(yield* cache.set("k", value(6, "six"), Duration.minutes(2))).toBe("rejected")
+        yield* cache.set("k", value(7, "seven"), { ttl: Duration.seconds(30) })
+        expect(yield* cache.set("k", value(6, "six"), { ttl: Duration.minutes(2) })).toBe("rejected")
         expect(yield* cache.invalidate("k", 6, Duration.minutes(2))).toBe("rejected")
         expect(yield* Effect.promise(() => redis.get(redisKey("k")))).toBe("v7:seven")
         expect(yield* Effect.promise(() => redis.pttl(redisKey("k")))).toBeLessThanOrEqual(30_000)
@@ -162,7 +164,7 @@ describe("RedisCache", () => {
       Effect.gen(function* () {
         const redis = yield* rawRedis
         const { cache, redisKey } = yield* prefixedCache("wire")
-        expect(yield* cache.set("k", value(1, "one"), Duration.micros(10n))).toBe("written")
+        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.micros(10n) })).toBe("written")
         const pttl = yield* Effect.promise(() => redis.pttl(redisKey("k")))
         // 1 ms left, or already expired (-2); never -1 (no TTL).
         expect([1, 0, -2]).toContain(pttl)
@@ -177,8 +179,8 @@ describe("RedisCache", () => {
         yield* Effect.promise(() => redis.set(redisKey("t"), "t13:", "PX", 60_000))
         expect(yield* cache.get("v")).toEqual(Option.some(value(12, "from: elsewhere")))
         expect(yield* cache.get("t")).toEqual(Option.some(tombstone(13)))
-        expect(yield* cache.set("v", value(12, "same version"), Duration.minutes(2))).toBe("rejected")
-        expect(yield* cache.set("t", value(13, "same version"), Duration.minutes(2))).toBe("rejected")
+        expect(yield* cache.set("v", value(12, "same version"), { ttl: Duration.minutes(2) })).toBe("rejected")
+        expect(yield* cache.set("t", value(13, "same version"), { ttl: Duration.minutes(2) })).toBe("rejected")
       })
     )
   })
@@ -201,11 +203,11 @@ describe("RedisCache", () => {
         Effect.gen(function* () {
           const redis = yield* rawRedis
           const { cache, redisKey } = yield* prefixedCache("foreign")
-          yield* cache.set("k", value(50, "fifty"), Duration.minutes(2))
+          yield* cache.set("k", value(50, "fifty"), { ttl: Duration.minutes(2) })
           yield* Effect.promise(() => redis.del(redisKey("k")))
           yield* Effect.promise(() => write(redis, redisKey("k")))
           expect(yield* cache.get("k")).toEqual(Option.none())
-          expect(yield* cache.set("k", value(1, "one"), Duration.minutes(1))).toBe("written")
+          expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
           expect(yield* Effect.promise(() => redis.type(redisKey("k")))).toBe("string")
           // The repaired entry carries the TTL, though the foreign write had none.
@@ -230,10 +232,10 @@ describe("RedisCache", () => {
       Effect.gen(function* () {
         const a = yield* prefixedCache("iso_a")
         const b = yield* prefixedCache("iso_b")
-        expect(yield* a.cache.set("k", value(5, "from a"), Duration.minutes(2))).toBe("written")
+        expect(yield* a.cache.set("k", value(5, "from a"), { ttl: Duration.minutes(2) })).toBe("written")
         expect(yield* b.cache.get("k")).toEqual(Option.none())
         // B's guard does not see A's newer version either.
-        expect(yield* b.cache.set("k", value(1, "from b"), Duration.minutes(2))).toBe("written")
+        expect(yield* b.cache.set("k", value(1, "from b"), { ttl: Duration.minutes(2) })).toBe("written")
         expect(yield* b.cache.invalidate("k", 2, Duration.minutes(2))).toBe("written")
         expect(yield* a.cache.get("k")).toEqual(Option.some(value(5, "from a")))
         expect(yield* b.cache.get("k")).toEqual(Option.some(tombstone(2)))
@@ -245,9 +247,9 @@ describe("RedisCache", () => {
         const prefix = unique("shared")
         const a = yield* buildCache(redisCacheLayer(prefix))
         const b = yield* buildCache(redisCacheLayer(prefix))
-        expect(yield* a.set("k", value(5, "from a"), Duration.minutes(2))).toBe("written")
+        expect(yield* a.set("k", value(5, "from a"), { ttl: Duration.minutes(2) })).toBe("written")
         expect(yield* b.get("k")).toEqual(Option.some(value(5, "from a")))
-        expect(yield* b.set("k", value(4, "late from b"), Duration.minutes(2))).toBe("rejected")
+        expect(yield* b.set("k", value(4, "late from b"), { ttl: Duration.minutes(2) })).toBe("rejected")
       })
     )
   })
@@ -258,7 +260,7 @@ describe("RedisCache", () => {
         const cache = yield* buildCache(
           RedisCache.layer({ url: Redacted.make(redisUrl), keyPrefix: `${unique("redacted")}:` })
         )
-        expect(yield* cache.set("k", value(1, "one"), Duration.minutes(1))).toBe("written")
+        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
         expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
       })
     )
@@ -289,14 +291,14 @@ describe("RedisCache", () => {
           RedisCache.layer({ url: proxy.url, keyPrefix: `${unique("hung")}:`, commandTimeout: "200 millis" })
         )
         // Through the proxy the cache works, first.
-        expect(yield* cache.set("k", value(1, "one"), Duration.minutes(1))).toBe("written")
+        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
         expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
 
         yield* proxy.blackHole
         const getError = yield* Effect.flip(cache.get("k"))
         expect(getError).toBeInstanceOf(Cache.CacheError)
         expect(getError).toMatchObject({ _tag: "CacheError", operation: "get", key: "k", reason: "Timeout" })
-        const setError = yield* Effect.flip(cache.set("k", value(2, "two"), Duration.minutes(1)))
+        const setError = yield* Effect.flip(cache.set("k", value(2, "two"), { ttl: Duration.minutes(1) }))
         expect(setError).toMatchObject({ _tag: "CacheError", operation: "set", key: "k", reason: "Timeout" })
         const invalidateError = yield* Effect.flip(cache.invalidate("k", 2, Duration.minutes(1)))
         expect(invalidateError).toMatchObject({
@@ -319,14 +321,14 @@ describe("RedisCache", () => {
         const cache = yield* buildCache(
           RedisCache.layer({ url: proxy.url, keyPrefix: `${unique("gone")}:`, commandTimeout: "200 millis" })
         )
-        expect(yield* cache.set("k", value(1, "one"), Duration.minutes(1))).toBe("written")
+        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
 
         // Redis goes away: every connection is cut and every reconnect refused, so commands wait offline.
         yield* proxy.cut
         const errors = yield* Effect.all(
           [
             Effect.flip(cache.get("k")),
-            Effect.flip(cache.set("k", value(2, "two"), Duration.minutes(1))),
+            Effect.flip(cache.set("k", value(2, "two"), { ttl: Duration.minutes(1) })),
             Effect.flip(cache.invalidate("k", 2, Duration.minutes(1)))
           ],
           { concurrency: "unbounded" }
@@ -380,7 +382,7 @@ describe("RedisCache", () => {
         yield* Effect.scoped(
           Effect.gen(function* () {
             const cache = yield* buildCache(layer)
-            yield* cache.set("k", value(1, "one"), Duration.minutes(1))
+            yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })
             expect(yield* clientNames(redis)).toContain(connectionName)
           })
         )
@@ -388,4 +390,67 @@ describe("RedisCache", () => {
       }).pipe(Effect.scoped)
     )
   })
+})
+
+describe("RedisCache epochs: the guard must not trust a cache that lost its memory", () => {
+  it.scoped("the epoch marker is created on connect; when it vanishes, older tickets are outdated", () =>
+    Effect.gen(function* () {
+      const redis = yield* rawRedis
+      const { cache, prefix, redisKey } = yield* prefixedCache("epoch")
+      const epochKey = `${prefix}:__wt_epoch`
+      const before = yield* cache.ticket(Duration.seconds(30))
+      expect(yield* Effect.promise(() => redis.get(epochKey))).toBe(before.epoch)
+      // What a restart, a flush or an eviction does: the marker and the entries go together.
+      yield* Effect.promise(() => redis.del(epochKey))
+      expect(yield* cache.set("k", value(9, "old fill"), { ttl: Duration.minutes(1), ticket: before })).toBe("outdated")
+      expect(yield* Effect.promise(() => redis.get(redisKey("k")))).toBeNull()
+      const after = yield* cache.ticket(Duration.seconds(30))
+      expect(after.epoch).not.toBe(before.epoch)
+      expect(yield* Effect.promise(() => redis.get(epochKey))).toBe(after.epoch)
+      expect(yield* cache.set("k", value(9, "new"), { ttl: Duration.minutes(1), ticket: after })).toBe("written")
+    })
+  )
+
+  it.scoped("two caches sharing a Redis agree on the epoch, and each learns a new one from a refusal", () =>
+    Effect.gen(function* () {
+      const redis = yield* rawRedis
+      const prefix = unique("epoch2")
+      const a = yield* Layer.build(redisCacheLayer(prefix)).pipe(Effect.map(Context.get(Cache.Cache)))
+      const b = yield* Layer.build(redisCacheLayer(prefix)).pipe(Effect.map(Context.get(Cache.Cache)))
+      const ticketA = yield* a.ticket(Duration.seconds(30))
+      expect((yield* b.ticket(Duration.seconds(30))).epoch).toBe(ticketA.epoch)
+      yield* Effect.promise(() => redis.del(`${prefix}:__wt_epoch`))
+      expect(
+        yield* b.set("k", value(1, "b"), { ttl: Duration.minutes(1), ticket: yield* b.ticket(Duration.seconds(30)) })
+      ).toBe("outdated")
+      expect(yield* a.set("k", value(2, "a"), { ttl: Duration.minutes(1), ticket: ticketA })).toBe("outdated")
+      const fresh = yield* a.ticket(Duration.seconds(30))
+      expect(fresh.epoch).toBe((yield* b.ticket(Duration.seconds(30))).epoch)
+      expect(yield* a.set("k", value(2, "a"), { ttl: Duration.minutes(1), ticket: fresh })).toBe("written")
+    })
+  )
+
+  it.live(
+    "a real restart: a write or fill whose ticket predates it is refused, so an old value cannot land in the empty cache",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* startRedisServer
+        const cache = yield* Layer.build(RedisCache.layer({ url: server.url, commandTimeout: "500 millis" })).pipe(
+          Effect.map(Context.get(Cache.Cache))
+        )
+        yield* cache.set("k", value(2, "newer"), {
+          ttl: Duration.minutes(1),
+          ticket: yield* cache.ticket(Duration.seconds(30))
+        })
+        // A fill of version 1 read the database before version 2 was written; it is still in flight when Redis restarts.
+        const lateTicket = yield* cache.ticket(Duration.seconds(30))
+        yield* server.kill
+        yield* server.start
+        const outcome = yield* cache
+          .set("k", value(1, "older"), { ttl: Duration.minutes(1), ticket: lateTicket })
+          .pipe(Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo("10 seconds"))))
+        expect(outcome).toBe("outdated")
+        expect(yield* cache.get("k")).toEqual(Option.none())
+      }).pipe(Effect.scoped)
+  )
 })

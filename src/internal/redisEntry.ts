@@ -32,14 +32,45 @@ if type(cur) == 'string' then
 end
 `
 
-// KEYS[1] key; ARGV: version, encoded entry, ttl in ms, encoded entry it may replace ('' for none)
-export const setScript = `${readCurrent}
+// The key whose value names the cache's memory. It vanishes with that memory (a restart, a
+// flush, an eviction), and the next ticketed write creates a new one.
+export const epochKey = "__wt_epoch"
+
+// KEYS[1] epoch key; ARGV[1] a candidate for a new epoch. Returns the epoch.
+export const epochScript = `
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+return epoch
+`
+
+// KEYS[1] key, KEYS[2] epoch key; ARGV: version, encoded entry, ttl in ms, encoded entry it may
+// replace ('' for none), the ticket's epoch ('' for no ticket), its deadline in epoch ms, a
+// candidate for a new epoch. Returns 'written', 'rejected', 'late' or 'epoch:' and the current epoch.
+export const setScript = `
+if ARGV[5] ~= '' then
+  local epoch = redis.call('GET', KEYS[2])
+  if not epoch then
+    epoch = ARGV[7]
+    redis.call('SET', KEYS[2], epoch)
+  end
+  if epoch ~= ARGV[5] then
+    return 'epoch:' .. epoch
+  end
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[6]) then
+    return 'late'
+  end
+end
+${readCurrent}
 local replacing = ARGV[4] ~= '' and cur == ARGV[4]
 if kind and not replacing and ver >= tonumber(ARGV[1]) then
-  return 0
+  return 'rejected'
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+return 'written'
 `
 
 // KEYS[1] key; ARGV: version, encoded tombstone, ttl in ms. A tombstone wins a tie with a value.

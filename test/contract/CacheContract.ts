@@ -48,7 +48,7 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
       for (const [label, payload] of payloads) {
         test(`a payload of ${label} round-trips exactly`, (cache) =>
           Effect.gen(function* () {
-            expect(yield* cache.set("k", value(7, payload), ttl)).toBe("written")
+            expect(yield* cache.set("k", value(7, payload), { ttl })).toBe("written")
             const got = yield* cache.get("k")
             expect(got).toEqual(Option.some(value(7, payload)))
             expect(Option.getOrThrow(got)._tag).toBe("Value")
@@ -57,7 +57,7 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
 
       test("a large version round-trips exactly", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(Number.MAX_SAFE_INTEGER - 1, "big"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(Number.MAX_SAFE_INTEGER - 1, "big"), { ttl })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(Number.MAX_SAFE_INTEGER - 1, "big")))
         }))
 
@@ -77,7 +77,7 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
             ""
           ]
           for (const [i, key] of keys.entries()) {
-            expect(yield* cache.set(key, value(i + 1, `payload of ${JSON.stringify(key)}`), ttl)).toBe("written")
+            expect(yield* cache.set(key, value(i + 1, `payload of ${JSON.stringify(key)}`), { ttl })).toBe("written")
           }
           for (const [i, key] of keys.entries()) {
             expect(yield* cache.get(key)).toEqual(Option.some(value(i + 1, `payload of ${JSON.stringify(key)}`)))
@@ -95,40 +95,40 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
     describe("version guard", () => {
       test("a set with an older version is rejected and leaves the entry unchanged", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(5, "five"), ttl)).toBe("written")
-          expect(yield* cache.set("k", value(4, "four"), ttl)).toBe("rejected")
-          expect(yield* cache.set("k", value(1, "one"), ttl)).toBe("rejected")
+          expect(yield* cache.set("k", value(5, "five"), { ttl })).toBe("written")
+          expect(yield* cache.set("k", value(4, "four"), { ttl })).toBe("rejected")
+          expect(yield* cache.set("k", value(1, "one"), { ttl })).toBe("rejected")
           expect(yield* cache.get("k")).toEqual(Option.some(value(5, "five")))
         }))
 
       test("a set with an equal version is rejected and leaves the entry unchanged", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(5, "five"), ttl)).toBe("written")
-          expect(yield* cache.set("k", value(5, "another five"), ttl)).toBe("rejected")
+          expect(yield* cache.set("k", value(5, "five"), { ttl })).toBe("written")
+          expect(yield* cache.set("k", value(5, "another five"), { ttl })).toBe("rejected")
           expect(yield* cache.get("k")).toEqual(Option.some(value(5, "five")))
         }))
 
       test("a set with a newer version is written", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(5, "five"), ttl)).toBe("written")
-          expect(yield* cache.set("k", value(6, "six"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(5, "five"), { ttl })).toBe("written")
+          expect(yield* cache.set("k", value(6, "six"), { ttl })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(6, "six")))
-          expect(yield* cache.set("k", value(1000, "thousand"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(1000, "thousand"), { ttl })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(1000, "thousand")))
         }))
 
       test("the guard compares versions as numbers, not strings", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(9, "nine"), ttl)).toBe("written")
-          expect(yield* cache.set("k", value(10, "ten"), ttl)).toBe("written")
-          expect(yield* cache.set("k", value(9, "nine again"), ttl)).toBe("rejected")
+          expect(yield* cache.set("k", value(9, "nine"), { ttl })).toBe("written")
+          expect(yield* cache.set("k", value(10, "ten"), { ttl })).toBe("written")
+          expect(yield* cache.set("k", value(9, "nine again"), { ttl })).toBe("rejected")
           expect(yield* cache.get("k")).toEqual(Option.some(value(10, "ten")))
         }))
 
       test("keys are guarded independently", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("a", value(10, "a10"), ttl)).toBe("written")
-          expect(yield* cache.set("b", value(1, "b1"), ttl)).toBe("written")
+          expect(yield* cache.set("a", value(10, "a10"), { ttl })).toBe("written")
+          expect(yield* cache.set("b", value(1, "b1"), { ttl })).toBe("written")
           expect(yield* cache.get("a")).toEqual(Option.some(value(10, "a10")))
           expect(yield* cache.get("b")).toEqual(Option.some(value(1, "b1")))
         }))
@@ -145,14 +145,14 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
 
       test("invalidate at the held value's version is written: the tombstone wins the tie", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(4, "four"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(4, "four"), { ttl })).toBe("written")
           expect(yield* cache.invalidate("k", 4, ttl)).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(4)))
         }))
 
       test("invalidate at a newer version than the held value is written", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(4, "four"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(4, "four"), { ttl })).toBe("written")
           expect(yield* cache.invalidate("k", 5, ttl)).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(5)))
         }))
@@ -160,21 +160,21 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
       test("a value with a version at or below the tombstone's is rejected", (cache) =>
         Effect.gen(function* () {
           expect(yield* cache.invalidate("k", 4, ttl)).toBe("written")
-          expect(yield* cache.set("k", value(4, "late fill of four"), ttl)).toBe("rejected")
-          expect(yield* cache.set("k", value(3, "three"), ttl)).toBe("rejected")
+          expect(yield* cache.set("k", value(4, "late fill of four"), { ttl })).toBe("rejected")
+          expect(yield* cache.set("k", value(3, "three"), { ttl })).toBe("rejected")
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(4)))
         }))
 
       test("a value with a higher version replaces the tombstone", (cache) =>
         Effect.gen(function* () {
           expect(yield* cache.invalidate("k", 4, ttl)).toBe("written")
-          expect(yield* cache.set("k", value(5, "five"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(5, "five"), { ttl })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(5, "five")))
         }))
 
       test("invalidate with a lower version than the held value is rejected", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(5, "five"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(5, "five"), { ttl })).toBe("written")
           expect(yield* cache.invalidate("k", 4, ttl)).toBe("rejected")
           expect(yield* cache.get("k")).toEqual(Option.some(value(5, "five")))
         }))
@@ -191,10 +191,10 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
 
       test("a fence tombstone rejects every value", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(5, "five"), ttl)).toBe("written")
+          expect(yield* cache.set("k", value(5, "five"), { ttl })).toBe("written")
           expect(yield* cache.invalidate("k", Cache.FENCE_VERSION, ttl)).toBe("written")
-          expect(yield* cache.set("k", value(Number.MAX_SAFE_INTEGER, "max"), ttl)).toBe("rejected")
-          expect(yield* cache.set("k", value(6, "six"), ttl)).toBe("rejected")
+          expect(yield* cache.set("k", value(Number.MAX_SAFE_INTEGER, "max"), { ttl })).toBe("rejected")
+          expect(yield* cache.set("k", value(6, "six"), { ttl })).toBe("rejected")
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(Cache.FENCE_VERSION)))
         }))
     })
@@ -203,41 +203,49 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
       test("a set replacing the current value is written even at a lower version (repair)", (cache) =>
         Effect.gen(function* () {
           const current = value(9, "undecodable payload")
-          expect(yield* cache.set("k", current, ttl)).toBe("written")
-          expect(yield* cache.set("k", value(3, "repaired"), ttl, current)).toBe("written")
+          expect(yield* cache.set("k", current, { ttl })).toBe("written")
+          expect(yield* cache.set("k", value(3, "repaired"), { ttl: ttl, replacing: current })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(3, "repaired")))
         }))
 
       test("a set replacing the current tombstone is written even at a lower version", (cache) =>
         Effect.gen(function* () {
           expect(yield* cache.invalidate("k", 9, ttl)).toBe("written")
-          expect(yield* cache.set("k", value(3, "repaired"), ttl, tombstone(9))).toBe("written")
+          expect(yield* cache.set("k", value(3, "repaired"), { ttl: ttl, replacing: tombstone(9) })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(3, "repaired")))
         }))
 
       test("a set replacing an entry that is not the current one is rejected", (cache) =>
         Effect.gen(function* () {
           const current = value(9, "current")
-          expect(yield* cache.set("k", current, ttl)).toBe("written")
+          expect(yield* cache.set("k", current, { ttl })).toBe("written")
           // Same version, other payload.
-          expect(yield* cache.set("k", value(3, "stale repair"), ttl, value(9, "something else"))).toBe("rejected")
+          expect(
+            yield* cache.set("k", value(3, "stale repair"), { ttl: ttl, replacing: value(9, "something else") })
+          ).toBe("rejected")
           // Same payload, other version.
-          expect(yield* cache.set("k", value(3, "stale repair"), ttl, value(8, "current"))).toBe("rejected")
+          expect(yield* cache.set("k", value(3, "stale repair"), { ttl: ttl, replacing: value(8, "current") })).toBe(
+            "rejected"
+          )
           // A tombstone of the same version.
-          expect(yield* cache.set("k", value(3, "stale repair"), ttl, tombstone(9))).toBe("rejected")
+          expect(yield* cache.set("k", value(3, "stale repair"), { ttl: ttl, replacing: tombstone(9) })).toBe(
+            "rejected"
+          )
           expect(yield* cache.get("k")).toEqual(Option.some(current))
         }))
 
       test("a set replacing a value where a tombstone of that version is held is rejected", (cache) =>
         Effect.gen(function* () {
           expect(yield* cache.invalidate("k", 9, ttl)).toBe("written")
-          expect(yield* cache.set("k", value(3, "stale repair"), ttl, value(9, ""))).toBe("rejected")
+          expect(yield* cache.set("k", value(3, "stale repair"), { ttl: ttl, replacing: value(9, "") })).toBe(
+            "rejected"
+          )
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(9)))
         }))
 
       test("a replacing set onto an absent key is written", (cache) =>
         Effect.gen(function* () {
-          expect(yield* cache.set("k", value(2, "two"), ttl, value(1, "one"))).toBe("written")
+          expect(yield* cache.set("k", value(2, "two"), { ttl: ttl, replacing: value(1, "one") })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(2, "two")))
         }))
     })
@@ -249,7 +257,7 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
             Array.from({ length: 200 }, (_, i) => i + 1),
             42
           )
-          const outcomes = yield* Effect.forEach(versions, (v) => cache.set("k", value(v, `payload ${v}`), ttl), {
+          const outcomes = yield* Effect.forEach(versions, (v) => cache.set("k", value(v, `payload ${v}`), { ttl }), {
             concurrency: "unbounded"
           })
           expect(outcomes).toContain("written")
@@ -260,13 +268,47 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
         Effect.gen(function* () {
           const writes = shuffled(
             Array.from({ length: 100 }, (_, i) => i + 1).flatMap((v) => [
-              cache.set("k", value(v, `payload ${v}`), ttl),
+              cache.set("k", value(v, `payload ${v}`), { ttl }),
               cache.invalidate("k", v, ttl)
             ]),
             7
           )
           yield* Effect.all(writes, { concurrency: "unbounded" })
           expect(yield* cache.get("k")).toEqual(Option.some(tombstone(100)))
+        }))
+    })
+
+    describe("tickets", () => {
+      test("a set under a fresh ticket is guarded as usual", (cache) =>
+        Effect.gen(function* () {
+          const ticket = yield* cache.ticket(Duration.seconds(30))
+          expect(yield* cache.set("k", value(5, "five"), { ttl, ticket })).toBe("written")
+          expect(yield* cache.set("k", value(4, "four"), { ttl, ticket })).toBe("rejected")
+          expect(yield* cache.get("k")).toEqual(Option.some(value(5, "five")))
+        }))
+
+      test("a set under a ticket of another epoch is outdated and changes nothing", (cache) =>
+        Effect.gen(function* () {
+          const ticket = yield* cache.ticket(Duration.seconds(30))
+          expect(yield* cache.set("k", value(5, "five"), { ttl, ticket: { ...ticket, epoch: "another memory" } })).toBe(
+            "outdated"
+          )
+          expect(yield* cache.get("k")).toEqual(Option.none())
+          expect(yield* cache.set("k", value(5, "five"), { ttl, ticket })).toBe("written")
+        }))
+
+      test("a set that lands after its ticket's deadline is outdated and changes nothing", (cache) =>
+        Effect.gen(function* () {
+          const ticket = yield* cache.ticket(Duration.seconds(30))
+          const expired = { ...ticket, notAfter: ticket.notAfter - 60_000 }
+          expect(yield* cache.set("k", value(5, "five"), { ttl, ticket: expired })).toBe("outdated")
+          expect(yield* cache.get("k")).toEqual(Option.none())
+        }))
+
+      test("invalidations need no ticket: a tombstone is always safe", (cache) =>
+        Effect.gen(function* () {
+          expect(yield* cache.invalidate("k", 3, ttl)).toBe("written")
+          expect(yield* cache.get("k")).toEqual(Option.some(tombstone(3)))
         }))
     })
   })
