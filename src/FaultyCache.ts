@@ -10,6 +10,7 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { Cache, CacheError } from "./Cache.js"
@@ -36,9 +37,30 @@ export interface Controls {
   readonly failAfterNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
   /** Every call hangs until interrupted, until `heal`. */
   readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /**
+   * Holds the next `times` calls (default 1): `before` they reach the cache, or
+   * `after` it answered, with the answer held back. For forcing interleavings.
+   */
+  readonly pause: (
+    options: { readonly times?: number | undefined; readonly when: "before" | "after" },
+    ...operations: ReadonlyArray<Operation>
+  ) => Effect.Effect<Pause>
   readonly heal: Effect.Effect<void>
   /** How many calls of the operation arrived, faulted or not. */
   readonly calls: (operation: Operation) => Effect.Effect<number>
+}
+
+/**
+ * Calls held by `pause`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Pause {
+  /** Completes once a call is being held. */
+  readonly reached: Effect.Effect<void>
+  /** Lets every held call, and every later one of this pause, go on. */
+  readonly release: Effect.Effect<void>
 }
 
 /**
@@ -47,7 +69,7 @@ export interface Controls {
  */
 export class FaultyCache extends Context.Tag("effect-write-through/FaultyCache")<FaultyCache, Controls>() {}
 
-type Mode = "fail" | "failAfter" | "hang"
+type Mode = "fail" | "failAfter" | "hang" | "pauseBefore" | "pauseAfter"
 
 /**
  * Provides a faulty `Cache` over the `Cache` it is given, and its `FaultyCache` controls.
@@ -62,7 +84,8 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
     const inject = <A>(operation: Operation, key: string, effect: Effect.Effect<A, CacheError>) =>
       Effect.suspend((): Effect.Effect<A, CacheError> => {
         const injected = new CacheError({ operation, key, reason: "Injected" })
-        switch (plan.take(operation)) {
+        const fault = plan.take(operation)
+        switch (fault?.mode) {
           case undefined:
             return effect
           case "fail":
@@ -71,6 +94,10 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
             return Effect.zipRight(effect, Effect.fail(injected))
           case "hang":
             return Effect.never
+          case "pauseBefore":
+            return Effect.zipRight(FaultPlan.hold(fault.gate!), effect)
+          case "pauseAfter":
+            return Effect.zipLeft(effect, FaultPlan.hold(fault.gate!))
         }
       })
     const faulty = Cache.of({
@@ -84,6 +111,14 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
       failAlways: (...operations) => Effect.sync(() => plan.arm("fail", Infinity, operations)),
       failAfterNext: (times, ...operations) => Effect.sync(() => plan.arm("failAfter", times, operations)),
       hang: (...operations) => Effect.sync(() => plan.arm("hang", Infinity, operations)),
+      pause: ({ times = 1, when }, ...operations) =>
+        Effect.map(FaultPlan.makeGate, (gate) => {
+          plan.arm(when === "before" ? "pauseBefore" : "pauseAfter", times, operations, gate)
+          return {
+            reached: Deferred.await(gate.reached),
+            release: Deferred.succeed(gate.released, undefined).pipe(Effect.asVoid)
+          }
+        }),
       heal: Effect.sync(() => plan.clear()),
       calls: (operation) => Effect.sync(() => plan.calls(operation))
     }

@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as FaultPlan from "./internal/faultPlan.js"
@@ -42,9 +43,30 @@ export interface Controls {
   ) => Effect.Effect<void>
   /** Every call hangs until interrupted, until `heal`. */
   readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /**
+   * Holds the next `times` calls (default 1): `before` they reach the store, or
+   * `after` it answered, with the answer held back. For forcing interleavings.
+   */
+  readonly pause: (
+    options: { readonly times?: number | undefined; readonly when: "before" | "after" },
+    ...operations: ReadonlyArray<Operation>
+  ) => Effect.Effect<Pause>
   readonly heal: Effect.Effect<void>
   /** How many calls of the operation arrived, faulted or not. */
   readonly calls: (operation: Operation) => Effect.Effect<number>
+}
+
+/**
+ * Calls held by `pause`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Pause {
+  /** Completes once a call is being held. */
+  readonly reached: Effect.Effect<void>
+  /** Lets every held call, and every later one of this pause, go on. */
+  readonly release: Effect.Effect<void>
 }
 
 /**
@@ -53,7 +75,7 @@ export interface Controls {
  */
 export class FaultyStore extends Context.Tag("effect-write-through/FaultyStore")<FaultyStore, Controls>() {}
 
-type Mode = "fail" | "hang" | "lostBeforeCommit" | "lostAfterCommit"
+type Mode = "fail" | "hang" | "lostBeforeCommit" | "lostAfterCommit" | "pauseBefore" | "pauseAfter"
 
 /**
  * Provides a faulty `Store` over the `Store` it is given, and its `FaultyStore` controls.
@@ -68,16 +90,16 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
     const faulty = Store.of({
       collection: (target) =>
         Effect.map(store.collection(target), (collection) => {
-          const inject = <A, E>(operation: Operation, key: string, effect: Effect.Effect<A, E>) =>
-            Effect.suspend((): Effect.Effect<A, E | StoreError | StoreOutcomeUnknownError> => {
-              const entity = target.entity
-              const lost = new StoreOutcomeUnknownError({
-                entity,
-                key,
-                operation,
-                cause: new Error("injected: connection lost during commit")
-              })
-              switch (plan.take(operation)) {
+          const entity = target.entity
+          const inject = <A, E>(
+            operation: Operation,
+            key: string,
+            effect: Effect.Effect<A, E>,
+            lost: () => E
+          ): Effect.Effect<A, E | StoreError> =>
+            Effect.suspend((): Effect.Effect<A, E | StoreError> => {
+              const fault = plan.take(operation)
+              switch (fault?.mode) {
                 case undefined:
                   return effect
                 case "fail":
@@ -85,15 +107,32 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 case "hang":
                   return Effect.never
                 case "lostBeforeCommit":
-                  return Effect.fail(lost)
+                  return Effect.fail(lost())
                 case "lostAfterCommit":
-                  return Effect.zipRight(effect, Effect.fail(lost))
+                  return Effect.zipRight(effect, Effect.fail(lost()))
+                case "pauseBefore":
+                  return Effect.zipRight(FaultPlan.hold(fault.gate!), effect)
+                case "pauseAfter":
+                  return Effect.zipLeft(effect, FaultPlan.hold(fault.gate!))
               }
             })
+          const lostWrite = (operation: Operation, key: string) => () =>
+            new StoreOutcomeUnknownError({
+              entity,
+              key,
+              operation,
+              cause: new Error("injected: connection lost during commit")
+            })
           return {
-            get: (key) => inject("get", key, collection.get(key)) as Effect.Effect<any, StoreError>,
-            put: (key, value) => inject("put", key, collection.put(key, value)),
-            delete: (key) => inject("delete", key, collection.delete(key))
+            get: (key) =>
+              inject(
+                "get",
+                key,
+                collection.get(key),
+                () => new StoreError({ entity, key, operation: "get", reason: "Injected" })
+              ),
+            put: (key, value) => inject("put", key, collection.put(key, value), lostWrite("put", key)),
+            delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key))
           } satisfies Store.Collection
         })
     })
@@ -109,6 +148,14 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
           )
         ),
       hang: (...operations) => Effect.sync(() => plan.arm("hang", Infinity, operations)),
+      pause: ({ times = 1, when }, ...operations) =>
+        Effect.map(FaultPlan.makeGate, (gate) => {
+          plan.arm(when === "before" ? "pauseBefore" : "pauseAfter", times, operations, gate)
+          return {
+            reached: Deferred.await(gate.reached),
+            release: Deferred.succeed(gate.released, undefined).pipe(Effect.asVoid)
+          }
+        }),
       heal: Effect.sync(() => plan.clear()),
       calls: (operation) => Effect.sync(() => plan.calls(operation))
     }
