@@ -21,6 +21,7 @@ import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
+import type * as Scope from "effect/Scope"
 import { Cache, CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "./Cache.js"
 import * as Metrics from "./Metrics.js"
 import { Store, StoreError, type StoreOutcomeUnknownError, type Table } from "./Store.js"
@@ -55,6 +56,8 @@ export interface Options<K, A, I> {
   readonly storeTimeout?: Duration.DurationInput | undefined
   /** Longer keys (in UTF-8 bytes, once encoded) are refused. Default 1024. */
   readonly maxKeyBytes?: number | undefined
+  /** How often invalidations that failed after a committed write are retried in the background. Default 1 second. */
+  readonly repairInterval?: Duration.DurationInput | undefined
 }
 
 /**
@@ -120,7 +123,7 @@ const describeKey = (key: unknown): string => {
  */
 export const make = <K, A, I>(
   options: Options<K, A, I> & { readonly entity: string }
-): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store> =>
+): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store | Scope.Scope> =>
   Effect.gen(function* () {
     const entity = options.entity
     if (!entityPattern.test(entity)) {
@@ -137,6 +140,7 @@ export const make = <K, A, I>(
     const cacheTimeout = Duration.decode(options.cacheTimeout ?? "1 second")
     const storeTimeout = Duration.decode(options.storeTimeout ?? "5 seconds")
     const maxKeyBytes = options.maxKeyBytes ?? 1024
+    const repairInterval = Duration.decode(options.repairInterval ?? "1 second")
     const prefix = `${entity}:`
     const tags = (metric: Metric.Metric.Counter<number>) => Metric.tagged(metric, "entity", entity)
     const metric = {
@@ -217,6 +221,42 @@ export const make = <K, A, I>(
     const invalidate = (key: string, version: number) =>
       boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(Effect.retry(retry))
 
+    // Keys the cache may still serve stale because neither the update nor the invalidation got
+    // through: a tombstone is retried in the background until it lands or until whatever the cache
+    // held has expired anyway. This narrows the staleness a StaleCacheError reports; it cannot
+    // survive this process, so the TTL stays the bound.
+    const repairs = new Map<string, { readonly version: number; readonly until: number }>()
+    const scheduleRepair = (key: string, version: number, now: number) =>
+      Effect.sync(() => {
+        const pending = repairs.get(key)
+        repairs.set(key, {
+          version: Math.max(version, pending?.version ?? 0),
+          until: now + Duration.toMillis(maxTtl)
+        })
+      })
+    yield* Effect.forkScoped(
+      Effect.repeat(
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.forEach(
+            [...repairs],
+            ([key, pending]) =>
+              now > pending.until
+                ? Effect.sync(() => repairs.delete(key))
+                : boundCache("invalidate", key, cache.invalidate(prefix + key, pending.version, tombstoneTtl)).pipe(
+                    Effect.zipRight(
+                      Effect.sync(() => {
+                        if (repairs.get(key) === pending) repairs.delete(key)
+                      })
+                    ),
+                    Effect.ignore
+                  ),
+            { concurrency: 8, discard: true }
+          )
+        ),
+        Schedule.spaced(repairInterval)
+      )
+    )
+
     // The write is committed at `version`: make the cache hold it, or fence the old value off with a
     // tombstone, or say that it may be stale.
     const publish = (
@@ -246,7 +286,7 @@ export const make = <K, A, I>(
               onFailure: (invalidateError) =>
                 Effect.flatMap(Clock.currentTimeMillis, (now) =>
                   Effect.zipRight(
-                    Metric.increment(metric.stale),
+                    Effect.zipRight(Metric.increment(metric.stale), scheduleRepair(key, version, now)),
                     Effect.fail(
                       new StaleCacheError({
                         entity,
@@ -272,7 +312,13 @@ export const make = <K, A, I>(
       cause: unknown
     ): Effect.Effect<never, InconsistentCacheError> =>
       invalidate(key, FENCE_VERSION).pipe(
-        Effect.match({ onFailure: () => false, onSuccess: () => true }),
+        Effect.as(true),
+        Effect.catchAll(() =>
+          Effect.as(
+            Effect.flatMap(Clock.currentTimeMillis, (now) => scheduleRepair(key, FENCE_VERSION, now)),
+            false
+          )
+        ),
         Effect.tap(() => Metric.increment(metric.inconsistent)),
         Effect.flatMap((invalidated) =>
           Effect.fail(new InconsistentCacheError({ entity, key, operation, invalidated, cause }))
@@ -476,6 +522,6 @@ export const Service =
   <const Id extends string, K, A, I>(id: Id, options: Options<K, A, I>): ServiceClass<Self, Id, K, A> => {
     const entity = options.entity ?? options.table?.name ?? id
     const Tag = Context.Tag(id)<Self, WriteThrough<K, A>>()
-    const layer = Layer.effect(Tag, make({ ...options, entity }))
+    const layer = Layer.scoped(Tag, make({ ...options, entity }))
     return Object.assign(Tag, { Default: layer, entity }) as unknown as ServiceClass<Self, Id, K, A>
   }

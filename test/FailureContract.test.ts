@@ -108,6 +108,35 @@ describe("failure contract", () => {
       )
   )
 
+  it.effect("after a StaleCacheError, the tombstone is retried in the background until it lands", () =>
+    withHarness(
+      ({ users, collection, cacheFaults, raw }) =>
+        Effect.gen(function* () {
+          yield* users.set("1", user("1", "v1"))
+          yield* cacheFaults.failAlways("set", "invalidate")
+          const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+          expect(error._tag).toBe("StaleCacheError")
+          const stored = Option.getOrThrow(yield* collection.get("1"))
+          expect(yield* raw("1")).toMatch(/^v\d+:.*"v1"/)
+          // Still failing: the background repair keeps trying without giving up.
+          yield* driveClock(TestClock.adjust("5 seconds"))
+          const attempts = yield* cacheFaults.calls("invalidate")
+          expect(attempts).toBeGreaterThanOrEqual(3)
+          expect(yield* raw("1")).toMatch(/^v\d+:.*"v1"/)
+          yield* cacheFaults.heal
+          yield* driveClock(
+            Effect.repeat(raw("1"), {
+              until: (entry) => entry?.startsWith("t") === true,
+              schedule: Schedule.spaced("100 millis")
+            })
+          )
+          expect(yield* raw("1")).toBe(`t${stored.version}:`)
+          expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+        }),
+      { retry: Schedule.recurs(0), repairInterval: "1 second" }
+    )
+  )
+
   it.effect("the default retry schedule stays within its time bound", () =>
     withHarness(({ users, cacheFaults }) =>
       Effect.gen(function* () {

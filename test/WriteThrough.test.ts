@@ -96,7 +96,7 @@ describe("TTL: the safety net", () => {
       expect(Option.getOrThrow(yield* users.get("1")).name).toBe("cached")
       yield* TestClock.adjust("2 minutes") // 11 minutes: past 10 minutes + 10% jitter
       expect(Option.getOrThrow(yield* users.get("1")).name).toBe("changed behind its back")
-    }).pipe(Effect.provide(Layer.merge(MemoryCache.layer(), MemoryStore.layer)))
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(MemoryCache.layer(), MemoryStore.layer)))
   )
 
   it.effect("in Redis, every entry carries a TTL between the TTL and the TTL plus jitter, spread across keys", () => {
