@@ -10,17 +10,27 @@ export interface RedisServer {
   readonly url: string
   /** SIGKILL: the server dies with everything it held in memory. */
   readonly kill: Effect.Effect<void>
-  /** Starts a fresh, empty server on the same port. */
+  /** Starts a fresh, empty server on the same port, unless one is running. */
   readonly start: Effect.Effect<void>
 }
 
-export const freePort = Effect.async<number>((resume) => {
-  const server = createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
+const isFree = (port: number) =>
+  Effect.async<boolean>((resume) => {
+    const server = createServer()
+    server.once("error", () => resume(Effect.succeed(false)))
+    server.listen(port, "127.0.0.1", () => server.close(() => resume(Effect.succeed(true))))
   })
+
+/**
+ * A free port below the ephemeral range. A server that is killed and restarted on an ephemeral
+ * port can find it taken by a client's reconnect attempt: on loopback such a socket may even
+ * connect to itself (a TCP simultaneous open) and hold the port.
+ */
+export const freePort: Effect.Effect<number> = Effect.gen(function* () {
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    if (yield* isFree(port)) return port
+  }
 })
 
 const waitUntilReady = (child: ChildProcess, port: number) =>
@@ -44,7 +54,9 @@ const waitUntilReady = (child: ChildProcess, port: number) =>
 export const startRedisServer: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.gen(function* () {
   const port = yield* freePort
   let child: ChildProcess | undefined
+  const alive = () => child !== undefined && child.exitCode === null && child.signalCode === null
   const start = Effect.suspend(() => {
+    if (alive()) return Effect.void
     child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
       stdio: ["ignore", "pipe", "pipe"]
     })

@@ -1,0 +1,269 @@
+// The chaos workload: several worker processes hammer a few hot keys through the library, on the
+// real Postgres and on a Redis this run starts itself behind a fault proxy, while faults fire: Redis
+// killed with SIGKILL and restarted, the workers' Postgres backends terminated, the proxy delaying,
+// black-holing and resetting. Then the history checker reads every operation, the store's commit
+// history and both tiers' final state.
+//
+// `npm run chaos` runs the full workload; test/Chaos.test.ts runs a short one, and the naive variant.
+import { PgClient } from "@effect/sql-pg"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Duration, Effect, Random, Redacted } from "effect"
+import type * as Scope from "effect/Scope"
+import { Redis } from "ioredis"
+import { spawn } from "node:child_process"
+import { randomUUID } from "node:crypto"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { databaseUrl } from "../support/services.js"
+import { startRedisServer } from "../support/redisServer.js"
+import { check, type Committed, type FinalState, type Op, type Report } from "./checker.js"
+import { faultProxy } from "./faultProxy.js"
+import { createTables, dropTables, historyTable, type WorkerConfig } from "./workload.js"
+
+export interface ChaosOptions {
+  readonly processes: number
+  readonly fibers: number
+  readonly keys: number
+  readonly runMillis: number
+  readonly settleMillis: number
+  readonly naive: boolean
+  readonly faults: boolean
+  readonly pauseProbability: number
+  /** A fault fires every this many milliseconds, give or take a third; kinds take turns, so all fire. */
+  readonly faultEveryMillis: number
+}
+
+export type FaultKind = "redisKill" | "pgTerminate" | "proxyDelay" | "proxyBlackhole" | "proxyReset"
+
+export interface ChaosSummary extends Omit<Report, "violations"> {
+  readonly processes: number
+  /** Writes and deletes by outcome: `unknown` counts StaleCacheError, InconsistentCacheError and lost commits. */
+  readonly outcomes: Readonly<Record<"ok" | "fail" | "unknown", number>>
+  readonly naive: boolean
+  readonly faults: Readonly<Record<FaultKind, number>>
+  readonly durationMillis: number
+  readonly violations: Report["violations"]
+}
+
+const workerPath = fileURLToPath(new URL("./worker.ts", import.meta.url))
+
+const runWorker = (config: WorkerConfig) =>
+  Effect.async<void, Error>((resume) => {
+    const child = spawn(process.execPath, ["--import", "tsx", workerPath, JSON.stringify(config)], {
+      stdio: ["ignore", "inherit", "inherit"]
+    })
+    child.once("exit", (code, signal) =>
+      resume(
+        code === 0 ? Effect.void : Effect.fail(new Error(`worker ${config.process} exited with ${code ?? signal}`))
+      )
+    )
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+const decodeEntry = (raw: string | null) => {
+  const match = raw === null ? null : /^([vt])(\d+):/.exec(raw)
+  return match === null
+    ? null
+    : { kind: match[1] === "v" ? ("value" as const) : ("tombstone" as const), version: Number(match[2]) }
+}
+
+export const runChaos = (
+  options: ChaosOptions
+): Effect.Effect<ChaosSummary, unknown, Scope.Scope | SqlClient.SqlClient> =>
+  Effect.gen(function* () {
+    const startedAt = Date.now()
+    const runId = `chaos_${randomUUID().replaceAll("-", "").slice(0, 10)}`
+    const sql = yield* SqlClient.SqlClient
+    const server = yield* startRedisServer
+    const proxy = yield* faultProxy({ host: "127.0.0.1", port: server.port })
+    const table = runId
+    yield* Effect.acquireRelease(createTables(table), () => Effect.orDie(dropTables(table)))
+    const directory = mkdtempSync(join(tmpdir(), "chaos-"))
+    yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(directory, { recursive: true, force: true })))
+    const keys = Array.from({ length: options.keys }, (_, i) => `key-${i}`)
+    const keyPrefix = `${runId}:`
+
+    const faults: Record<FaultKind, number> = {
+      redisKill: 0,
+      pgTerminate: 0,
+      proxyDelay: 0,
+      proxyBlackhole: 0,
+      proxyReset: 0
+    }
+    const kinds: ReadonlyArray<FaultKind> = ["redisKill", "proxyDelay", "pgTerminate", "proxyBlackhole", "proxyReset"]
+    const fire = (kind: FaultKind): Effect.Effect<void, unknown> => {
+      switch (kind) {
+        case "redisKill":
+          return Effect.zipRight(server.kill, Effect.zipRight(Effect.sleep("200 millis"), server.start))
+        case "pgTerminate":
+          return sql
+            .unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE $1`, [
+              `${runId}-worker-%`
+            ])
+            .raw.pipe(Effect.asVoid)
+        case "proxyDelay":
+          return Effect.acquireUseRelease(
+            Effect.flatMap(Random.nextIntBetween(20, 120), (millis) =>
+              Effect.sync(() => proxy.setMode({ _tag: "Delay", millis }))
+            ),
+            () => Effect.sleep("1 second"),
+            () => Effect.sync(() => proxy.setMode({ _tag: "Pass" }))
+          )
+        case "proxyBlackhole":
+          return Effect.acquireUseRelease(
+            Effect.sync(() => proxy.setMode({ _tag: "Blackhole" })),
+            () => Effect.sleep("700 millis"),
+            () => Effect.sync(() => proxy.setMode({ _tag: "Pass" }))
+          )
+        case "proxyReset":
+          return Effect.sync(() => void proxy.resetConnections())
+      }
+    }
+    const faultLoop = Effect.gen(function* () {
+      // Let the workers connect before the first fault.
+      yield* Effect.sleep("1 second")
+      for (let i = 0; ; i++) {
+        const kind = kinds[i % kinds.length]!
+        yield* fire(kind)
+        faults[kind]++
+        const third = Math.round(options.faultEveryMillis / 3)
+        yield* Effect.sleep(
+          Duration.millis(options.faultEveryMillis - third + (yield* Random.nextIntBetween(0, 2 * third)))
+        )
+      }
+    })
+
+    const configs = Array.from({ length: options.processes }, (_, process): WorkerConfig => ({
+      process,
+      databaseUrl,
+      redisUrl: proxy.url,
+      keyPrefix,
+      table,
+      keys,
+      fibers: options.fibers,
+      runMillis: options.runMillis,
+      settleMillis: options.settleMillis,
+      applicationName: `${runId}-worker-${process}`,
+      naive: options.naive,
+      pauseProbability: options.pauseProbability,
+      output: join(directory, `worker-${process}.jsonl`)
+    }))
+    const workers = yield* Effect.fork(Effect.forEach(configs, runWorker, { concurrency: "unbounded", discard: true }))
+    if (options.faults) {
+      // Faults stop when the workload does (the workers start within a second), then the tiers heal.
+      yield* faultLoop.pipe(Effect.timeout(Duration.millis(options.runMillis + 1000)), Effect.ignore)
+      proxy.setMode({ _tag: "Pass" })
+      yield* server.start.pipe(Effect.ignore)
+    }
+    yield* workers.await.pipe(Effect.flatMap((exit) => exit))
+
+    const ops: Array<Op> = configs.flatMap((config) =>
+      readFileSync(config.output, "utf8")
+        .split("\n")
+        .filter((line) => line.length > 0)
+        .map((line) => JSON.parse(line) as Op)
+    )
+    const committed = (yield* sql.unsafe<{ key: string; value: string | null; version: string }>(
+      `SELECT key, value, version FROM "${historyTable(table)}" ORDER BY version`
+    )).map((row): Committed => ({ key: row.key, value: row.value, version: Number(row.version) }))
+    const rows = yield* sql.unsafe<{ id: string; payload: string; version: string }>(
+      `SELECT id, payload, version FROM "${table}"`
+    )
+    const redis = yield* Effect.acquireRelease(
+      Effect.sync(() => new Redis(server.url, { commandTimeout: 2000 })),
+      (redis) => Effect.sync(() => redis.disconnect())
+    )
+    const raws = yield* Effect.promise(() => redis.mget(keys.map((key) => `${keyPrefix}${table}:${key}`)))
+    const final: FinalState = {
+      store: new Map(
+        keys.map((key) => {
+          const row = rows.find((r) => r.id === key)
+          return [key, row === undefined ? null : { value: row.payload, version: Number(row.version) }] as const
+        })
+      ),
+      cache: new Map(keys.map((key, i) => [key, decodeEntry(raws[i] ?? null)] as const))
+    }
+    const report = check(ops, committed, final)
+    const outcomes = { ok: 0, fail: 0, unknown: 0 }
+    for (const op of ops) if (op.kind !== "read") outcomes[op.outcome]++
+    return {
+      ...report,
+      processes: options.processes,
+      outcomes,
+      naive: options.naive,
+      faults,
+      durationMillis: Date.now() - startedAt
+    }
+  })
+
+export const pgLayer = PgClient.layer({
+  url: Redacted.make(databaseUrl),
+  applicationName: "effect-write-through-chaos"
+})
+
+export const summaryLine = (summary: ChaosSummary) =>
+  JSON.stringify({
+    processes: summary.processes,
+    operations: summary.operations,
+    reads: summary.reads,
+    writes: summary.writes,
+    deletes: summary.deletes,
+    faults: summary.faults,
+    writeOutcomes: summary.outcomes,
+    staleReads: summary.staleReads,
+    failedWriteReads: summary.failedWriteReads,
+    lostWrites: summary.lostWrites,
+    unconverged: summary.unconverged,
+    nines: summary.nines,
+    ninesIsLowerBound: summary.ninesIsLowerBound,
+    naive: summary.naive,
+    durationMillis: summary.durationMillis
+  })
+
+const printSummary = (summary: ChaosSummary) => {
+  const faults = Object.entries(summary.faults)
+    .map(([kind, count]) => `${kind} ${count}`)
+    .join(", ")
+  const lines = [
+    `chaos: ${summary.processes} processes, ${summary.operations} operations (${summary.reads} reads, ${summary.writes} writes, ${summary.deletes} deletes) in ${(summary.durationMillis / 1000).toFixed(1)} s`,
+    `faults: ${faults}`,
+    `writes and deletes: ${summary.outcomes.ok} ok, ${summary.outcomes.fail} failed, ${summary.outcomes.unknown} unknown (stale or inconsistent)`,
+    `stale reads:        ${summary.staleReads}`,
+    `failed-write reads: ${summary.failedWriteReads}`,
+    `lost writes:        ${summary.lostWrites}`,
+    `unconverged keys:   ${summary.unconverged}`,
+    `consistency:        ${summary.ninesIsLowerBound ? "at least " : ""}${summary.nines} nines over ${summary.reads} reads`,
+    ...summary.violations.slice(0, 10).map((v) => `  ${v.check} on ${v.key}: ${v.detail}`)
+  ]
+  console.log(lines.join("\n"))
+  console.log(summaryLine(summary))
+}
+
+// `npm run chaos [-- --naive]`: the full workload, bounded well under three minutes.
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const naive = process.argv.includes("--naive")
+  const program = runChaos({
+    processes: 3,
+    fibers: 24,
+    keys: 6,
+    runMillis: 60_000,
+    settleMillis: 4_000,
+    naive,
+    faults: true,
+    pauseProbability: 0.1,
+    faultEveryMillis: 1_500
+  }).pipe(Effect.scoped, Effect.provide(pgLayer))
+  Effect.runPromise(program).then(
+    (summary) => {
+      printSummary(summary)
+      const clean = summary.staleReads + summary.failedWriteReads + summary.lostWrites + summary.unconverged === 0
+      process.exitCode = clean === !naive ? 0 : 1
+    },
+    (error) => {
+      console.error("chaos run failed:", error)
+      process.exitCode = 2
+    }
+  )
+}

@@ -1,0 +1,102 @@
+// What the chaos orchestrator and its worker processes share: the configuration, the table the
+// workload writes, and the naive cache the checker must catch.
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Duration, Effect, Layer, Option } from "effect"
+import { Redis } from "ioredis"
+import { Cache } from "../../src/index.js"
+
+export interface WorkerConfig {
+  readonly process: number
+  readonly databaseUrl: string
+  readonly redisUrl: string
+  readonly keyPrefix: string
+  readonly table: string
+  readonly keys: ReadonlyArray<string>
+  readonly fibers: number
+  /** How long the workload runs, then how long the process stays up so retries and repairs can finish. */
+  readonly runMillis: number
+  readonly settleMillis: number
+  readonly applicationName: string
+  /** A write-through over a cache that ignores versions: what the checker must catch. */
+  readonly naive: boolean
+  /** Probability of holding a step between the store and the cache, forcing races (a), (b), (c), (f). */
+  readonly pauseProbability: number
+  readonly output: string
+}
+
+export const historyTable = (table: string) => `${table}_history`
+
+/** The workload's table, and a history of every committed change written by a trigger in the same transaction. */
+export const createTables = (table: string) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const history = historyTable(table)
+    yield* sql.unsafe(`CREATE SEQUENCE IF NOT EXISTS effect_write_through_version`).raw
+    yield* sql.unsafe(`CREATE TABLE "${table}" (id text PRIMARY KEY, payload text NOT NULL, version bigint NOT NULL)`)
+      .raw
+    yield* sql.unsafe(`CREATE TABLE "${history}" (key text NOT NULL, value text, version bigint NOT NULL)`).raw
+    // A delete's version is drawn here under the same per-key lock the store's own statement holds,
+    // so it falls in the key's commit order like the version the store returns.
+    yield* sql.unsafe(`CREATE FUNCTION "${table}_record"() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF TG_OP = 'DELETE' THEN
+          INSERT INTO "${history}" VALUES (OLD.id, NULL, nextval('effect_write_through_version'));
+          RETURN OLD;
+        END IF;
+        INSERT INTO "${history}" VALUES (NEW.id, NEW.payload, NEW.version);
+        RETURN NEW;
+      END $$`).raw
+    yield* sql.unsafe(
+      `CREATE TRIGGER "${table}_record" AFTER INSERT OR UPDATE OR DELETE ON "${table}" ` +
+        `FOR EACH ROW EXECUTE FUNCTION "${table}_record"()`
+    ).raw
+  })
+
+export const dropTables = (table: string) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.unsafe(`DROP TABLE IF EXISTS "${table}"`).raw
+    yield* sql.unsafe(`DROP TABLE IF EXISTS "${historyTable(table)}"`).raw
+    yield* sql.unsafe(`DROP FUNCTION IF EXISTS "${table}_record"()`).raw
+  })
+
+/**
+ * The cache of a hand-written write-through: a plain SET on every write and fill, a DEL on
+ * invalidation; no version guard, no tickets. Same wire format, so the checker reads it alike.
+ */
+export const naiveRedisCache = (url: string, keyPrefix: string) =>
+  Layer.scoped(
+    Cache.Cache,
+    Effect.gen(function* () {
+      const redis = yield* Effect.acquireRelease(
+        Effect.sync(() => new Redis(url, { keyPrefix, commandTimeout: 300 })),
+        (redis) => Effect.sync(() => redis.disconnect())
+      )
+      redis.on("error", () => {})
+      const call = <A>(operation: string, key: string, run: () => Promise<A>) =>
+        Effect.tryPromise({
+          try: run,
+          catch: (cause) => new Cache.CacheError({ operation, key, reason: "Unavailable", cause })
+        })
+      return Cache.Cache.of({
+        get: (key) =>
+          call("get", key, () => redis.get(key)).pipe(
+            Effect.map((raw) => {
+              const match = raw === null ? null : /^v(\d+):/.exec(raw)
+              return match === null || raw === null
+                ? Option.none()
+                : Option.some(Cache.Entry.Value({ version: Number(match[1]), payload: raw.slice(match[0].length) }))
+            })
+          ),
+        ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
+        set: (key, entry, { ttl }) =>
+          call("set", key, () =>
+            redis.set(key, `v${entry.version}:${entry.payload}`, "PX", Math.ceil(Duration.toMillis(ttl)))
+          ).pipe(Effect.as("written" as const)),
+        invalidate: (key) => call("invalidate", key, () => redis.del(key)).pipe(Effect.as("written" as const))
+      })
+    })
+  )
+
+/** A monotonic clock shared by every process on the machine (CLOCK_MONOTONIC), in microseconds. */
+export const monotonicMicros = (): number => Number(process.hrtime.bigint() / 1000n)
