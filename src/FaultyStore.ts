@@ -36,9 +36,10 @@ export interface Controls {
    * The next call of each named write (both `put` and `delete` when none is
    * named) loses its connection while committing: it fails with a
    * `StoreOutcomeUnknownError`, after committing when `committed` is true.
+   * With `defect`, it dies instead, as a failing `COMMIT` does in `@effect/sql`.
    */
   readonly loseConnectionOnCommit: (
-    options: { readonly committed: boolean },
+    options: { readonly committed: boolean; readonly defect?: boolean | undefined },
     ...operations: ReadonlyArray<"put" | "delete">
   ) => Effect.Effect<void>
   /** Every call hangs until interrupted, until `heal`. */
@@ -75,7 +76,15 @@ export interface Pause {
  */
 export class FaultyStore extends Context.Tag("effect-write-through/FaultyStore")<FaultyStore, Controls>() {}
 
-type Mode = "fail" | "hang" | "lostBeforeCommit" | "lostAfterCommit" | "pauseBefore" | "pauseAfter"
+type Mode =
+  | "fail"
+  | "hang"
+  | "lostBeforeCommit"
+  | "lostAfterCommit"
+  | "diedBeforeCommit"
+  | "diedAfterCommit"
+  | "pauseBefore"
+  | "pauseAfter"
 
 /**
  * Provides a faulty `Store` over the `Store` it is given, and its `FaultyStore` controls.
@@ -110,6 +119,10 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                   return Effect.fail(lost())
                 case "lostAfterCommit":
                   return Effect.zipRight(effect, Effect.fail(lost()))
+                case "diedBeforeCommit":
+                  return Effect.die(new Error("injected: COMMIT failed"))
+                case "diedAfterCommit":
+                  return Effect.zipRight(effect, Effect.die(new Error("injected: COMMIT failed")))
                 case "pauseBefore":
                   return Effect.zipRight(FaultPlan.hold(fault.gate!), effect)
                 case "pauseAfter":
@@ -139,10 +152,16 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
     const controls: Controls = {
       failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),
       failAlways: (...operations) => Effect.sync(() => plan.arm("fail", Infinity, operations)),
-      loseConnectionOnCommit: ({ committed }, ...operations) =>
+      loseConnectionOnCommit: ({ committed, defect = false }, ...operations) =>
         Effect.sync(() =>
           plan.arm(
-            committed ? "lostAfterCommit" : "lostBeforeCommit",
+            defect
+              ? committed
+                ? "diedAfterCommit"
+                : "diedBeforeCommit"
+              : committed
+                ? "lostAfterCommit"
+                : "lostBeforeCommit",
             1,
             operations.length === 0 ? ["put", "delete"] : operations
           )

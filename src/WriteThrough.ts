@@ -12,6 +12,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -325,17 +326,36 @@ export const make = <K, A, I>(
         )
       )
 
-    const storeWrite = (
+    // Cache work that must finish whatever happens to the caller: it runs in a fiber of its own,
+    // interruptible so that its own timeouts work, and the caller waits for it uninterruptibly.
+    const detached = <X, E>(effect: Effect.Effect<X, E>): Effect.Effect<X, E> =>
+      Effect.flatMap(Effect.forkDaemon(Effect.interruptible(effect)), Fiber.join)
+
+    // Writes the store, then publishes the committed version to the cache. Once the store call has
+    // begun, the outcome is unknown until it answers: a timeout, a lost connection or a defect (such
+    // as a failing COMMIT) fences the key, and so does an interruption of the caller; once the store
+    // answered, publishing runs to its end, within its own bounds.
+    const writeThrough = (
       operation: "set" | "delete",
       key: string,
-      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
-    ): Effect.Effect<number, StoreError | InconsistentCacheError> =>
-      write.pipe(
-        Effect.timeout(storeTimeout),
-        Effect.catchTags({
-          TimeoutException: (timeout) => fence(operation, key, timeout),
-          StoreOutcomeUnknownError: (unknown) => fence(operation, key, unknown)
-        })
+      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>,
+      publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
+    ): Effect.Effect<void, WriteError> =>
+      Effect.uninterruptibleMask((restore) =>
+        restore(Effect.timeout(write, storeTimeout)).pipe(
+          Effect.onInterrupt(() =>
+            Effect.zipRight(
+              Metric.increment(metric.inconsistent),
+              detached(Effect.ignore(invalidate(key, FENCE_VERSION)))
+            )
+          ),
+          Effect.catchTags({
+            TimeoutException: (timeout) => detached(fence(operation, key, timeout)),
+            StoreOutcomeUnknownError: (unknown) => detached(fence(operation, key, unknown))
+          }),
+          Effect.catchAllDefect((defect) => detached(fence(operation, key, defect))),
+          Effect.flatMap((version) => detached(publishVersion(version)))
+        )
       )
 
     interface Loaded {
@@ -467,7 +487,7 @@ export const make = <K, A, I>(
       Effect.flatMap(checkKey(key), (text) =>
         Effect.flatMap(checkValue(text, value), ({ encoded, payload }) =>
           Effect.flatMap(takeTicket, (ticket) =>
-            Effect.flatMap(storeWrite("set", text, collection.put(text, encoded)), (version) =>
+            writeThrough("set", text, collection.put(text, encoded), (version) =>
               publish(
                 "set",
                 text,
@@ -483,7 +503,7 @@ export const make = <K, A, I>(
 
     const remove = (key: K): Effect.Effect<void, WriteError> =>
       Effect.flatMap(checkKey(key), (text) =>
-        Effect.flatMap(storeWrite("delete", text, collection.delete(text)), (version) =>
+        writeThrough("delete", text, collection.delete(text), (version) =>
           publish("delete", text, version, cache.invalidate(prefix + text, version, tombstoneTtl))
         )
       ).pipe(Effect.withSpan("WriteThrough.delete", { attributes: { entity } }))

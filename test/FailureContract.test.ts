@@ -1,7 +1,7 @@
 // Every row of the failure contract, against the real Redis and Postgres, with faults injected by the
 // public FaultyCache / FaultyStore layers.
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Either, Layer, Option, Schedule, Schema, TestClock } from "effect"
+import { Cause, Duration, Effect, Either, Fiber, Layer, Option, Schedule, Schema, TestClock } from "effect"
 import type * as Scope from "effect/Scope"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough, WriteThroughError } from "../src/index.js"
 import { User } from "./contract/WriteThroughContract.js"
@@ -192,6 +192,50 @@ describe("failure contract", () => {
         expect(error).toMatchObject({ _tag: "InconsistentCacheError", invalidated: true })
         expect(versionOf(yield* raw("1"))).toBe(Cache.FENCE_VERSION)
         expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+      })
+    )
+  )
+
+  it.effect("a defect from the store while committing (a failing COMMIT) is an unknown outcome too", () =>
+    withHarness(({ users, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        yield* storeFaults.loseConnectionOnCommit({ committed: true, defect: true })
+        const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+        expect(error).toMatchObject({ _tag: "InconsistentCacheError", invalidated: true })
+        expect(yield* raw("1")).toBe(`t${Cache.FENCE_VERSION}:`)
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+      })
+    )
+  )
+
+  it.effect("a caller interrupted while the store commits: the key is fenced, no old value stays cached", () =>
+    withHarness(({ users, collection, storeFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        const commit = yield* storeFaults.pause({ when: "after" }, "put")
+        const writer = yield* Effect.fork(users.set("1", user("1", "v2")))
+        yield* commit.reached // committed; the reply is held
+        yield* Fiber.interrupt(writer)
+        expect(yield* raw("1")).toBe(`t${Cache.FENCE_VERSION}:`)
+        expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v2" })
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+      })
+    )
+  )
+
+  it.effect("a caller interrupted after the commit answered: the cache update still completes", () =>
+    withHarness(({ users, collection, cacheFaults, raw }) =>
+      Effect.gen(function* () {
+        yield* users.set("1", user("1", "v1"))
+        const update = yield* cacheFaults.pause({ when: "before" }, "set")
+        const writer = yield* Effect.fork(users.set("1", user("1", "v2")))
+        yield* update.reached
+        const interrupted = yield* Effect.fork(Fiber.interrupt(writer))
+        yield* update.release
+        yield* Fiber.join(interrupted)
+        const stored = Option.getOrThrow(yield* collection.get("1"))
+        expect(yield* raw("1")).toMatch(new RegExp(`^v${stored.version}:`))
       })
     )
   )
