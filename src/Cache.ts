@@ -126,6 +126,8 @@ export declare namespace Cache {
    */
   export interface Service {
     readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, CacheError>
+    /** One round trip for many keys (an `MGET` in Redis); the entries in the keys' order. */
+    readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<Entry>>, CacheError>
     /**
      * A ticket good for `validFor` from now, on the cache's own clock, under the
      * cache's current epoch as this process knows it: cheap, no round trip.
@@ -144,6 +146,14 @@ export declare namespace Cache {
      * Writes a tombstone at `version`. It replaces values up to and including
      * `version`, so a late fill of the same version loses.
      */
+    /** Many guarded sets in one round trip (a pipeline in Redis); the outcomes in the items' order. */
+    readonly setMany: (
+      items: ReadonlyArray<{
+        readonly key: string
+        readonly entry: Extract<Entry, { _tag: "Value" }>
+        readonly options: SetOptions
+      }>
+    ) => Effect.Effect<ReadonlyArray<WriteOutcome>, CacheError>
     readonly invalidate: (
       key: string,
       version: number,

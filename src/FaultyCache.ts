@@ -102,8 +102,11 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
       })
     const faulty = Cache.of({
       get: (key) => inject("get", key, cache.get(key)),
+      // A batch is one call of the operation it batches.
+      getMany: (keys) => inject("get", keys[0] ?? "", cache.getMany(keys)),
       ticket: cache.ticket,
       set: (key, entry, options) => inject("set", key, cache.set(key, entry, options)),
+      setMany: (items) => inject("set", items[0]?.key ?? "", cache.setMany(items)),
       invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl))
     })
     const controls: Controls = {

@@ -144,6 +144,14 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 collection.get(key),
                 () => new StoreError({ entity, key, operation: "get", reason: "Injected" })
               ),
+            // A batch is one call of the operation it batches.
+            getMany: (keys) =>
+              inject(
+                "get",
+                keys[0] ?? "",
+                collection.getMany(keys),
+                () => new StoreError({ entity, key: keys[0] ?? "", operation: "get", reason: "Injected" })
+              ),
             put: (key, value) => inject("put", key, collection.put(key, value), lostWrite("put", key)),
             delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key))
           } satisfies Store.Collection

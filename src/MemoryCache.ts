@@ -10,7 +10,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { Cache, Entry, type WriteOutcome } from "./Cache.js"
+import { Cache, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
 import * as VersionGuard from "./internal/versionGuard.js"
 
 /**
@@ -58,25 +58,32 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
       return "written"
     }
 
+    const read = (key: string, now: number): Option.Option<Entry> => {
+      const slot = live(key, now)
+      if (slot === undefined) return Option.none()
+      slots.delete(key)
+      slots.set(key, slot)
+      return Option.some(slot.entry)
+    }
+
+    const write = (key: string, entry: Entry, { replacing, ticket, ttl }: SetOptions, now: number): WriteOutcome => {
+      if (ticket !== undefined && (ticket.epoch !== epoch || now > ticket.notAfter)) return "outdated"
+      return VersionGuard.acceptsValue(live(key, now)?.entry, entry.version, replacing)
+        ? put(key, entry, ttl, now)
+        : "rejected"
+    }
+
     return Cache.of({
-      get: (key) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
-          const slot = live(key, now)
-          if (slot === undefined) return Option.none()
-          slots.delete(key)
-          slots.set(key, slot)
-          return Option.some(slot.entry)
-        }),
+      get: (key) => Effect.map(Clock.currentTimeMillis, (now) => read(key, now)),
+      getMany: (keys) => Effect.map(Clock.currentTimeMillis, (now) => keys.map((key) => read(key, now))),
       // This cache's memory ends with the instance, and so does every ticket it issued.
       ticket: (validFor) =>
         Effect.map(Clock.currentTimeMillis, (now) => ({ epoch, notAfter: now + Duration.toMillis(validFor) })),
-      set: (key, entry, { replacing, ticket, ttl }) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
-          if (ticket !== undefined && (ticket.epoch !== epoch || now > ticket.notAfter)) return "outdated"
-          return VersionGuard.acceptsValue(live(key, now)?.entry, entry.version, replacing)
-            ? put(key, entry, ttl, now)
-            : "rejected"
-        }),
+      set: (key, entry, options) => Effect.map(Clock.currentTimeMillis, (now) => write(key, entry, options, now)),
+      setMany: (items) =>
+        Effect.map(Clock.currentTimeMillis, (now) =>
+          items.map(({ entry, key, options }) => write(key, entry, options, now))
+        ),
       invalidate: (key, version, ttl) =>
         Effect.map(Clock.currentTimeMillis, (now) =>
           VersionGuard.acceptsTombstone(live(key, now)?.entry, version)

@@ -35,6 +35,15 @@ export const make: Effect.Effect<Store.Service> = Effect.sync(() => {
                 ? Option.none()
                 : Option.some({ version: row.version, value: structuredClone(row.value) })
             }),
+          getMany: (keys) =>
+            Effect.sync(() => {
+              const found = new Map<string, Row>()
+              for (const key of keys) {
+                const row = table.get(key)
+                if (row !== undefined) found.set(key, { version: row.version, value: structuredClone(row.value) })
+              }
+              return found
+            }),
           put: (key, value) =>
             Effect.sync(() => {
               const version = ++lastVersion

@@ -12,7 +12,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { Redis, type RedisOptions } from "ioredis"
 import { randomUUID } from "node:crypto"
-import { Cache, CacheConnectionError, CacheError, Entry, type WriteOutcome } from "./Cache.js"
+import { Cache, CacheConnectionError, CacheError, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
 import * as RedisEntry from "./internal/redisEntry.js"
 
 /**
@@ -136,6 +136,26 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
 
     const toOutcome = (written: number): WriteOutcome => (written === 1 ? "written" : "rejected")
 
+    const setArguments = (key: string, entry: Entry, { replacing, ticket, ttl }: SetOptions) =>
+      [
+        key,
+        RedisEntry.epochKey,
+        String(entry.version),
+        RedisEntry.encode(entry),
+        String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))),
+        replacing === undefined ? "" : RedisEntry.encode(replacing),
+        ticket === undefined ? "" : ticket.epoch,
+        ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
+        candidate()
+      ] as const
+
+    const toWriteOutcome = (reply: string): WriteOutcome => {
+      if (reply === "written" || reply === "rejected") return reply
+      // Refused for its epoch: the reply names the current one, which later tickets carry.
+      if (reply.startsWith("epoch:")) epoch = reply.slice("epoch:".length)
+      return "outdated"
+    }
+
     return Cache.of({
       get: (key) =>
         Effect.tryPromise({
@@ -148,28 +168,36 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
         ),
       // Deadlines are checked against Redis's clock (TIME), so they are set from the wall clock, not Effect's Clock.
       ticket: (validFor) => Effect.sync(() => ({ epoch, notAfter: Date.now() + Duration.toMillis(validFor) })),
-      set: (key, entry, { replacing, ticket, ttl }) =>
+      // MGET answers nil for a key of another type: a miss, like get's WRONGTYPE.
+      getMany: (keys) =>
+        keys.length === 0
+          ? Effect.succeed([])
+          : Effect.tryPromise({
+              try: () => redis.mget(keys as Array<string>).then((raws) => raws.map(RedisEntry.decode)),
+              catch: fail("getMany", keys[0]!)
+            }),
+      set: (key, entry, options) =>
         Effect.tryPromise({
-          try: () =>
-            commands
-              .wtSet(
-                key,
-                RedisEntry.epochKey,
-                String(entry.version),
-                RedisEntry.encode(entry),
-                String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))),
-                replacing === undefined ? "" : RedisEntry.encode(replacing),
-                ticket === undefined ? "" : ticket.epoch,
-                ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
-                candidate()
-              )
-              .then((reply): WriteOutcome => {
-                if (reply === "written" || reply === "rejected") return reply
-                if (reply.startsWith("epoch:")) epoch = reply.slice("epoch:".length)
-                return "outdated"
-              }),
+          try: () => commands.wtSet(...setArguments(key, entry, options)).then(toWriteOutcome),
           catch: fail("set", key)
         }),
+      setMany: (items) =>
+        items.length === 0
+          ? Effect.succeed([])
+          : Effect.tryPromise({
+              try: async () => {
+                const pipeline = redis.pipeline() as unknown as GuardedCommands & {
+                  exec(): Promise<Array<[Error | null, unknown]> | null>
+                }
+                for (const { entry, key, options } of items) void pipeline.wtSet(...setArguments(key, entry, options))
+                const replies = (await pipeline.exec()) ?? []
+                return replies.map(([error, reply]) => {
+                  if (error !== null) throw error
+                  return toWriteOutcome(reply as string)
+                })
+              },
+              catch: fail("setMany", items[0]!.key)
+            }),
       invalidate: (key, version, ttl) =>
         Effect.tryPromise({
           try: () =>

@@ -56,6 +56,9 @@ interface Layout {
   readonly putSql: string
   readonly deleteSql: string
   readonly selectParams: (key: string) => ReadonlyArray<unknown>
+  /** Like `selectSql` for an array of keys, each row ending with its version and then its key as text. */
+  readonly selectManySql: string
+  readonly selectManyParams: (keys: ReadonlyArray<string>) => ReadonlyArray<unknown>
   readonly putParams: (key: string, value: unknown) => ReadonlyArray<unknown>
   readonly deleteParams: (key: string) => ReadonlyArray<unknown>
   /** Turns a selected row (its columns in order, the version last) into an encoded value. */
@@ -123,6 +126,8 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
           `RETURNING "version"`,
         deleteSql: deleteStatement(3, table, `"entity" = $1 AND "key" = $2`),
         selectParams: (key) => [entity, key],
+        selectManySql: `SELECT "value", "version", "key" FROM ${table} WHERE "entity" = $1 AND "key" = ANY($2)`,
+        selectManyParams: (keys) => [entity, keys],
         // Serialized here: pg would send a top-level array as a Postgres array, not JSON.
         putParams: (key, value) => [entity, key, JSON.stringify(value), `${entity}:${key}`],
         deleteParams: (key) => [entity, key, `${entity}:${key}`],
@@ -193,6 +198,8 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
           `ON CONFLICT (${pk}) DO UPDATE SET ${updates.join(", ")} RETURNING ${version}`,
         deleteSql: deleteStatement(2, name, `${pk} = $1`),
         selectParams: (key) => [key],
+        selectManySql: `SELECT ${[...selected, version, `${pk}::text`].join(", ")} FROM ${name} WHERE ${pk} = ANY($1)`,
+        selectManyParams: (keys) => [keys],
         putParams: (key, value) => {
           const record = value as Record<string, unknown>
           return [key, ...valueFields.map((field) => record[field] ?? null), `${target.entity}:${key}`]
@@ -290,6 +297,22 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
               )
             })
           ),
+        getMany: (keys) =>
+          keys.length === 0
+            ? Effect.succeed(new Map())
+            : sql.unsafe(layout.selectManySql, layout.selectManyParams(keys)).values.pipe(
+                Effect.mapError(readFailure("get", keys[0]!)),
+                Effect.flatMap((rows) =>
+                  Effect.forEach(rows, (row) => {
+                    const key = String(row[row.length - 1])
+                    return Effect.map(
+                      toVersion("get", key, row[row.length - 2]),
+                      (version) => [key, { version, value: layout.toValue(row) }] as const
+                    )
+                  })
+                ),
+                Effect.map((entries): ReadonlyMap<string, Row> => new Map(entries))
+              ),
         put: (key, value) =>
           outsideTransaction(
             "put",

@@ -113,6 +113,8 @@ export declare namespace Store {
    */
   export interface Collection {
     readonly get: (key: string) => Effect.Effect<Option.Option<Row>, StoreError>
+    /** One query for many keys; the rows found, by key. */
+    readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, Row>, StoreError>
     readonly put: (key: string, value: unknown) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
     readonly delete: (key: string) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
   }

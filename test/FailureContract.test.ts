@@ -345,6 +345,55 @@ describe("failure contract", () => {
     )
   )
 
+  it.effect("getMany of 100 keys: one cache round trip, one store query for the misses, then all hits", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults }) =>
+      Effect.gen(function* () {
+        const keys = Array.from({ length: 100 }, (_, i) => `k${i}`)
+        yield* Effect.forEach(keys.slice(0, 50), (key) => users.set(key, user(key, key)))
+        yield* Effect.forEach(keys.slice(50), (key) =>
+          collection.put(key, { id: key, name: key, email: `${key}@example.com` })
+        )
+        const getsBefore = yield* cacheFaults.calls("get")
+        const setsBefore = yield* cacheFaults.calls("set")
+        const first = yield* users.getMany(keys)
+        expect(first.map((u) => Option.getOrThrow(u).name)).toEqual(keys)
+        expect((yield* cacheFaults.calls("get")) - getsBefore).toBe(1)
+        expect(yield* storeFaults.calls("get")).toBe(1)
+        expect((yield* cacheFaults.calls("set")) - setsBefore).toBe(1) // one pipelined fill
+        const second = yield* users.getMany(keys)
+        expect(second).toEqual(first)
+        expect(yield* storeFaults.calls("get")).toBe(1)
+      })
+    )
+  )
+
+  it.effect("getBatched under Effect.forEach with batching: one cache round trip and one store query", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults }) =>
+      Effect.gen(function* () {
+        const keys = Array.from({ length: 20 }, (_, i) => `k${i}`)
+        yield* Effect.forEach(keys, (key) => collection.put(key, { id: key, name: key, email: `${key}@example.com` }))
+        const got = yield* Effect.forEach(keys, users.getBatched, { batching: true, concurrency: "unbounded" })
+        expect(got.map((u) => Option.getOrThrow(u).name)).toEqual(keys)
+        expect(yield* cacheFaults.calls("get")).toBe(1)
+        expect(yield* storeFaults.calls("get")).toBe(1)
+      })
+    )
+  )
+
+  it.effect("getMany with the cache down: every value from one store query, counted as degraded", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults, count }) =>
+      Effect.gen(function* () {
+        yield* collection.put("a", { id: "a", name: "a", email: "a@example.com" })
+        yield* cacheFaults.failAlways("get")
+        const got = yield* users.getMany(["a", "b"])
+        expect(got.map((u) => Option.map(u, (x) => x.name))).toEqual([Option.some("a"), Option.none()])
+        expect(yield* storeFaults.calls("get")).toBe(1)
+        expect(yield* count(Metrics.degradedReads)).toBe(2)
+        expect(yield* cacheFaults.calls("set")).toBe(0)
+      })
+    )
+  )
+
   it.effect("a database row that does not fit the schema fails with a StoreError of reason Decode", () =>
     withHarness(({ users, collection }) =>
       Effect.gen(function* () {

@@ -25,6 +25,7 @@ const racingStore = Layer.effect(
       collection: (target) =>
         Effect.map(store.collection(target), (collection) => ({
           get: (key) => Effect.zipLeft(collection.get(key), hold),
+          getMany: (keys) => Effect.zipLeft(collection.getMany(keys), hold),
           put: (key, value) => Effect.zipLeft(collection.put(key, value), hold),
           delete: (key) => Effect.zipLeft(collection.delete(key), hold)
         }))
@@ -37,8 +38,10 @@ const racingCache = Layer.effect(
   Effect.map(Cache.Cache, (cache) =>
     Cache.Cache.of({
       get: cache.get,
+      getMany: cache.getMany,
       ticket: cache.ticket,
       set: (key, entry, options) => Effect.zipRight(hold, cache.set(key, entry, options)),
+      setMany: (items) => Effect.zipRight(hold, cache.setMany(items)),
       invalidate: (key, version, ttl) => Effect.zipRight(hold, cache.invalidate(key, version, ttl))
     })
   )

@@ -78,21 +78,38 @@ export const naiveRedisCache = (url: string, keyPrefix: string) =>
           try: run,
           catch: (cause) => new Cache.CacheError({ operation, key, reason: "Unavailable", cause })
         })
+      const decode = (raw: string | null) => {
+        const match = raw === null ? null : /^v(\d+):/.exec(raw)
+        return match === null || raw === null
+          ? Option.none()
+          : Option.some(Cache.Entry.Value({ version: Number(match[1]), payload: raw.slice(match[0].length) }))
+      }
+      const write = (key: string, entry: Cache.Entry, ttl: Duration.Duration) =>
+        call("set", key, () =>
+          redis.set(
+            key,
+            `v${entry.version}:${(entry as { payload: string }).payload}`,
+            "PX",
+            Math.ceil(Duration.toMillis(ttl))
+          )
+        )
       return Cache.Cache.of({
         get: (key) =>
-          call("get", key, () => redis.get(key)).pipe(
-            Effect.map((raw) => {
-              const match = raw === null ? null : /^v(\d+):/.exec(raw)
-              return match === null || raw === null
-                ? Option.none()
-                : Option.some(Cache.Entry.Value({ version: Number(match[1]), payload: raw.slice(match[0].length) }))
-            })
+          Effect.map(
+            call("get", key, () => redis.get(key)),
+            decode
+          ),
+        getMany: (keys) =>
+          Effect.map(
+            call("get", keys[0] ?? "", () => redis.mget(keys as Array<string>)),
+            (raws) => raws.map(decode)
           ),
         ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
-        set: (key, entry, { ttl }) =>
-          call("set", key, () =>
-            redis.set(key, `v${entry.version}:${entry.payload}`, "PX", Math.ceil(Duration.toMillis(ttl)))
-          ).pipe(Effect.as("written" as const)),
+        set: (key, entry, { ttl }) => Effect.as(write(key, entry, ttl), "written" as const),
+        setMany: (items) =>
+          Effect.forEach(items, ({ entry, key, options }) =>
+            Effect.as(write(key, entry, options.ttl), "written" as const)
+          ),
         invalidate: (key) => call("invalidate", key, () => redis.del(key)).pipe(Effect.as("written" as const))
       })
     })

@@ -278,6 +278,42 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
         }))
     })
 
+    describe("batches", () => {
+      test("getMany answers in the keys' order, absent keys as None", (cache) =>
+        Effect.gen(function* () {
+          yield* cache.set("a", value(1, "one"), { ttl })
+          yield* cache.invalidate("b", 2, ttl)
+          yield* cache.set("user:*", value(3, "three"), { ttl })
+          expect(yield* cache.getMany(["user:*", "absent", "a", "b", "a"])).toEqual([
+            Option.some(value(3, "three")),
+            Option.none(),
+            Option.some(value(1, "one")),
+            Option.some(tombstone(2)),
+            Option.some(value(1, "one"))
+          ])
+          expect(yield* cache.getMany([])).toEqual([])
+        }))
+
+      test("setMany guards each item on its own and answers in order", (cache) =>
+        Effect.gen(function* () {
+          yield* cache.set("held", value(5, "five"), { ttl })
+          const ticket = yield* cache.ticket(Duration.seconds(30))
+          const outcomes = yield* cache.setMany([
+            { key: "new", entry: value(1, "new"), options: { ttl, ticket } },
+            { key: "held", entry: value(4, "older"), options: { ttl, ticket } },
+            { key: "held2", entry: value(1, "x"), options: { ttl, ticket: { ...ticket, epoch: "another memory" } } },
+            { key: "held", entry: value(6, "newer"), options: { ttl } }
+          ])
+          expect(outcomes).toEqual(["written", "rejected", "outdated", "written"])
+          expect(yield* cache.getMany(["new", "held", "held2"])).toEqual([
+            Option.some(value(1, "new")),
+            Option.some(value(6, "newer")),
+            Option.none()
+          ])
+          expect(yield* cache.setMany([])).toEqual([])
+        }))
+    })
+
     describe("tickets", () => {
       test("a set under a fresh ticket is guarded as usual", (cache) =>
         Effect.gen(function* () {

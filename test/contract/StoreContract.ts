@@ -66,6 +66,22 @@ export const storeContract = <R>(name: string, subject: StoreSubject<R>): void =
     }).pipe(Effect.scoped, Effect.provide(subject.layer()))
 
   describe(name, () => {
+    it.live("getMany finds the present keys in one call, hostile ones included, with the versions get sees", () =>
+      withTarget((users) =>
+        Effect.gen(function* () {
+          const keys = hostileKeys.filter((key) => key !== "")
+          const versions = yield* Effect.forEach(keys, (key) => users.put(key, user(key, `name of ${key}`)))
+          const found = yield* users.getMany([...keys, "absent", keys[0]!])
+          expect(found.size).toBe(keys.length)
+          keys.forEach((key, i) => {
+            expect(found.get(key)).toEqual({ version: versions[i], value: user(key, `name of ${key}`) })
+          })
+          expect(found.has("absent")).toBe(false)
+          expect((yield* users.getMany([])).size).toBe(0)
+        })
+      )
+    )
+
     it.live("get of an absent key is None", () =>
       withTarget((users) =>
         Effect.gen(function* () {

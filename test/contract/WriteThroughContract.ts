@@ -56,6 +56,47 @@ export const writeThroughContract = <R>(name: string, fixture: Fixture<R>) =>
       )
     )
 
+    it.effect("getMany answers in the keys' order from both tiers, fills the misses, and refuses a bad key", () =>
+      withUsers((users, collection) =>
+        Effect.gen(function* () {
+          yield* users.set("cached", user("cached", "from the cache"))
+          yield* collection.put("stored", { id: "stored", name: "from the store", email: "6@example.com" })
+          const names = (yield* users.getMany(["stored", "absent", "cached", "stored"])).map((got) =>
+            Option.map(got, (u) => u.name)
+          )
+          expect(names).toEqual([
+            Option.some("from the store"),
+            Option.none(),
+            Option.some("from the cache"),
+            Option.some("from the store")
+          ])
+          // The miss was filled: a change behind the library's back is not seen.
+          yield* collection.put("stored", { id: "stored", name: "changed behind its back", email: "6@example.com" })
+          expect(Option.getOrThrow(yield* users.get("stored")).name).toBe("from the store")
+          expect(yield* users.getMany([])).toEqual([])
+          const error = yield* Effect.flip(users.getMany(["cached", ""]))
+          expect(error).toMatchObject({ _tag: "ValidationError", field: "key" })
+        })
+      )
+    )
+
+    it.effect("getBatched under a batching forEach answers like get", () =>
+      withUsers((users) =>
+        Effect.gen(function* () {
+          yield* users.set("1", user("1", "one"))
+          yield* users.set("2", user("2", "two"))
+          const got = yield* Effect.forEach(["1", "absent", "2"], users.getBatched, { batching: true })
+          expect(got.map((u) => Option.map(u, (x) => x.name))).toEqual([
+            Option.some("one"),
+            Option.none(),
+            Option.some("two")
+          ])
+          const bad = yield* Effect.flip(Effect.forEach(["1", ""], users.getBatched, { batching: true }))
+          expect(bad).toMatchObject({ _tag: "ValidationError", field: "key" })
+        })
+      )
+    )
+
     it.effect("get of a key absent from both tiers is None", () =>
       withUsers((users, collection) =>
         Effect.gen(function* () {

@@ -105,6 +105,9 @@ export const scheduledCache = (
             step(s, recorder, "cache", "get", key, cache.get(key), (entry) =>
               Option.match(entry, { onNone: () => "miss", onSome: describeEntry })
             ),
+          // Batches are not part of these workloads: passed through unscheduled.
+          getMany: cache.getMany,
+          setMany: cache.setMany,
           ticket: cache.ticket,
           set: (key, entry, options) =>
             step(
@@ -152,6 +155,7 @@ export const scheduledStore = (
         Store.Store.of({
           collection: (target) =>
             Effect.map(store.collection(target), (collection) => ({
+              getMany: collection.getMany,
               get: (key) =>
                 step(
                   s,
@@ -202,12 +206,20 @@ export const naiveCache: Layer.Layer<Cache.Cache> = Layer.sync(Cache.Cache, () =
   const entries = new Map<string, Cache.Entry>()
   return Cache.Cache.of({
     get: (key) => Effect.sync(() => Option.fromNullable(entries.get(key))),
+    getMany: (keys) => Effect.sync(() => keys.map((key) => Option.fromNullable(entries.get(key)))),
     ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
     set: (key, entry) =>
       Effect.sync(() => {
         entries.set(key, entry)
         return "written" as const
       }),
+    setMany: (items) =>
+      Effect.sync(() =>
+        items.map(({ entry, key }) => {
+          entries.set(key, entry)
+          return "written" as const
+        })
+      ),
     invalidate: (key) =>
       Effect.sync(() => {
         entries.delete(key)
