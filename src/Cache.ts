@@ -125,6 +125,13 @@ export declare namespace Cache {
    * @category models
    */
   export interface Service {
+    /**
+     * True when every call completes or fails within a bound of the cache's own
+     * (RedisCache: its command timeout; MemoryCache: it never waits). Otherwise the
+     * write-through bounds each call with its `cacheTimeout`, at the cost of a
+     * fiber per call.
+     */
+    readonly selfBounded: boolean
     readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, CacheError>
     /** One round trip for many keys (an `MGET` in Redis); the entries in the keys' order. */
     readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<Entry>>, CacheError>

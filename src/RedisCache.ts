@@ -157,6 +157,8 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
     }
 
     return Cache.of({
+      // ioredis fails every command, queued ones too, after commandTimeout.
+      selfBounded: true,
       get: (key) =>
         Effect.tryPromise({
           try: () => redis.get(key).then(RedisEntry.decode),

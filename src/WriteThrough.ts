@@ -219,11 +219,14 @@ export const make = <K, A, I>(
       }
     }
 
-    const boundCache = <X>(operation: string, key: string, effect: Effect.Effect<X, CacheError>) =>
-      Effect.timeoutFail(effect, {
-        duration: cacheTimeout,
-        onTimeout: () => new CacheError({ operation, key, reason: "Timeout" })
-      })
+    // A timeout costs a fiber per call: only for a cache that does not bound its calls itself.
+    const boundCache = cache.selfBounded
+      ? <X>(_operation: string, _key: string, effect: Effect.Effect<X, CacheError>) => effect
+      : <X>(operation: string, key: string, effect: Effect.Effect<X, CacheError>) =>
+          Effect.timeoutFail(effect, {
+            duration: cacheTimeout,
+            onTimeout: () => new CacheError({ operation, key, reason: "Timeout" })
+          })
 
     const ttlWithJitter = Effect.map(Random.next, (r) => Duration.times(ttl, 1 + r * ttlJitter))
 
@@ -339,10 +342,12 @@ export const make = <K, A, I>(
         )
       )
 
-    // Cache work that must finish whatever happens to the caller: it runs in a fiber of its own,
-    // interruptible so that its own timeouts work, and the caller waits for it uninterruptibly.
-    const detached = <X, E>(effect: Effect.Effect<X, E>): Effect.Effect<X, E> =>
-      Effect.flatMap(Effect.forkDaemon(Effect.interruptible(effect)), Fiber.join)
+    // Cache work that must finish whatever happens to the caller runs uninterruptibly. A cache that
+    // bounds its own calls needs nothing more; otherwise the work runs in a fiber of its own,
+    // interruptible so that the timeouts work, and the caller waits for it uninterruptibly.
+    const detached: <X, E>(effect: Effect.Effect<X, E>) => Effect.Effect<X, E> = cache.selfBounded
+      ? (effect) => effect
+      : (effect) => Effect.flatMap(Effect.forkDaemon(Effect.interruptible(effect)), Fiber.join)
 
     // Writes the store, then publishes the committed version to the cache. Once the store call has
     // begun, the outcome is unknown until it answers: a timeout, a lost connection or a defect (such

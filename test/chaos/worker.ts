@@ -37,6 +37,7 @@ const racingCache = Layer.effect(
   Cache.Cache,
   Effect.map(Cache.Cache, (cache) =>
     Cache.Cache.of({
+      selfBounded: cache.selfBounded,
       get: cache.get,
       getMany: cache.getMany,
       ticket: cache.ticket,

@@ -94,6 +94,7 @@ export const naiveRedisCache = (url: string, keyPrefix: string) =>
           )
         )
       return Cache.Cache.of({
+        selfBounded: true,
         get: (key) =>
           Effect.map(
             call("get", key, () => redis.get(key)),

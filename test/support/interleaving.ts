@@ -101,6 +101,7 @@ export const scheduledCache = (
       Context.make(
         Cache.Cache,
         Cache.Cache.of({
+          selfBounded: cache.selfBounded,
           get: (key) =>
             step(s, recorder, "cache", "get", key, cache.get(key), (entry) =>
               Option.match(entry, { onNone: () => "miss", onSome: describeEntry })
@@ -205,6 +206,7 @@ export const scheduledStore = (
 export const naiveCache: Layer.Layer<Cache.Cache> = Layer.sync(Cache.Cache, () => {
   const entries = new Map<string, Cache.Entry>()
   return Cache.Cache.of({
+    selfBounded: true,
     get: (key) => Effect.sync(() => Option.fromNullable(entries.get(key))),
     getMany: (keys) => Effect.sync(() => keys.map((key) => Option.fromNullable(entries.get(key)))),
     ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
