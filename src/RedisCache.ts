@@ -4,15 +4,18 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
+import * as Context from "effect/Context"
 import type * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { Redis, type RedisOptions } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { Cache, CacheConnectionError, CacheError, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
+import * as NearTier from "./internal/nearTier.js"
 import * as RedisEntry from "./internal/redisEntry.js"
 
 /**
@@ -30,7 +33,35 @@ export interface Options {
   readonly connectTimeout?: Duration.DurationInput | undefined
   /** Further ioredis options; the ones above take precedence. */
   readonly redis?: Omit<RedisOptions, "keyPrefix" | "commandTimeout" | "lazyConnect"> | undefined
+  /**
+   * An in-process tier in front of Redis (off by default). Every write through any process
+   * announces the key and its version on a Redis channel; each process drops what the
+   * announcement supersedes, and drops the whole tier when its subscription reconnects.
+   * A process reads its own writes at once; another process's write reaches it after the
+   * announcement does (see the README for the measured bound).
+   */
+  readonly near?:
+    | {
+        /** Default 10,000. */
+        readonly maxEntries?: number | undefined
+        /** An estimate of the memory the entries take. Default 64 MiB. */
+        readonly maxBytes?: number | undefined
+        /** How long an entry may stay without being read from Redis again. Default 1 minute. */
+        readonly ttl?: Duration.DurationInput | undefined
+      }
+    | undefined
 }
+
+/**
+ * The in-process tier's size, for metrics and tests. Zero when it is off.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class NearTierStats extends Context.Tag("effect-write-through/RedisCache/NearTierStats")<
+  NearTierStats,
+  { readonly enabled: boolean; readonly entries: Effect.Effect<number>; readonly bytes: Effect.Effect<number> }
+>() {}
 
 interface GuardedCommands {
   wtEpoch(epochKey: string, candidate: string): Promise<string>
@@ -43,9 +74,18 @@ interface GuardedCommands {
     replacing: string,
     epoch: string,
     notAfter: string,
-    candidate: string
+    candidate: string,
+    channel: string,
+    announcedKey: string
   ): Promise<string>
-  wtInvalidate(key: string, version: string, entry: string, ttlMillis: string): Promise<number>
+  wtInvalidate(
+    key: string,
+    version: string,
+    entry: string,
+    ttlMillis: string,
+    channel: string,
+    announcedKey: string
+  ): Promise<number>
 }
 
 const defaultUrl = "redis://127.0.0.1:6379"
@@ -73,6 +113,11 @@ const isTimeout = (error: unknown): boolean => error instanceof Error && error.m
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheConnectionError, Scope.Scope> =>
+  Effect.map(makeWithStats(options), ([cache]) => cache)
+
+const makeWithStats = (
+  options: Options
+): Effect.Effect<readonly [Cache.Service, NearTierStats["Type"]], CacheConnectionError, Scope.Scope> =>
   Effect.gen(function* () {
     const url =
       options.url === undefined
@@ -131,6 +176,34 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
       catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
     })
 
+    const near =
+      options.near === undefined
+        ? undefined
+        : NearTier.make({
+            maxEntries: options.near.maxEntries ?? 10_000,
+            maxBytes: options.near.maxBytes ?? 64 * 1024 * 1024,
+            ttlMillis: Duration.toMillis(options.near.ttl ?? "1 minute")
+          })
+    const channel = near === undefined ? "" : `${options.keyPrefix ?? ""}__wt_announcements`
+    if (near !== undefined) {
+      // While either connection is down, announcements may be missed: start the tier afresh.
+      redis.on("close", near.clear)
+      const subscriber = yield* Effect.acquireRelease(
+        Effect.sync(() => redis.duplicate()),
+        (subscriber) => Effect.sync(() => subscriber.disconnect())
+      )
+      subscriber.on("error", () => {})
+      subscriber.on("close", near.clear)
+      subscriber.on("message", (_channel: string, message: string) => {
+        const colon = message.indexOf(":")
+        if (colon > 0) near.announce(message.slice(colon + 1), Number(message.slice(0, colon)))
+      })
+      yield* Effect.tryPromise({
+        try: () => subscriber.connect().then(() => subscriber.subscribe(channel)),
+        catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
+      })
+    }
+
     const fail = (operation: string, key: string) => (cause: unknown) =>
       new CacheError({ operation, key, reason: isTimeout(cause) ? "Timeout" : "Unavailable", cause })
 
@@ -146,7 +219,9 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
         replacing === undefined ? "" : RedisEntry.encode(replacing),
         ticket === undefined ? "" : ticket.epoch,
         ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
-        candidate()
+        candidate(),
+        channel,
+        key
       ] as const
 
     const toWriteOutcome = (reply: string): WriteOutcome => {
@@ -156,7 +231,17 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
       return "outdated"
     }
 
-    return Cache.of({
+    const remember = (key: string, entry: Entry | undefined) => {
+      if (near !== undefined && entry !== undefined) near.put(key, entry, Date.now())
+    }
+    // After a write this process could not vouch for, its own copy goes.
+    const settle = (key: string, entry: Entry, outcome: WriteOutcome) => {
+      if (near === undefined) return
+      if (outcome === "written") near.accept(key, entry, Date.now())
+      else near.drop(key)
+    }
+
+    const remote = Cache.of({
       // ioredis fails every command, queued ones too, after commandTimeout.
       selfBounded: true,
       get: (key) =>
@@ -180,7 +265,12 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
             }),
       set: (key, entry, options) =>
         Effect.tryPromise({
-          try: () => commands.wtSet(...setArguments(key, entry, options)).then(toWriteOutcome),
+          try: () =>
+            commands.wtSet(...setArguments(key, entry, options)).then((reply) => {
+              const outcome = toWriteOutcome(reply)
+              settle(key, entry, outcome)
+              return outcome
+            }),
           catch: fail("set", key)
         }),
       setMany: (items) =>
@@ -193,35 +283,84 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
                 }
                 for (const { entry, key, options } of items) void pipeline.wtSet(...setArguments(key, entry, options))
                 const replies = (await pipeline.exec()) ?? []
-                return replies.map(([error, reply]) => {
+                return replies.map(([error, reply], i) => {
                   if (error !== null) throw error
-                  return toWriteOutcome(reply as string)
+                  const outcome = toWriteOutcome(reply as string)
+                  settle(items[i]!.key, items[i]!.entry, outcome)
+                  return outcome
                 })
               },
               catch: fail("setMany", items[0]!.key)
             }),
       invalidate: (key, version, ttl) =>
         Effect.tryPromise({
-          try: () =>
-            commands
+          try: () => {
+            const tombstone = Entry.Tombstone({ version })
+            return commands
               .wtInvalidate(
                 key,
                 String(version),
-                RedisEntry.encode(Entry.Tombstone({ version })),
-                String(Math.max(1, Math.ceil(Duration.toMillis(ttl))))
+                RedisEntry.encode(tombstone),
+                String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))),
+                channel,
+                key
               )
-              .then(toOutcome),
+              .then((written) => {
+                const outcome = toOutcome(written)
+                settle(key, tombstone, outcome)
+                return outcome
+              })
+          },
           catch: fail("invalidate", key)
         })
     })
+
+    const stats: NearTierStats["Type"] = {
+      enabled: near !== undefined,
+      entries: Effect.sync(() => near?.size() ?? 0),
+      bytes: Effect.sync(() => near?.bytes() ?? 0)
+    }
+    if (near === undefined) return [remote, stats] as const
+
+    const cache = Cache.of({
+      ...remote,
+      get: (key) =>
+        Effect.suspend(() => {
+          const local = near.get(key, Date.now())
+          return local !== undefined
+            ? Effect.succeedSome(local)
+            : Effect.tap(remote.get(key), (entry) => remember(key, entry._tag === "Some" ? entry.value : undefined))
+        }),
+      getMany: (keys) =>
+        Effect.suspend(() => {
+          const now = Date.now()
+          const locals = keys.map((key) => near.get(key, now))
+          const missing = keys.filter((_, i) => locals[i] === undefined)
+          if (missing.length === 0) return Effect.succeed(locals.map((entry) => Option.some(entry!)))
+          return Effect.map(remote.getMany(missing), (fetched) => {
+            let next = 0
+            return locals.map((entry, i) => {
+              if (entry !== undefined) return Option.some(entry)
+              const got = fetched[next++]!
+              if (got._tag === "Some") remember(keys[i]!, got.value)
+              return got
+            })
+          })
+        })
+    })
+    return [cache, stats] as const
   })
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Cache, CacheConnectionError> =>
-  Layer.scoped(Cache, make(options))
+export const layer = (options: Options = {}): Layer.Layer<Cache | NearTierStats, CacheConnectionError> =>
+  Layer.scopedContext(
+    Effect.map(makeWithStats(options), ([cache, stats]) =>
+      Context.make(Cache, cache).pipe(Context.add(NearTierStats, stats))
+    )
+  )
 
 /**
  * For example `RedisCache.layerConfig({ url: Config.redacted("REDIS_URL") })`.
@@ -231,5 +370,9 @@ export const layer = (options: Options = {}): Layer.Layer<Cache, CacheConnection
  */
 export const layerConfig = (
   options: Config.Config.Wrap<Options>
-): Layer.Layer<Cache, CacheConnectionError | ConfigError.ConfigError> =>
-  Layer.scoped(Cache, Effect.flatMap(Config.unwrap(options), make))
+): Layer.Layer<Cache | NearTierStats, CacheConnectionError | ConfigError.ConfigError> =>
+  Layer.scopedContext(
+    Effect.flatMap(Config.unwrap(options), makeWithStats).pipe(
+      Effect.map(([cache, stats]) => Context.make(Cache, cache).pipe(Context.add(NearTierStats, stats)))
+    )
+  )

@@ -467,14 +467,20 @@ export const make = <K, A, I>(
         )
       })
 
-    const decodePayload = (payload: string): Either.Either<A, unknown> => {
+    // An in-process tier hands back the same entry object on every hit: decode it once. Values
+    // are shared between readers from then on, as with any in-process cache.
+    const decodedEntries = new WeakMap<Entry, A>()
+    const decodeEntry = (entry: Entry & { readonly payload: string }): Either.Either<A, unknown> => {
+      if (decodedEntries.has(entry)) return Either.right(decodedEntries.get(entry)!)
       let json: unknown
       try {
-        json = JSON.parse(payload)
+        json = JSON.parse(entry.payload)
       } catch (error) {
         return Either.left(error)
       }
-      return decodeValue(json)
+      const decoded = decodeValue(json)
+      if (Either.isRight(decoded)) decodedEntries.set(entry, decoded.right)
+      return decoded
     }
 
     const fillMany = (
@@ -526,7 +532,7 @@ export const make = <K, A, I>(
           unique.forEach((key, i) => {
             const entry = cached.right[i]!
             if (Option.isSome(entry) && entry.value._tag === "Value") {
-              const decoded = decodePayload(entry.value.payload)
+              const decoded = decodeEntry(entry.value)
               if (Either.isRight(decoded)) return void found.set(key, decoded.right)
               misses.push({ key, replacing: entry.value })
             } else {
@@ -607,7 +613,7 @@ export const make = <K, A, I>(
             }
             const entry = cached.right
             if (Option.isSome(entry) && entry.value._tag === "Value") {
-              const decoded = decodePayload(entry.value.payload)
+              const decoded = decodeEntry(entry.value)
               if (Either.isRight(decoded)) {
                 return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
               }

@@ -48,7 +48,8 @@ return epoch
 
 // KEYS[1] key, KEYS[2] epoch key; ARGV: version, encoded entry, ttl in ms, encoded entry it may
 // replace ('' for none), the ticket's epoch ('' for no ticket), its deadline in epoch ms, a
-// candidate for a new epoch. Returns 'written', 'rejected', 'late' or 'epoch:' and the current epoch.
+// candidate for a new epoch, the channel to announce the write on ('' for none), the key as
+// announced. Returns 'written', 'rejected', 'late' or 'epoch:' and the current epoch.
 export const setScript = `
 if ARGV[5] ~= '' then
   local epoch = redis.call('GET', KEYS[2])
@@ -70,15 +71,22 @@ if kind and not replacing and ver >= tonumber(ARGV[1]) then
   return 'rejected'
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', ARGV[8], ARGV[1] .. ':' .. ARGV[9])
+end
 return 'written'
 `
 
-// KEYS[1] key; ARGV: version, encoded tombstone, ttl in ms. A tombstone wins a tie with a value.
+// KEYS[1] key; ARGV: version, encoded tombstone, ttl in ms, the channel to announce it on ('' for
+// none), the key as announced. A tombstone wins a tie with a value.
 export const invalidateScript = `${readCurrent}
 local version = tonumber(ARGV[1])
 if kind and (ver > version or (ver == version and kind == 't')) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[1] .. ':' .. ARGV[5])
+end
 return 1
 `

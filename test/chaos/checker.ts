@@ -52,6 +52,8 @@ export interface Report {
   readonly failedWriteReads: number
   readonly lostWrites: number
   readonly unconverged: number
+  /** The longest a stale read came after the write that superseded it was acknowledged, in microseconds. */
+  readonly maxStaleMicros: number
   /** Consistent reads as "nines": -log10(stale / reads); with none stale, a lower bound from the read count. */
   readonly nines: number
   readonly ninesIsLowerBound: boolean
@@ -77,6 +79,7 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
   for (const op of ops) if (op.kind === "write" && op.value !== null) writeOf.set(op.value, op)
 
   let staleReads = 0
+  let maxStaleMicros = 0
   let failedWriteReads = 0
   for (const [key, keyOps] of group(ops, (op) => op.key)) {
     const ackedWrites = keyOps.filter((op) => op.kind === "write" && op.outcome === "ok")
@@ -96,6 +99,7 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
           !possibleDeletes.some((d) => d.complete > latest.invoke && d.invoke < read.complete)
         ) {
           staleReads++
+          maxStaleMicros = Math.max(maxStaleMicros, read.invoke - latest.complete)
           violations.push({
             check: "stale read",
             key,
@@ -126,6 +130,7 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
       const newerDelete = ackedDeletes.find((d) => d.invoke > write.complete && d.complete < read.invoke)
       if (newerWrite !== undefined || newerDelete !== undefined) {
         staleReads++
+        maxStaleMicros = Math.max(maxStaleMicros, read.invoke - (newerWrite ?? newerDelete)!.complete)
         violations.push({
           check: "stale read",
           key,
@@ -189,6 +194,7 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
     failedWriteReads,
     lostWrites,
     unconverged,
+    maxStaleMicros,
     nines: Math.round(nines * 100) / 100,
     ninesIsLowerBound: staleReads === 0,
     violations

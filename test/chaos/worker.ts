@@ -50,7 +50,12 @@ const racingCache = Layer.effect(
 
 const cacheLayer = config.naive
   ? naiveRedisCache(config.redisUrl, config.keyPrefix)
-  : RedisCache.layer({ url: config.redisUrl, keyPrefix: config.keyPrefix, commandTimeout: "300 millis" })
+  : RedisCache.layer({
+      url: config.redisUrl,
+      keyPrefix: config.keyPrefix,
+      commandTimeout: "300 millis",
+      ...(config.near ? { near: {} } : {})
+    })
 
 const layer = Layer.merge(
   racingCache.pipe(Layer.provide(cacheLayer)),

@@ -19,6 +19,8 @@ export interface WorkerConfig {
   readonly applicationName: string
   /** A write-through over a cache that ignores versions: what the checker must catch. */
   readonly naive: boolean
+  /** RedisCache with its in-process tier on. */
+  readonly near: boolean
   /** Probability of holding a step between the store and the cache, forcing races (a), (b), (c), (f). */
   readonly pauseProbability: number
   readonly output: string

@@ -1,0 +1,127 @@
+import type { Entry } from "../Cache.js"
+import * as VersionGuard from "./versionGuard.js"
+
+// The in-process tier in front of Redis: versioned entries, least recently used out first,
+// bounded by count and by an estimate of their bytes.
+//
+// Every slot also keeps a floor: the highest version another process announced for the key. An
+// entry below the floor is never served or stored, so a Redis read that was in flight when the
+// announcement arrived cannot bring the old value back.
+
+interface Slot {
+  entry: Entry | undefined
+  floor: number
+  bytes: number
+  expiresAt: number
+}
+
+export interface NearTier {
+  readonly get: (key: string, now: number) => Entry | undefined
+  /** Keeps an entry read from Redis, unless the tier knows of a newer version. */
+  readonly put: (key: string, entry: Entry, now: number) => void
+  /** Keeps what Redis just accepted from this process, whatever the tier held (a repair may lower the version). */
+  readonly accept: (key: string, entry: Entry, now: number) => void
+  /** Another process wrote `version`: older local entries go, and none below it comes back. */
+  readonly announce: (key: string, version: number) => void
+  /** Forgets the key's entry but not its floor: a write this process could not vouch for. */
+  readonly drop: (key: string) => void
+  /** Forgets everything: announcements may have been missed. */
+  readonly clear: () => void
+  readonly size: () => number
+  readonly bytes: () => number
+}
+
+// UTF-16 strings, plus the slot and map overhead, roughly.
+const estimate = (key: string, entry: Entry | undefined) =>
+  96 + 2 * key.length + (entry !== undefined && entry._tag === "Value" ? 2 * entry.payload.length : 0)
+
+export const make = (options: {
+  readonly maxEntries: number
+  readonly maxBytes: number
+  readonly ttlMillis: number
+}): NearTier => {
+  const slots = new Map<string, Slot>()
+  let bytes = 0
+
+  const remove = (key: string) => {
+    const slot = slots.get(key)
+    if (slot === undefined) return
+    bytes -= slot.bytes
+    slots.delete(key)
+  }
+
+  // Keeps the slot, and so its floor, without its entry.
+  const empty = (key: string, slot: Slot) => {
+    if (slot.entry === undefined) return
+    const floorOnly = estimate(key, undefined)
+    bytes -= slot.bytes - floorOnly
+    slot.bytes = floorOnly
+    slot.entry = undefined
+  }
+
+  const store = (key: string, slot: Slot) => {
+    remove(key)
+    slots.set(key, slot)
+    bytes += slot.bytes
+    // Map iteration is insertion order: the first keys are the least recently used.
+    for (const oldest of slots.keys()) {
+      if (slots.size <= options.maxEntries && bytes <= options.maxBytes) break
+      remove(oldest)
+    }
+  }
+
+  return {
+    get: (key, now) => {
+      const slot = slots.get(key)
+      if (slot === undefined || slot.entry === undefined) return undefined
+      if (slot.expiresAt <= now) {
+        empty(key, slot)
+        return undefined
+      }
+      slots.delete(key)
+      slots.set(key, slot)
+      return slot.entry
+    },
+    put: (key, entry, now) => {
+      const slot = slots.get(key)
+      const floor = slot?.floor ?? 0
+      if (entry.version < floor) return
+      const current = slot?.entry !== undefined && slot.expiresAt > now ? slot.entry : undefined
+      const accepted =
+        entry._tag === "Value"
+          ? VersionGuard.acceptsValue(current, entry.version, undefined)
+          : VersionGuard.acceptsTombstone(current, entry.version)
+      if (!accepted) return
+      store(key, { entry, floor, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
+    },
+    accept: (key, entry, now) => {
+      const slot = slots.get(key)
+      const floor = slot?.floor ?? 0
+      // Below an announced version (a repair that lowered it): let reads ask Redis.
+      if (entry.version < floor) {
+        if (slot !== undefined) empty(key, slot)
+        return
+      }
+      store(key, { entry, floor, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
+    },
+    announce: (key, version) => {
+      const slot = slots.get(key)
+      if (slot === undefined) {
+        store(key, { entry: undefined, floor: version, bytes: estimate(key, undefined), expiresAt: 0 })
+        return
+      }
+      slot.floor = Math.max(slot.floor, version)
+      if (slot.entry !== undefined && slot.entry.version < slot.floor) empty(key, slot)
+    },
+    drop: (key) => {
+      const slot = slots.get(key)
+      if (slot !== undefined) empty(key, slot)
+    },
+    clear: () => {
+      slots.clear()
+      bytes = 0
+    },
+    size: () => slots.size,
+    bytes: () => bytes
+  }
+}

@@ -1,0 +1,133 @@
+// The in-process tier of RedisCache: its bounds and its floor on its own, then RedisCache with it
+// on, against the real Redis: the Cache contract, read-your-writes, announcements between processes,
+// and a dropped subscription.
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
+import { Cache, RedisCache } from "../src/index.js"
+import * as NearTier from "../src/internal/nearTier.js"
+import { cacheContract } from "./contract/CacheContract.js"
+import { rawRedis, redisUrl, unique } from "./support/services.js"
+
+const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
+const ttl = Duration.minutes(1)
+
+describe("near tier", () => {
+  it("never holds more entries or more bytes than configured, least recently used out first", () => {
+    const tier = NearTier.make({ maxEntries: 100, maxBytes: 1_000_000, ttlMillis: 60_000 })
+    for (let i = 0; i < 1_000; i++) tier.put(`k${i}`, value(1, "x".repeat(50)), 0)
+    expect(tier.size()).toBe(100)
+    expect(tier.get("k999", 0)).toEqual(value(1, "x".repeat(50)))
+    expect(tier.get("k0", 0)).toBeUndefined()
+    const small = NearTier.make({ maxEntries: 10_000, maxBytes: 20_000, ttlMillis: 60_000 })
+    for (let i = 0; i < 1_000; i++) {
+      small.put(`k${i}`, value(1, "y".repeat(500)), 0)
+      expect(small.bytes()).toBeLessThanOrEqual(20_000)
+    }
+    expect(small.size()).toBeGreaterThan(0)
+  })
+
+  it("an announced version is a floor: older entries go and cannot come back from a late read", () => {
+    const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+    tier.put("k", value(3, "three"), 0)
+    tier.announce("k", 5)
+    expect(tier.get("k", 0)).toBeUndefined()
+    tier.put("k", value(4, "late read of four"), 0)
+    expect(tier.get("k", 0)).toBeUndefined()
+    tier.put("k", value(5, "five"), 0)
+    expect(tier.get("k", 0)).toEqual(value(5, "five"))
+    tier.announce("unknown", 9)
+    tier.put("unknown", value(2, "older than announced"), 0)
+    expect(tier.get("unknown", 0)).toBeUndefined()
+  })
+
+  it("entries expire after the tier's TTL, and a newer version replaces an older one, never the reverse", () => {
+    const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 1_000 })
+    tier.put("k", value(2, "two"), 0)
+    tier.put("k", value(1, "one"), 10)
+    expect(tier.get("k", 999)).toEqual(value(2, "two"))
+    expect(tier.get("k", 1_000)).toBeUndefined()
+    tier.put("k", value(1, "one after expiry"), 2_000)
+    expect(tier.get("k", 2_000)).toEqual(value(1, "one after expiry"))
+  })
+})
+
+const nearLayer = (prefix: string, near: RedisCache.Options["near"] = {}) =>
+  RedisCache.layer({ url: redisUrl, keyPrefix: `${prefix}:`, near })
+
+cacheContract("RedisCache with the near tier", () => nearLayer(unique("near")))
+
+const build = (prefix: string, near: RedisCache.Options["near"] = {}) =>
+  Effect.map(Layer.build(nearLayer(prefix, near)), (context) => ({
+    cache: Context.get(context, Cache.Cache),
+    stats: Context.get(context, RedisCache.NearTierStats)
+  }))
+
+const eventually = <A, E>(effect: Effect.Effect<A, E>, until: (a: A) => boolean) =>
+  effect.pipe(
+    Effect.filterOrFail(until, () => new Error("not yet")),
+    Effect.retry(Schedule.spaced("5 millis").pipe(Schedule.upTo("5 seconds")))
+  )
+
+describe("RedisCache with the near tier", () => {
+  it.scopedLive("a hit is served in process: a change written behind its back is not seen until announced", () =>
+    Effect.gen(function* () {
+      const prefix = unique("near")
+      const redis = yield* rawRedis
+      const { cache, stats } = yield* build(prefix)
+      expect(stats.enabled).toBe(true)
+      yield* cache.set("k", value(1, "one"), { ttl })
+      yield* Effect.promise(() => redis.set(`${prefix}:k`, "v2:behind its back", "PX", 60_000))
+      expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
+      yield* Effect.promise(() => redis.publish(`${prefix}:__wt_announcements`, "2:k"))
+      const got = yield* eventually(cache.get("k"), (entry) => Option.isSome(entry) && entry.value.version === 2)
+      expect(got).toEqual(Option.some(value(2, "behind its back")))
+      expect(yield* stats.entries).toBeGreaterThan(0)
+    })
+  )
+
+  it.scopedLive("a process reads its own writes at once, and another process's after the announcement", () =>
+    Effect.gen(function* () {
+      const prefix = unique("near")
+      const a = yield* build(prefix)
+      const b = yield* build(prefix)
+      yield* a.cache.set("k", value(1, "one"), { ttl })
+      expect(yield* b.cache.get("k")).toEqual(Option.some(value(1, "one"))) // b now holds it in process
+      yield* a.cache.set("k", value(2, "two"), { ttl })
+      expect(yield* a.cache.get("k")).toEqual(Option.some(value(2, "two")))
+      expect(yield* eventually(b.cache.get("k"), (e) => Option.isSome(e) && e.value.version === 2)).toEqual(
+        Option.some(value(2, "two"))
+      )
+      yield* a.cache.invalidate("k", 3, ttl)
+      expect(yield* eventually(b.cache.get("k"), (e) => Option.isSome(e) && e.value._tag === "Tombstone")).toEqual(
+        Option.some(Cache.Entry.Tombstone({ version: 3 }))
+      )
+    })
+  )
+
+  it.scopedLive("when its subscription drops, the tier starts afresh (announcements may have been missed)", () =>
+    Effect.gen(function* () {
+      const prefix = unique("near")
+      const redis = yield* rawRedis
+      const { cache, stats } = yield* build(prefix)
+      yield* cache.set("k", value(1, "one"), { ttl })
+      expect(yield* stats.entries).toBe(1)
+      yield* Effect.promise(() => redis.set(`${prefix}:k`, "v2:missed", "PX", 60_000))
+      yield* Effect.promise(() => redis.client("KILL", "TYPE", "pubsub"))
+      expect(yield* eventually(cache.get("k"), (e) => Option.isSome(e) && e.value.version === 2)).toEqual(
+        Option.some(value(2, "missed"))
+      )
+    })
+  )
+
+  it.scopedLive("the tier never exceeds its bounds", () =>
+    Effect.gen(function* () {
+      const prefix = unique("near")
+      const { cache, stats } = yield* build(prefix, { maxEntries: 50, maxBytes: 40_000 })
+      for (let i = 0; i < 300; i++) {
+        yield* cache.set(`k${i}`, value(1, "z".repeat(i % 2 === 0 ? 10 : 400)), { ttl })
+        expect(yield* stats.entries).toBeLessThanOrEqual(50)
+        expect(yield* stats.bytes).toBeLessThanOrEqual(40_000)
+      }
+    })
+  )
+})
