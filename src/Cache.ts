@@ -161,6 +161,12 @@ export declare namespace Cache {
         readonly options: SetOptions
       }>
     ) => Effect.Effect<ReadonlyArray<WriteOutcome>, CacheError>
+    /**
+     * Asks for the right to fill `key` after a miss, for `ttl`: granted to one holder at a time
+     * (this instance holds it again at will), so that of many processes missing the same cold key
+     * one reads the store while the others wait for its fill.
+     */
+    readonly lease: (key: string, ttl: Duration.Duration) => Effect.Effect<boolean, CacheError>
     readonly invalidate: (
       key: string,
       version: number,

@@ -20,7 +20,7 @@ import * as FaultPlan from "./internal/faultPlan.js"
  * @since 0.1.0
  * @category models
  */
-export type Operation = "get" | "set" | "invalidate"
+export type Operation = "get" | "set" | "invalidate" | "lease"
 
 /**
  * With no operations named, a fault applies to all of them.
@@ -80,7 +80,7 @@ type Mode = "fail" | "failAfter" | "hang" | "pauseBefore" | "pauseAfter"
 export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effectContext(
   Effect.gen(function* () {
     const cache = yield* Cache
-    const plan = FaultPlan.make<Operation, Mode>(["get", "set", "invalidate"])
+    const plan = FaultPlan.make<Operation, Mode>(["get", "set", "invalidate", "lease"])
     const inject = <A>(operation: Operation, key: string, effect: Effect.Effect<A, CacheError>) =>
       Effect.suspend((): Effect.Effect<A, CacheError> => {
         const injected = new CacheError({ operation, key, reason: "Injected" })
@@ -109,7 +109,8 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
       ticket: cache.ticket,
       set: (key, entry, options) => inject("set", key, cache.set(key, entry, options)),
       setMany: (items) => inject("set", items[0]?.key ?? "", cache.setMany(items)),
-      invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl))
+      invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl)),
+      lease: (key, ttl) => inject("lease", key, cache.lease(key, ttl))
     })
     const controls: Controls = {
       failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),

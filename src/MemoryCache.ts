@@ -85,6 +85,8 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
         Effect.map(Clock.currentTimeMillis, (now) =>
           items.map(({ entry, key, options }) => write(key, entry, options, now))
         ),
+      // One process, whose misses single-flight already merges: nobody to wait for.
+      lease: () => Effect.succeed(true),
       invalidate: (key, version, ttl) =>
         Effect.map(Clock.currentTimeMillis, (now) =>
           VersionGuard.acceptsTombstone(live(key, now)?.entry, version)

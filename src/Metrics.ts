@@ -36,6 +36,10 @@ export const staleWrites = Metric.counter("write_through_stale", {
   description: "committed writes that left the cache possibly stale (StaleCacheError)"
 })
 /** @since 0.1.0 @category metrics */
+export const leaseWaits = Metric.counter("write_through_lease_waits", {
+  description: "misses that waited for another process's fill instead of reading the store"
+})
+/** @since 0.1.0 @category metrics */
 export const inconsistentWrites = Metric.counter("write_through_inconsistent", {
   description: "writes with an unknown store outcome (InconsistentCacheError)"
 })

@@ -78,6 +78,7 @@ interface GuardedCommands {
     channel: string,
     announcedKey: string
   ): Promise<string>
+  wtLease(leaseKey: string, holder: string, ttlMillis: string): Promise<number>
   wtInvalidate(
     key: string,
     version: string,
@@ -165,6 +166,8 @@ const makeWithStats = (
     redis.defineCommand("wtEpoch", { numberOfKeys: 1, lua: RedisEntry.epochScript })
     redis.defineCommand("wtSet", { numberOfKeys: 2, lua: RedisEntry.setScript })
     redis.defineCommand("wtInvalidate", { numberOfKeys: 1, lua: RedisEntry.invalidateScript })
+    redis.defineCommand("wtLease", { numberOfKeys: 1, lua: RedisEntry.leaseScript })
+    const holder = randomUUID()
     const commands = redis as unknown as GuardedCommands
 
     // Candidates for a new epoch: unique to this process and call, so no two memories share a name.
@@ -292,6 +295,14 @@ const makeWithStats = (
               },
               catch: fail("setMany", items[0]!.key)
             }),
+      lease: (key, ttl) =>
+        Effect.tryPromise({
+          try: () =>
+            commands
+              .wtLease(RedisEntry.leaseKey(key), holder, String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))))
+              .then((granted) => granted === 1),
+          catch: fail("lease", key)
+        }),
       invalidate: (key, version, ttl) =>
         Effect.tryPromise({
           try: () => {

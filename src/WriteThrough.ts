@@ -61,6 +61,20 @@ export interface Options<K, A, I> {
   readonly maxKeyBytes?: number | undefined
   /** How often invalidations that failed after a committed write are retried in the background. Default 1 second. */
   readonly repairInterval?: Duration.DurationInput | undefined
+  /**
+   * Stampede protection across processes: after a miss, a process asks the cache for a short
+   * lease on the key; the holder reads the store and fills, the others poll the cache for the
+   * fill and go to the store themselves when `wait` runs out. `false` turns it off.
+   * Default `{ ttl: "2 seconds", wait: "250 millis", poll: "5 millis" }`.
+   */
+  readonly lease?:
+    | false
+    | {
+        readonly ttl?: Duration.DurationInput | undefined
+        readonly wait?: Duration.DurationInput | undefined
+        readonly poll?: Duration.DurationInput | undefined
+      }
+    | undefined
 }
 
 /**
@@ -155,6 +169,14 @@ export const make = <K, A, I>(
     const storeTimeout = Duration.decode(options.storeTimeout ?? "5 seconds")
     const maxKeyBytes = options.maxKeyBytes ?? 1024
     const repairInterval = Duration.decode(options.repairInterval ?? "1 second")
+    const lease =
+      options.lease === false
+        ? undefined
+        : {
+            ttl: Duration.decode(options.lease?.ttl ?? "2 seconds"),
+            wait: Duration.toMillis(options.lease?.wait ?? "250 millis"),
+            poll: Duration.decode(options.lease?.poll ?? "5 millis")
+          }
     const prefix = `${entity}:`
     const tags = (metric: Metric.Metric.Counter<number>) => Metric.tagged(metric, "entity", entity)
     const metric = {
@@ -166,7 +188,8 @@ export const make = <K, A, I>(
       retries: tags(Metrics.cacheWriteRetries),
       fallbacks: tags(Metrics.invalidationFallbacks),
       stale: tags(Metrics.staleWrites),
-      inconsistent: tags(Metrics.inconsistentWrites)
+      inconsistent: tags(Metrics.inconsistentWrites),
+      leaseWaits: tags(Metrics.leaseWaits)
     }
     const retry = (options.retry ?? defaultRetry).pipe(Schedule.tapInput(() => Metric.increment(metric.retries)))
 
@@ -379,6 +402,8 @@ export const make = <K, A, I>(
     interface Loaded {
       readonly version: number
       readonly value: A
+      /** Found in the cache, filled by the lease's holder: nothing to fill. */
+      readonly cached?: boolean
     }
 
     const storeRead = (key: string): Effect.Effect<Option.Option<Loaded>, StoreError> =>
@@ -422,6 +447,37 @@ export const make = <K, A, I>(
       { readonly sentAt: number; readonly result: Deferred.Deferred<Option.Option<Loaded>, StoreError> }
     >()
 
+    // The lease's holder reads the store; the others wait for its fill, within bounds. Whatever
+    // shows up in the cache after a write was acknowledged is at least as new as that write (the
+    // guard saw to it), so a waiter may take it.
+    const leasedRead = (key: string): Effect.Effect<Option.Option<Loaded>, StoreError> =>
+      lease === undefined
+        ? storeRead(key)
+        : boundCache("lease", key, cache.lease(prefix + key, lease.ttl)).pipe(
+            Effect.orElseSucceed(() => true),
+            Effect.flatMap((granted) => (granted ? storeRead(key) : awaitFill(key, lease)))
+          )
+
+    const awaitFill = (
+      key: string,
+      { poll, wait }: { readonly poll: Duration.Duration; readonly wait: number }
+    ): Effect.Effect<Option.Option<Loaded>, StoreError> =>
+      Effect.gen(function* () {
+        yield* Metric.increment(metric.leaseWaits)
+        const giveUpAt = (yield* Clock.currentTimeMillis) + wait
+        while ((yield* Clock.currentTimeMillis) < giveUpAt) {
+          yield* Effect.sleep(poll)
+          const cached = yield* Effect.either(boundCache("get", key, cache.get(prefix + key)))
+          if (Either.isLeft(cached) || Option.isNone(cached.right)) continue
+          const entry = cached.right.value
+          if (entry._tag === "Tombstone") break
+          const decoded = decodeEntry(entry)
+          if (Either.isLeft(decoded)) break
+          return Option.some({ version: entry.version, value: decoded.right, cached: true })
+        }
+        return yield* storeRead(key)
+      })
+
     const sharedRead = (key: string, invokedAt: number): Effect.Effect<Option.Option<Loaded>, StoreError> =>
       Effect.suspend(() => {
         const current = loads.get(key)
@@ -436,7 +492,7 @@ export const make = <K, A, I>(
           result: Deferred.unsafeMake<Option.Option<Loaded>, StoreError>(FiberId.none)
         }
         loads.set(key, load)
-        return Effect.onExit(storeRead(key), (exit) => {
+        return Effect.onExit(leasedRead(key), (exit) => {
           if (loads.get(key) === load) loads.delete(key)
           return Deferred.done(load.result, exit)
         })
@@ -454,7 +510,7 @@ export const make = <K, A, I>(
       Effect.flatMap(sharedRead(key, invokedAt), (loaded) => {
         if (Option.isNone(loaded)) return Effect.succeedNone
         const value = Option.some(loaded.value.value)
-        if (!fill) return Effect.succeed(value)
+        if (!fill || loaded.value.cached === true) return Effect.succeed(value)
         const encoded = encodeValue(loaded.value.value)
         if (Either.isLeft(encoded)) return Effect.succeed(value)
         const entry = Entry.Value({ version: loaded.value.version, payload: JSON.stringify(encoded.right) })

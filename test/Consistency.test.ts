@@ -1,13 +1,13 @@
 // The races of ../shared/notes/consistency.md, each forced on purpose with pauses injected between
 // the store and the cache, against the real Redis and Postgres.
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
+import { Context, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../src/index.js"
-import { FaultyCache } from "../src/testing.js"
+import { FaultyCache, FaultyStore } from "../src/testing.js"
 import { User } from "./contract/WriteThroughContract.js"
 import { user, withHarness } from "./support/harness.js"
 import { startRedisServer } from "./support/redisServer.js"
-import { PgLive, usersTable } from "./support/services.js"
+import { PgLive, redisCacheLayer, unique, usersTable } from "./support/services.js"
 
 const nameOf = (got: Option.Option<User>) => Option.getOrThrow(got).name
 
@@ -197,5 +197,41 @@ describe("(h) the cache loses its memory", () => {
         expect(nameOf(yield* users.get("1"))).toBe("v2")
       }).pipe(Effect.scoped, Effect.provide(layer))
     }).pipe(Effect.scoped)
+  )
+})
+
+describe("stampede protection across processes", () => {
+  it.live("1,000 concurrent reads of a cold key from three instances cause one store read", () =>
+    Effect.gen(function* () {
+      const prefix = unique("stampede")
+      const entity = yield* usersTable
+      const table = { name: entity, primaryKey: "id" }
+      const storeLayer = FaultyStore.layer.pipe(Layer.provide(SqlStore.layer()))
+      const store = yield* Layer.build(storeLayer)
+      const faults = Context.get(store, FaultyStore.FaultyStore)
+      const collection = yield* Context.get(store, Store.Store).collection({
+        entity,
+        fields: ["id", "name", "email"],
+        table
+      })
+      yield* collection.put("cold", { id: "cold", name: "v1", email: "cold@example.com" })
+      // Three "processes": each its own Redis connection (and lease holder) and its own single flight.
+      const instances = yield* Effect.forEach([1, 2, 3], () =>
+        Effect.gen(function* () {
+          const cache = Context.get(yield* Layer.build(redisCacheLayer(prefix)), Cache.Cache)
+          return yield* WriteThrough.make({ entity, key: Schema.String, value: User, table }).pipe(
+            Effect.provideService(Cache.Cache, cache),
+            Effect.provide(store)
+          )
+        })
+      )
+      const reads = yield* Effect.forEach(
+        Array.from({ length: 1_000 }, (_, i) => instances[i % 3]!),
+        (users) => users.get("cold"),
+        { concurrency: "unbounded" }
+      )
+      expect(new Set(reads.map(nameOf))).toEqual(new Set(["v1"]))
+      expect(yield* faults.calls("get")).toBe(1)
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 })

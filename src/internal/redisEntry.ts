@@ -32,6 +32,18 @@ if type(cur) == 'string' then
 end
 `
 
+// KEYS[1] the lease key; ARGV: the holder's token, ttl in ms. Granted when free or already ours.
+export const leaseScript = `
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`
+
+export const leaseKey = (key: string) => `__wt_lease:${key}`
+
 // The key whose value names the cache's memory. It vanishes with that memory (a restart, a
 // flush, an eviction), and the next ticketed write creates a new one.
 export const epochKey = "__wt_epoch"

@@ -40,6 +40,7 @@ const racingCache = Layer.effect(
       selfBounded: cache.selfBounded,
       get: cache.get,
       getMany: cache.getMany,
+      lease: cache.lease,
       ticket: cache.ticket,
       set: (key, entry, options) => Effect.zipRight(hold, cache.set(key, entry, options)),
       setMany: (items) => Effect.zipRight(hold, cache.setMany(items)),

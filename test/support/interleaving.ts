@@ -109,6 +109,7 @@ export const scheduledCache = (
           // Batches are not part of these workloads: passed through unscheduled.
           getMany: cache.getMany,
           setMany: cache.setMany,
+          lease: cache.lease,
           ticket: cache.ticket,
           set: (key, entry, options) =>
             step(
@@ -210,6 +211,7 @@ export const naiveCache: Layer.Layer<Cache.Cache> = Layer.sync(Cache.Cache, () =
     get: (key) => Effect.sync(() => Option.fromNullable(entries.get(key))),
     getMany: (keys) => Effect.sync(() => keys.map((key) => Option.fromNullable(entries.get(key)))),
     ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
+    lease: () => Effect.succeed(true),
     set: (key, entry) =>
       Effect.sync(() => {
         entries.set(key, entry)
