@@ -130,6 +130,8 @@ export const defaultRetry: Schedule.Schedule<unknown, CacheError> = Schedule.exp
 
 const entityPattern = /^[A-Za-z0-9_./-]+$/
 
+const nativeTracer = Effect.runSync(Effect.tracer)
+
 // The encoded value's field names when it encodes to an object; the SQL store maps them onto columns.
 const encodedFields = (schema: Schema.Schema.AnyNoContext): ReadonlyArray<string> | undefined => {
   const ast = Schema.encodedSchema(schema).ast
@@ -178,6 +180,14 @@ export const make = <K, A, I>(
             poll: Duration.decode(options.lease?.poll ?? "5 millis")
           }
     const prefix = `${entity}:`
+    // Spans cost about 10 us a call even with nothing to export them: made only when a tracer
+    // other than Effect's built-in one (an OpenTelemetry exporter, say) is installed.
+    const traced =
+      (name: string) =>
+      <X, E, R>(effect: Effect.Effect<X, E, R>): Effect.Effect<X, E, R> =>
+        Effect.tracerWith((tracer) =>
+          tracer === nativeTracer ? effect : Effect.withSpan(effect, name, { attributes: { entity } })
+        )
     const tags = (metric: Metric.Metric.Counter<number>) => Metric.tagged(metric, "entity", entity)
     const metric = {
       hits: tags(Metrics.cacheHits),
@@ -498,30 +508,31 @@ export const make = <K, A, I>(
         })
       })
 
-    // Reads the store and, unless the cache just failed, fills it under the ticket taken before the
+    // Reads the store and, unless the cache just failed, fills it under a ticket taken before the
     // read; `replacing` is an entry that failed to decode.
     const readThrough = (
       key: string,
       invokedAt: number,
-      ticket: Ticket,
       fill: boolean,
       replacing?: Entry
     ): Effect.Effect<Option.Option<A>, StoreError> =>
-      Effect.flatMap(sharedRead(key, invokedAt), (loaded) => {
-        if (Option.isNone(loaded)) return Effect.succeedNone
-        const value = Option.some(loaded.value.value)
-        if (!fill || loaded.value.cached === true) return Effect.succeed(value)
-        const encoded = encodeValue(loaded.value.value)
-        if (Either.isLeft(encoded)) return Effect.succeed(value)
-        const entry = Entry.Value({ version: loaded.value.version, payload: JSON.stringify(encoded.right) })
-        return ttlWithJitter.pipe(
-          Effect.flatMap((entryTtl) =>
-            boundCache("set", key, cache.set(prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
-          ),
-          Effect.catchAll(() => Metric.increment(metric.fillFailures)),
-          Effect.as(value)
-        )
-      })
+      Effect.flatMap(takeTicket, (ticket) =>
+        Effect.flatMap(sharedRead(key, invokedAt), (loaded) => {
+          if (Option.isNone(loaded)) return Effect.succeedNone
+          const value = Option.some(loaded.value.value)
+          if (!fill || loaded.value.cached === true) return Effect.succeed(value)
+          const encoded = encodeValue(loaded.value.value)
+          if (Either.isLeft(encoded)) return Effect.succeed(value)
+          const entry = Entry.Value({ version: loaded.value.version, payload: JSON.stringify(encoded.right) })
+          return ttlWithJitter.pipe(
+            Effect.flatMap((entryTtl) =>
+              boundCache("set", key, cache.set(prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
+            ),
+            Effect.catchAll(() => Metric.increment(metric.fillFailures)),
+            Effect.as(value)
+          )
+        })
+      )
 
     // An in-process tier hands back the same entry object on every hit: decode it once. Values
     // are shared between readers from then on, as with any in-process cache.
@@ -638,7 +649,7 @@ export const make = <K, A, I>(
           if (Either.isRight(cached)) yield* fillMany(ticket, loaded)
         }
         return texts.map((key) => Option.fromNullable(found.get(key)))
-      }).pipe(Effect.withSpan("WriteThrough.getMany", { attributes: { entity } }))
+      }).pipe(traced("WriteThrough.getMany"))
 
     interface GetRequest extends Request.Request<Option.Option<A>, ReadError> {
       readonly key: K
@@ -660,28 +671,23 @@ export const make = <K, A, I>(
     )
 
     const get = (key: K): Effect.Effect<Option.Option<A>, ReadError> =>
-      Effect.flatMap(checkKey(key), (text) =>
-        Effect.flatMap(takeTicket, (ticket) => {
-          const invokedAt = ++logicalTime
-          return Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
-            if (Either.isLeft(cached)) {
-              return Effect.zipRight(Metric.increment(metric.degraded), readThrough(text, invokedAt, ticket, false))
+      Effect.flatMap(checkKey(key), (text) => {
+        const invokedAt = ++logicalTime
+        return Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
+          if (Either.isLeft(cached)) {
+            return Effect.zipRight(Metric.increment(metric.degraded), readThrough(text, invokedAt, false))
+          }
+          const entry = cached.right
+          if (Option.isSome(entry) && entry.value._tag === "Value") {
+            const decoded = decodeEntry(entry.value)
+            if (Either.isRight(decoded)) {
+              return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
             }
-            const entry = cached.right
-            if (Option.isSome(entry) && entry.value._tag === "Value") {
-              const decoded = decodeEntry(entry.value)
-              if (Either.isRight(decoded)) {
-                return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
-              }
-              return Effect.zipRight(
-                Metric.increment(metric.corrupt),
-                readThrough(text, invokedAt, ticket, true, entry.value)
-              )
-            }
-            return Effect.zipRight(Metric.increment(metric.misses), readThrough(text, invokedAt, ticket, true))
-          })
+            return Effect.zipRight(Metric.increment(metric.corrupt), readThrough(text, invokedAt, true, entry.value))
+          }
+          return Effect.zipRight(Metric.increment(metric.misses), readThrough(text, invokedAt, true))
         })
-      ).pipe(Effect.withSpan("WriteThrough.get", { attributes: { entity } }))
+      }).pipe(traced("WriteThrough.get"))
 
     const set = (key: K, value: A): Effect.Effect<void, WriteError> =>
       Effect.flatMap(checkKey(key), (text) =>
@@ -699,14 +705,14 @@ export const make = <K, A, I>(
             )
           )
         )
-      ).pipe(Effect.withSpan("WriteThrough.set", { attributes: { entity } }))
+      ).pipe(traced("WriteThrough.set"))
 
     const remove = (key: K): Effect.Effect<void, WriteError> =>
       Effect.flatMap(checkKey(key), (text) =>
         writeThrough("delete", text, collection.delete(text), (version) =>
           publish("delete", text, version, cache.invalidate(prefix + text, version, tombstoneTtl))
         )
-      ).pipe(Effect.withSpan("WriteThrough.delete", { attributes: { entity } }))
+      ).pipe(traced("WriteThrough.delete"))
 
     return {
       entity,

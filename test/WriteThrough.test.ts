@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Effect, Layer, Option, Schema, TestClock } from "effect"
+import { Effect, Layer, Option, Schema, TestClock, Tracer } from "effect"
 import { MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
 import { PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
@@ -156,4 +156,47 @@ describe("inside a caller's SQL transaction", () => {
       Effect.provide(Layer.mergeAll(redisCacheLayer(prefix), SqlStore.layer()).pipe(Layer.provideMerge(PgLive)))
     )
   })
+})
+
+describe("spans", () => {
+  it.effect(
+    "with a tracer installed, each operation is a span named after it, carrying the entity and not the key",
+    () =>
+      Effect.gen(function* () {
+        const spans: Array<Tracer.Span> = []
+        // Effect's own tracer, seen through a wrapper: what an exporter such as OpenTelemetry's would see.
+        const native = yield* Effect.tracer
+        const tracer = Tracer.make({
+          span: (...args) => {
+            const span = native.span(...args)
+            spans.push(span)
+            return span
+          },
+          context: native.context
+        })
+        const entity = unique("spans")
+        const users = yield* WriteThrough.make({
+          entity,
+          key: Schema.String,
+          value: User,
+          table: { name: entity, primaryKey: "id" }
+        })
+        yield* Effect.gen(function* () {
+          yield* users.set("secret-key", new User({ id: "secret-key", name: "n", email: "e@example.com" }))
+          yield* users.get("secret-key")
+          yield* users.getMany(["secret-key"])
+          yield* users.delete("secret-key")
+        }).pipe(Effect.withTracer(tracer))
+        expect(spans.map((span) => span.name)).toEqual([
+          "WriteThrough.set",
+          "WriteThrough.get",
+          "WriteThrough.getMany",
+          "WriteThrough.delete"
+        ])
+        for (const span of spans) {
+          expect(span.attributes.get("entity")).toBe(entity)
+          expect(JSON.stringify([...span.attributes.values()])).not.toContain("secret-key")
+        }
+      }).pipe(Effect.scoped, Effect.provide(Layer.merge(MemoryCache.layer(), MemoryStore.layer)))
+  )
 })
