@@ -1,0 +1,521 @@
+// The cases of `npm run bench`, in the order they run in each round and are printed: grouped by
+// scenario, each library case right after its baselines, so the two are measured close in time.
+//
+// Adding a case is adding one entry to `cases`: a name, a kind (sequential, or concurrent with its
+// in-flight count), the case it is compared with (and further ones in `also`), a target if the
+// issue sets one, and a `setup` that gets the shared fixture (bench/fixture.ts) and returns the
+// operation. Operations per round are calibrated unless `ops` fixes them. See bench/README.md.
+import { Context, Duration, Effect, Layer, Option } from "effect"
+import { Cache, MemoryCache, RedisCache } from "../src/index.js"
+import type { Case, Runner } from "./harness.js"
+import { ahead, concurrent, extraAtMost, ratioAtMost, sequential } from "./harness.js"
+import {
+  buildLibrary,
+  columns,
+  type Fixture,
+  type Library,
+  ttlMillis,
+  User,
+  redisUrl,
+  type UserFields,
+  userFields
+} from "./fixture.js"
+
+/** The most operations a round of a miss case runs: each reads a key of its own (see run.ts). */
+export const missMaxOps = 1000
+
+// ---- Shared operations ----
+
+const expectHit = (key: string, found: boolean) => {
+  if (!found) throw new Error(`expected a cache hit on ${key}, found nothing`)
+}
+
+const cycle = <A>(items: ReadonlyArray<A>, i: number): A => items[i % items.length]!
+
+// A fresh key per operation, never reused in the run: so every read is a miss (or a cold key).
+const fresh = <A>(items: ReadonlyArray<A>, i: number, label: string): A => {
+  const item = items[i]
+  if (item === undefined)
+    throw new Error(`${label}: out of fresh keys after ${items.length}; raise the fixture's count`)
+  return item
+}
+
+const rawGet = (fx: Fixture, client: "plain" | "autoPipelining") => {
+  const redis = client === "plain" ? fx.redis : fx.redisAutoPipelining
+  return async (i: number) => {
+    const key = cycle(fx.keys.hit, i)
+    const raw = await redis.get(fx.rawKey(key))
+    expectHit(key, raw !== null)
+    return JSON.parse(raw!) as UserFields
+  }
+}
+
+const upsertSql = (table: string) =>
+  `INSERT INTO "${table}" (${columns.join(", ")}, version) VALUES (${columns.map((_, i) => `$${i + 1}`).join(", ")}, 1) ` +
+  `ON CONFLICT (id) DO UPDATE SET ${columns
+    .slice(1)
+    .map((c) => `${c} = EXCLUDED.${c}`)
+    .join(", ")}, version = "${table}".version + 1`
+
+const selectSql = (table: string) => `SELECT ${columns.join(", ")}, version FROM "${table}" WHERE id = $1`
+
+// The hand-written write: an upsert through pg's Pool, then a SET of the JSON.
+const handWrittenWrite = async (fx: Fixture) => {
+  const sql = upsertSql(fx.table)
+  return async (i: number) => {
+    const key = cycle(fx.keys.write, i)
+    const user = userFields(key, i)
+    await fx.pool.query(
+      sql,
+      columns.map((c) => user[c])
+    )
+    await fx.redis.set(fx.rawKey(key), JSON.stringify(user), "PX", ttlMillis)
+  }
+}
+
+// users.get on warm keys; a round that reached the store was not all hits, and fails the case.
+const libraryHits = (library: Library, keys: ReadonlyArray<string>): Runner => {
+  const { run, storeGets, users } = library
+  let before = 0
+  return {
+    op: async (i) => {
+      const key = cycle(keys, i)
+      const user = await run(users.get(key))
+      expectHit(key, Option.isSome(user))
+      return user
+    },
+    beforeRound: () => {
+      before = storeGets()
+    },
+    afterRound: () => {
+      if (storeGets() !== before) throw new Error(`${storeGets() - before} reads missed the cache`)
+      return {}
+    }
+  }
+}
+
+// The library with RedisCache's in-process tier on, warmed: every get is served in process.
+const nearHits = async (fx: Fixture): Promise<Runner> => {
+  const library = await buildLibrary({
+    table: fx.table,
+    keyPrefix: `${fx.runId}:near:`,
+    versionSequence: fx.versionSequence,
+    cache: () => RedisCache.layer({ url: redisUrl, keyPrefix: `${fx.runId}:near:`, near: { maxEntries: 100_000 } })
+  })
+  const keys = fx.keys.hit
+  await library.run(Effect.forEach(keys, (key) => library.users.get(key), { concurrency: 16, discard: true }))
+  return { ...libraryHits(library, keys), teardown: () => library.dispose() }
+}
+
+const librarySet = (fx: Fixture) => {
+  const { run, users } = fx.library
+  return async (i: number) => {
+    const key = cycle(fx.keys.write, i)
+    await run(users.set(key, new User(userFields(key, i))))
+  }
+}
+
+const bentoGet = (fx: Fixture, tier: "redis" | "memory") => {
+  const bento = tier === "redis" ? fx.bentoRedis : fx.bentoMemory
+  return async (i: number) => {
+    const key = cycle(fx.keys.hit, i)
+    const user = await bento.get<UserFields | undefined>({ key })
+    expectHit(key, user !== undefined && user !== null)
+    return user
+  }
+}
+
+const cacheManagerGet = (fx: Fixture) => async (i: number) => {
+  const key = cycle(fx.keys.hit, i)
+  const user = await fx.cacheManager.get<UserFields>(key)
+  expectHit(key, user !== undefined && user !== null)
+  return user
+}
+
+// ---- Names the comparisons refer to ----
+
+const RAW_GET = "ioredis GET+parse"
+const RAW_GET_64 = "ioredis GET+parse @64"
+const RAW_GET_AUTO_64 = "ioredis autopipeline GET+parse @64"
+const PG_WRITE = "pg upsert + SET"
+const PG_WRITE_16 = "pg upsert + SET @16"
+const PG_SELECT = "pg select by key"
+const HAND_READ_THROUGH = "GET miss + pg select + SET"
+const BENTO_REDIS = "bentocache redis hit"
+const BENTO_REDIS_64 = "bentocache redis hit @64"
+const BENTO_MEMORY = "bentocache memory hit"
+const BENTO_MEMORY_64 = "bentocache memory hit @64"
+const CACHE_MANAGER = "cache-manager redis hit"
+const CACHE_MANAGER_64 = "cache-manager redis hit @64"
+
+export const cases: ReadonlyArray<Case<Fixture>> = [
+  // ---- Redis-tier hit, one at a time ----
+  {
+    case: RAW_GET,
+    kind: sequential,
+    baseline: null,
+    setup: async (fx) => ({ op: rawGet(fx, "plain") })
+  },
+  {
+    case: BENTO_REDIS,
+    kind: sequential,
+    baseline: RAW_GET,
+    note: "Redis (L2) tier only: no memory tier, no bus",
+    setup: async (fx) => ({ op: bentoGet(fx, "redis") })
+  },
+  {
+    case: CACHE_MANAGER,
+    kind: sequential,
+    baseline: RAW_GET,
+    note: "cache-manager 7 over Keyv and @keyv/redis (node-redis)",
+    setup: async (fx) => ({ op: cacheManagerGet(fx) })
+  },
+  {
+    case: "lib: redis hit",
+    kind: sequential,
+    baseline: RAW_GET,
+    target: ratioAtMost(1.1),
+    also: [
+      { baseline: BENTO_REDIS, target: ahead },
+      { baseline: CACHE_MANAGER, target: ahead }
+    ],
+    note: "users.get on warm keys",
+    setup: async (fx) => libraryHits(fx.library, fx.keys.hit)
+  },
+  // ---- Redis-tier hit, 64 in flight ----
+  {
+    case: RAW_GET_64,
+    kind: concurrent(64),
+    baseline: null,
+    setup: async (fx) => ({ op: rawGet(fx, "plain") })
+  },
+  {
+    case: RAW_GET_AUTO_64,
+    kind: concurrent(64),
+    baseline: RAW_GET_64,
+    setup: async (fx) => ({ op: rawGet(fx, "autoPipelining") })
+  },
+  {
+    case: BENTO_REDIS_64,
+    kind: concurrent(64),
+    baseline: RAW_GET_64,
+    setup: async (fx) => ({ op: bentoGet(fx, "redis") })
+  },
+  {
+    case: CACHE_MANAGER_64,
+    kind: concurrent(64),
+    baseline: RAW_GET_64,
+    setup: async (fx) => ({ op: cacheManagerGet(fx) })
+  },
+  {
+    case: "lib: redis hit @64",
+    kind: concurrent(64),
+    baseline: RAW_GET_64,
+    target: ratioAtMost(1.0),
+    also: [
+      { baseline: RAW_GET_AUTO_64 },
+      { baseline: BENTO_REDIS_64, target: ahead },
+      { baseline: CACHE_MANAGER_64, target: ahead }
+    ],
+    setup: async (fx) => libraryHits(fx.library, fx.keys.hit)
+  },
+  // ---- In-process hit (where the near cache goes) ----
+  {
+    case: BENTO_MEMORY,
+    kind: sequential,
+    baseline: null,
+    note: "memory (L1) tier only, default serialize: true",
+    setup: async (fx) => ({ op: bentoGet(fx, "memory") })
+  },
+  {
+    case: BENTO_MEMORY_64,
+    kind: concurrent(64),
+    baseline: null,
+    setup: async (fx) => ({ op: bentoGet(fx, "memory") })
+  },
+  {
+    // The library's own cost per hit, without the network: the same entity over the in-process
+    // MemoryCache (the SqlStore below it is only read to warm it). Also an example of a case that
+    // builds the library its own way and disposes of it in `teardown`.
+    case: "lib: MemoryCache hit (no I/O)",
+    kind: sequential,
+    baseline: BENTO_MEMORY,
+    note: "diagnostic: users.get over MemoryCache, the library's per-call CPU cost without Redis",
+    setup: async (fx) => {
+      const library = await buildLibrary({
+        table: fx.table,
+        keyPrefix: `${fx.runId}:memory:`,
+        versionSequence: fx.versionSequence,
+        cache: () => MemoryCache.layer({ maxEntries: 10_000 })
+      })
+      const keys = fx.keys.hit
+      await library.run(Effect.forEach(keys, (key) => library.users.get(key), { concurrency: 16, discard: true }))
+      return { ...libraryHits(library, keys), teardown: () => library.dispose() }
+    }
+  },
+  {
+    case: "lib: near-cache hit",
+    kind: sequential,
+    baseline: "lib: redis hit",
+    target: ratioAtMost(1 / 50),
+    also: [{ baseline: BENTO_MEMORY, target: ahead }],
+    note: "users.get over RedisCache with its in-process tier on (announcements over Redis pub/sub)",
+    setup: async (fx) => nearHits(fx)
+  },
+  {
+    case: "lib: near-cache hit @64",
+    kind: concurrent(64),
+    baseline: "lib: redis hit @64",
+    also: [{ baseline: BENTO_MEMORY_64, target: ahead }],
+    setup: async (fx) => nearHits(fx)
+  },
+  {
+    case: "lib: near tier, 100k entries",
+    kind: sequential,
+    ops: 1,
+    warmup: 0,
+    unit: "100k entries",
+    baseline: null,
+    note: "fills a near tier bounded at 100,000 entries with 150,000 writes of the bench payload; reports its estimate and the heap it took",
+    setup: async (fx) => {
+      let figures: Record<string, number> = {}
+      return {
+        op: async (round) => {
+          const prefix = `${fx.runId}:near-memory-${round}:`
+          const payload = JSON.stringify(userFields("sample", 1))
+          const heapBefore = process.memoryUsage().heapUsed
+          const measured = await Effect.runPromise(
+            Effect.gen(function* () {
+              const context = yield* Layer.build(
+                RedisCache.layer({
+                  url: redisUrl,
+                  keyPrefix: prefix,
+                  near: { maxEntries: 100_000, maxBytes: 1024 * 1024 * 1024 }
+                })
+              )
+              const cache = Context.get(context, Cache.Cache)
+              const stats = Context.get(context, RedisCache.NearTierStats)
+              for (let batch = 0; batch < 150; batch++) {
+                yield* cache.setMany(
+                  Array.from({ length: 1000 }, (_, i) => ({
+                    key: `k${batch * 1000 + i}`,
+                    entry: Cache.Entry.Value({ version: 1, payload }),
+                    options: { ttl: Duration.minutes(5) }
+                  }))
+                )
+              }
+              ;(globalThis as { gc?: () => void }).gc?.()
+              const heapAfter = process.memoryUsage().heapUsed
+              return { entries: yield* stats.entries, estimate: yield* stats.bytes, heap: heapAfter - heapBefore }
+            }).pipe(Effect.scoped)
+          )
+          if (measured.entries > 100_000) throw new Error(`the tier holds ${measured.entries} entries, over its bound`)
+          figures = {
+            nearEntries: measured.entries,
+            nearEstimatedBytesPerEntry: Math.round(measured.estimate / measured.entries),
+            nearHeapBytesPerEntry: Math.round(measured.heap / measured.entries)
+          }
+        },
+        afterRound: () => figures
+      }
+    }
+  },
+  // ---- Miss (read-through) ----
+  {
+    case: PG_SELECT,
+    kind: sequential,
+    baseline: null,
+    setup: async (fx) => {
+      const sql = selectSql(fx.table)
+      return {
+        op: async (i) => {
+          const key = cycle(fx.keys.hit, i)
+          const { rows } = await fx.pool.query(sql, [key])
+          if (rows.length !== 1) throw new Error(`no row for ${key}`)
+          return rows[0]
+        }
+      }
+    }
+  },
+  {
+    case: HAND_READ_THROUGH,
+    kind: sequential,
+    maxOps: missMaxOps,
+    baseline: PG_SELECT,
+    note: "hand-written read-through: GET (a miss), SELECT by key, SET of the JSON; every key read once",
+    setup: async (fx) => {
+      const sql = selectSql(fx.table)
+      return {
+        op: async (i) => {
+          const key = fresh(fx.keys.miss, i, HAND_READ_THROUGH)
+          const cached = await fx.redis.get(fx.rawKey(key))
+          if (cached !== null) throw new Error(`expected a miss on ${key}`)
+          const { rows } = await fx.pool.query<Record<string, unknown>>(sql, [key])
+          const row = rows[0]
+          if (row === undefined) throw new Error(`no row for ${key}`)
+          const { version: _, ...user } = row
+          await fx.redis.set(fx.rawKey(key), JSON.stringify(user), "PX", ttlMillis)
+          return user
+        }
+      }
+    }
+  },
+  {
+    case: "lib: miss (read-through)",
+    kind: sequential,
+    maxOps: missMaxOps,
+    baseline: HAND_READ_THROUGH,
+    also: [{ baseline: PG_SELECT }],
+    note: "users.get of rows never cached, each read once",
+    setup: async (fx) => {
+      const { run, storeGets, users } = fx.library
+      let before = 0
+      let reads = 0
+      return {
+        op: async (i) => {
+          const key = fresh(fx.keys.miss, i, "lib: miss")
+          reads++
+          const user = await run(users.get(key))
+          if (Option.isNone(user)) throw new Error(`no row for ${key}`)
+          return user
+        },
+        beforeRound: () => {
+          before = storeGets()
+          reads = 0
+        },
+        // Every read must have gone to the store, or this case does not measure misses.
+        afterRound: () => {
+          if (storeGets() - before !== reads) {
+            throw new Error(`${reads} reads made ${storeGets() - before} store queries: not all were misses`)
+          }
+          return {}
+        }
+      }
+    }
+  },
+  // ---- Write ----
+  {
+    case: PG_WRITE,
+    kind: sequential,
+    baseline: null,
+    setup: async (fx) => ({ op: await handWrittenWrite(fx) })
+  },
+  {
+    case: "lib: set",
+    kind: sequential,
+    baseline: PG_WRITE,
+    target: ratioAtMost(1.1),
+    note: "users.set: upsert (advisory lock, version from a sequence), then a guarded Lua SET",
+    setup: async (fx) => ({ op: librarySet(fx) })
+  },
+  {
+    case: PG_WRITE_16,
+    kind: concurrent(16),
+    baseline: null,
+    setup: async (fx) => ({ op: await handWrittenWrite(fx) })
+  },
+  {
+    case: "lib: set @16",
+    kind: concurrent(16),
+    baseline: PG_WRITE_16,
+    target: ratioAtMost(1.1),
+    setup: async (fx) => ({ op: librarySet(fx) })
+  },
+  // ---- Many keys (where the batched read of the same 100 keys goes) ----
+  {
+    case: "lib: 100 sequential reads",
+    kind: sequential,
+    unit: "100 reads",
+    baseline: null,
+    note: "Effect.forEach(100 warm keys, users.get) in one runPromise; the batched read of the same keys compares with it",
+    setup: async (fx) => {
+      const { run, storeGets, users } = fx.library
+      const keys = fx.keys.hit.slice(0, 100)
+      let before = 0
+      return {
+        op: async () => {
+          const found = await run(Effect.forEach(keys, (key) => users.get(key)))
+          if (!found.every(Option.isSome)) throw new Error("expected 100 values")
+        },
+        beforeRound: () => {
+          before = storeGets()
+        },
+        afterRound: () => {
+          if (storeGets() !== before) throw new Error(`${storeGets() - before} reads missed the cache`)
+          return {}
+        }
+      }
+    }
+  },
+  {
+    case: "lib: batched read of 100 keys",
+    kind: sequential,
+    unit: "100 reads",
+    baseline: "lib: 100 sequential reads",
+    target: ratioAtMost(0.1),
+    note: "users.getMany(100 warm keys): one MGET",
+    setup: async (fx) => {
+      const { run, storeGets, users } = fx.library
+      const keys = fx.keys.hit.slice(0, 100)
+      let before = 0
+      return {
+        op: async () => {
+          const found = await run(users.getMany(keys))
+          if (!found.every(Option.isSome)) throw new Error("expected 100 values")
+        },
+        beforeRound: () => {
+          before = storeGets()
+        },
+        afterRound: () => {
+          if (storeGets() !== before) throw new Error(`${storeGets() - before} reads missed the cache`)
+          return {}
+        }
+      }
+    }
+  },
+  {
+    case: "lib: 100 reads through getBatched",
+    kind: sequential,
+    unit: "100 reads",
+    baseline: "lib: 100 sequential reads",
+    note: "Effect.forEach(100 warm keys, users.getBatched, { batching: true }): Effect's Request batching into one getMany",
+    setup: async (fx) => {
+      const { run, users } = fx.library
+      const keys = fx.keys.hit.slice(0, 100)
+      return {
+        op: async () => {
+          const found = await run(Effect.forEach(keys, users.getBatched, { batching: true }))
+          if (!found.every(Option.isSome)) throw new Error("expected 100 values")
+        }
+      }
+    }
+  },
+  // ---- Stampede ----
+  {
+    case: "lib: 1000 concurrent reads, cold key",
+    kind: sequential,
+    ops: 1,
+    warmup: 1,
+    unit: "1000 reads",
+    baseline: null,
+    target: extraAtMost("storeQueries", 1),
+    note: "1000 runPromise(users.get) at once on a key in no cache; storeQueries: store reads per burst, worst burst",
+    setup: async (fx) => {
+      const { run, storeGets, users } = fx.library
+      let worst = 0
+      return {
+        op: async (i) => {
+          const key = fresh(fx.keys.cold, i, "lib: cold key")
+          const before = storeGets()
+          const found = await Promise.all(Array.from({ length: 1000 }, () => run(users.get(key))))
+          if (!found.every(Option.isSome)) throw new Error(`expected 1000 values of ${key}`)
+          worst = Math.max(worst, storeGets() - before)
+        },
+        beforeRound: () => {
+          worst = 0
+        },
+        afterRound: () => ({ storeQueries: worst })
+      }
+    }
+  }
+]

@@ -1,0 +1,383 @@
+// What the benchmark cases share, set up once per run: the clients (raw ioredis, pg, bentocache,
+// cache-manager, the library's runtime), a table of users created and dropped by the run, and the
+// key sets every cache is warmed with. Everything the run writes to Redis lives under the key
+// prefix `runId`, and is deleted (by SCAN on that prefix) when the run ends.
+import { PgClient } from "@effect/sql-pg"
+import { createKeyv } from "@keyv/redis"
+import { BentoCache, bentostore } from "bentocache"
+import { memoryDriver } from "bentocache/drivers/memory"
+import { redisDriver } from "bentocache/drivers/redis"
+import { createCache, type Cache as CacheManager } from "cache-manager"
+import { Context, Duration, Effect, Layer, ManagedRuntime, Redacted, Schema } from "effect"
+import { Redis } from "ioredis"
+import { randomUUID } from "node:crypto"
+import { createRequire } from "node:module"
+import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../src/index.js"
+
+export const databaseUrl = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379"
+
+/** The TTL every cache entry gets, in all the caches compared. */
+export const ttlMillis = 60 * 60 * 1000
+
+/** PostgreSQL connections in each pool (pg's for the baselines, the library's PgClient). */
+export const poolSize = 16
+
+// ---- The payload ----
+
+/** A user as it is encoded: the cached JSON (about 200 bytes) and the row's columns. */
+export interface UserFields {
+  readonly id: string
+  readonly name: string
+  readonly email: string
+  readonly city: string
+  readonly country: string
+  readonly plan: string
+  readonly score: number
+  readonly bio: string
+}
+
+export class User extends Schema.Class<User>("bench/User")({
+  id: Schema.String,
+  name: Schema.String,
+  email: Schema.String,
+  city: Schema.String,
+  country: Schema.String,
+  plan: Schema.String,
+  score: Schema.Number,
+  bio: Schema.String
+}) {}
+
+/** The user under `id`; `n` varies the fields that writes change. */
+export const userFields = (id: string, n: number): UserFields => ({
+  id,
+  name: `Ada Lovelace ${n}`,
+  email: `ada.lovelace.${n}@example.com`,
+  city: "London",
+  country: "GB",
+  plan: n % 2 === 0 ? "pro" : "team",
+  score: n % 100_000,
+  bio: "Mathematician and writer, known for her work on the Analytical Engine."
+})
+
+export const columns = ["id", "name", "email", "city", "country", "plan", "score", "bio"] as const
+
+const tableDdl = (table: string) =>
+  `CREATE TABLE "${table}" (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, city text NOT NULL, ` +
+  `country text NOT NULL, plan text NOT NULL, score integer NOT NULL, bio text NOT NULL, version bigint NOT NULL)`
+
+// ---- pg (a dependency of @effect/sql-pg; this repository has no @types/pg, so typed here) ----
+
+export interface PgQueryResult<R> {
+  readonly rows: Array<R>
+  readonly rowCount: number | null
+}
+
+export interface PgPool {
+  query<R = Record<string, unknown>>(text: string, values?: ReadonlyArray<unknown>): Promise<PgQueryResult<R>>
+  end(): Promise<void>
+}
+
+const pg = createRequire(import.meta.url)("pg") as {
+  readonly Pool: new (config: {
+    readonly connectionString: string
+    readonly max: number
+    readonly application_name: string
+  }) => PgPool
+}
+
+// ---- The library ----
+
+export class Users extends Context.Tag("bench/Users")<Users, WriteThrough.WriteThrough<string, User>>() {}
+
+/**
+ * Counts the store reads the library makes: what single flight and leases save. Every call of a
+ * collection method whose name starts with `get` (`get`, and a batched `getMany` where the store
+ * has one) is one query.
+ */
+export interface StoreCounter {
+  gets: number
+}
+
+/** A decorator over the Store: every store read that runs adds one to `counter.gets`. */
+export const countingStore = (counter: StoreCounter): Layer.Layer<Store.Store, never, Store.Store> =>
+  Layer.effect(
+    Store.Store,
+    Effect.map(Store.Store, (store) =>
+      Store.Store.of({
+        ...store,
+        collection: (target) =>
+          Effect.map(store.collection(target), (collection) => {
+            const counted: Record<string, unknown> = { ...collection }
+            for (const [name, method] of Object.entries(collection)) {
+              if (!name.startsWith("get") || typeof method !== "function") continue
+              counted[name] = (...args: ReadonlyArray<unknown>) =>
+                Effect.zipRight(
+                  Effect.sync(() => {
+                    counter.gets++
+                  }),
+                  (method as (...args: ReadonlyArray<unknown>) => Effect.Effect<unknown, unknown>)(...args)
+                )
+            }
+            return counted as unknown as typeof collection
+          })
+      })
+    )
+  )
+
+export interface Library {
+  readonly runtime: ManagedRuntime.ManagedRuntime<Users, unknown>
+  readonly users: WriteThrough.WriteThrough<string, User>
+  /** `runtime.runPromise`: one operation, as an application would run it. */
+  readonly run: <A, E>(effect: Effect.Effect<A, E, Users>) => Promise<A>
+  /** Store reads so far. */
+  readonly storeGets: () => number
+  readonly dispose: () => Promise<void>
+}
+
+export interface LibraryOptions {
+  readonly table: string
+  /** The RedisCache's key prefix; it must start with the run's id, so the run's cleanup finds the keys. */
+  readonly keyPrefix: string
+  /** The version sequence the SqlStore draws from (created if missing; the run drops it). */
+  readonly versionSequence: string
+  /** Replaces the RedisCache (e.g. a near cache over it); it gets the RedisCache layer to build on. */
+  readonly cache?: (redis: Layer.Layer<Cache.Cache, Cache.CacheConnectionError>) => Layer.Layer<Cache.Cache, unknown>
+  /** Further WriteThrough options (ttl, timeouts...). */
+  readonly entity?: Partial<WriteThrough.Options<string, User, UserFields>>
+}
+
+/**
+ * The library as an application builds it: WriteThrough.make over RedisCache, SqlStore (counted)
+ * and PgClient, built once into a ManagedRuntime, so an operation costs the operation and not the
+ * building of layers.
+ */
+export const buildLibrary = async (options: LibraryOptions): Promise<Library> => {
+  const counter: StoreCounter = { gets: 0 }
+  const redis = RedisCache.layer({ url: redisUrl, keyPrefix: options.keyPrefix })
+  const layer = Layer.scoped(
+    Users,
+    WriteThrough.make({
+      ttl: Duration.millis(ttlMillis),
+      ...options.entity,
+      entity: options.table,
+      key: Schema.String,
+      value: User,
+      table: { name: options.table, primaryKey: "id" }
+    })
+  ).pipe(
+    Layer.provide(options.cache === undefined ? redis : options.cache(redis)),
+    Layer.provide(
+      countingStore(counter).pipe(Layer.provide(SqlStore.layer({ versionSequence: options.versionSequence })))
+    ),
+    Layer.provide(
+      PgClient.layer({
+        url: Redacted.make(databaseUrl),
+        applicationName: "effect-write-through-bench",
+        maxConnections: poolSize
+      })
+    )
+  )
+  const runtime = ManagedRuntime.make(layer)
+  const users = await runtime.runPromise(Users)
+  return {
+    runtime,
+    users,
+    run: (effect) => runtime.runPromise(effect),
+    storeGets: () => counter.gets,
+    dispose: () => runtime.dispose()
+  }
+}
+
+// ---- The fixture ----
+
+export interface KeySets {
+  /** Warm in every cache (raw, bentocache, cache-manager, the library); rows in the table. */
+  readonly hit: ReadonlyArray<string>
+  /** Rows in the table, never cached until read: each is read at most once per reader. */
+  readonly miss: ReadonlyArray<string>
+  /** Rows the write cases overwrite (the library and the hand-written baseline alike). */
+  readonly write: ReadonlyArray<string>
+  /** Rows in the table, never cached: one per burst of concurrent reads of a cold key. */
+  readonly cold: ReadonlyArray<string>
+}
+
+export interface Fixture {
+  readonly runId: string
+  readonly table: string
+  /** The library's version sequence (dropped with the table). */
+  readonly versionSequence: string
+  readonly keys: KeySets
+  /** Plain ioredis, one connection (also the baselines' writer). */
+  readonly redis: Redis
+  /** ioredis with `enableAutoPipelining`, one connection. */
+  readonly redisAutoPipelining: Redis
+  /** Where the raw baselines keep a key's JSON. */
+  readonly rawKey: (key: string) => string
+  /** pg's Pool, `poolSize` connections. */
+  readonly pool: PgPool
+  /** Bentocache with only its Redis (L2) tier, on its own ioredis connection. */
+  readonly bentoRedis: BentoCache<Record<string, ReturnType<typeof bentostore>>>
+  /** Bentocache with only its memory (L1) tier. */
+  readonly bentoMemory: BentoCache<Record<string, ReturnType<typeof bentostore>>>
+  /** cache-manager 7 over Keyv and @keyv/redis (node-redis), one connection. */
+  readonly cacheManager: CacheManager
+  readonly library: Library
+  /** Register something to undo when the run ends (in reverse order). */
+  readonly onCleanup: (cleanup: () => Promise<unknown>) => void
+  readonly cleanup: () => Promise<void>
+}
+
+export interface FixtureOptions {
+  readonly hitKeys: number
+  readonly missKeys: number
+  readonly writeKeys: number
+  readonly coldKeys: number
+  readonly log: (line: string) => void
+}
+
+const settle = async (label: string, cleanup: () => Promise<unknown>, log: (line: string) => void) => {
+  try {
+    await Promise.race([
+      cleanup(),
+      new Promise((_, reject) => setTimeout(() => reject(new Error("no answer within 10 s")), 10_000).unref())
+    ])
+  } catch (error) {
+    log(`  cleanup of ${label} failed: ${error instanceof Error ? error.message : String(error)}`)
+  }
+}
+
+export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => {
+  const runId = `bench_${randomUUID().replaceAll("-", "").slice(0, 10)}`
+  const table = `bench_users_${runId.slice("bench_".length)}`
+  const versionSequence = `${table}_version`
+  const cleanups: Array<{ label: string; run: () => Promise<unknown> }> = []
+  const onCleanup = (label: string, run: () => Promise<unknown>) => cleanups.push({ label, run })
+  const cleanup = async () => {
+    while (cleanups.length > 0) {
+      const next = cleanups.pop()!
+      await settle(next.label, next.run, options.log)
+    }
+  }
+  try {
+    const range = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}${i}`)
+    const keys: KeySets = {
+      hit: range("u", options.hitKeys),
+      miss: range("m", options.missKeys),
+      write: range("w", options.writeKeys),
+      cold: range("c", options.coldKeys)
+    }
+
+    // Redis: the raw clients; the key sweep is registered first, so it runs last.
+    const redis = new Redis(redisUrl, { commandTimeout: 5000, lazyConnect: true })
+    await redis.connect()
+    onCleanup("redis", () => redis.quit())
+    onCleanup("the run's Redis keys", async () => {
+      let cursor = "0"
+      do {
+        const [next, found] = await redis.scan(cursor, "MATCH", `${runId}*`, "COUNT", 1000)
+        if (found.length > 0) await redis.unlink(...found)
+        cursor = next
+      } while (cursor !== "0")
+    })
+    const redisAutoPipelining = new Redis(redisUrl, {
+      commandTimeout: 5000,
+      lazyConnect: true,
+      enableAutoPipelining: true
+    })
+    await redisAutoPipelining.connect()
+    onCleanup("auto-pipelining redis", () => redisAutoPipelining.quit())
+
+    // PostgreSQL: the table and its rows, then the pool.
+    const pool = new pg.Pool({
+      connectionString: databaseUrl,
+      max: poolSize,
+      application_name: "effect-write-through-bench"
+    })
+    onCleanup("pg pool", () => pool.end())
+    await pool.query(tableDdl(table))
+    onCleanup(`table ${table}`, () => pool.query(`DROP TABLE IF EXISTS "${table}"`))
+    onCleanup(`sequence ${versionSequence}`, () => pool.query(`DROP SEQUENCE IF EXISTS "${versionSequence}"`))
+    const rows = [...keys.hit, ...keys.miss, ...keys.write, ...keys.cold].map((id, n) => ({
+      ...userFields(id, n),
+      version: 1
+    }))
+    for (let i = 0; i < rows.length; i += 5000) {
+      await pool.query(`INSERT INTO "${table}" SELECT * FROM json_populate_recordset(null::"${table}", $1::json)`, [
+        JSON.stringify(rows.slice(i, i + 5000))
+      ])
+    }
+    await pool.query(`ANALYZE "${table}"`)
+
+    // The library.
+    const library = await buildLibrary({ table, keyPrefix: `${runId}:wt:`, versionSequence })
+    onCleanup("library runtime", () => library.dispose())
+
+    // Bentocache: the Redis tier alone (no memory tier, no bus), and the memory tier alone.
+    const bentoConnection = new Redis(redisUrl, { commandTimeout: 5000 })
+    const bentoRedis = new BentoCache({
+      default: "redis",
+      prefix: `${runId}:bento`,
+      ttl: ttlMillis,
+      stores: { redis: bentostore().useL2Layer(redisDriver({ connection: bentoConnection, prefix: `${runId}:bento` })) }
+    })
+    onCleanup("bentocache (redis)", async () => {
+      await bentoRedis.disconnectAll()
+      bentoConnection.disconnect()
+    })
+    const bentoMemory = new BentoCache({
+      default: "memory",
+      prefix: `${runId}:bento-memory`,
+      ttl: ttlMillis,
+      stores: { memory: bentostore().useL1Layer(memoryDriver({ maxItems: 100_000 })) }
+    })
+    onCleanup("bentocache (memory)", () => bentoMemory.disconnectAll())
+
+    // cache-manager 7 on Keyv with @keyv/redis.
+    // createKeyv is @keyv/redis's recommended setup: the namespace is applied once, by the adapter.
+    const keyv = createKeyv(redisUrl, { namespace: `${runId}:keyv` })
+    const cacheManager = createCache({ stores: [keyv], ttl: ttlMillis })
+    onCleanup("cache-manager", () => cacheManager.disconnect())
+
+    // Warm every cache with the hit keys, each its own way.
+    const rawKey = (key: string) => `${runId}:raw:${key}`
+    const inBatches = async (items: ReadonlyArray<string>, f: (key: string, n: number) => Promise<unknown>) => {
+      for (let i = 0; i < items.length; i += 64) {
+        await Promise.all(items.slice(i, i + 64).map((key, j) => f(key, i + j)))
+      }
+    }
+    const byKey = new Map(rows.map((row) => [row.id, row]))
+    const hitValue = (key: string) => byKey.get(key)!
+    await inBatches(keys.hit, async (key) => {
+      const { version: _, ...fields } = hitValue(key)
+      const json = JSON.stringify(fields)
+      await redis.set(rawKey(key), json, "PX", ttlMillis)
+      await bentoRedis.set({ key, value: fields })
+      await bentoMemory.set({ key, value: fields })
+      await cacheManager.set(key, fields)
+      // A miss fills the library's cache from the row, as an application's first read would.
+      const read = await library.run(library.users.get(key))
+      if (read._tag !== "Some") throw new Error(`the library found no row for ${key}`)
+    })
+
+    return {
+      runId,
+      table,
+      versionSequence,
+      keys,
+      redis,
+      redisAutoPipelining,
+      rawKey,
+      pool,
+      bentoRedis,
+      bentoMemory,
+      cacheManager,
+      library,
+      onCleanup: (run) => onCleanup("a case's resource", run),
+      cleanup
+    }
+  } catch (error) {
+    await cleanup()
+    throw error
+  }
+}

@@ -1,0 +1,549 @@
+// The measuring machinery of `npm run bench`: cases, interleaved rounds, medians, ratios against
+// baselines, targets, the printed table and bench/results.json. It knows nothing of Redis or
+// PostgreSQL; the cases (bench/cases.ts) and their shared fixture (bench/fixture.ts) do.
+import { setFlagsFromString } from "node:v8"
+import { runInNewContext } from "node:vm"
+
+/**
+ * Sequential: one operation at a time; every operation's latency is recorded and a round reports
+ * their median. Concurrent: `inFlight` operations at a time; a round reports only its wall time,
+ * as microseconds per operation (wall time / operations) and operations per second.
+ */
+export type Kind = { readonly _tag: "sequential" } | { readonly _tag: "concurrent"; readonly inFlight: number }
+
+export const sequential: Kind = { _tag: "sequential" }
+export const concurrent = (inFlight: number): Kind => ({ _tag: "concurrent", inFlight })
+
+/** What a case's figures are compared on, where lower is better. */
+export type LowerIsBetter = "latency" | "1/throughput"
+
+export const lowerIsBetter = (kind: Kind): LowerIsBetter => (kind._tag === "sequential" ? "latency" : "1/throughput")
+
+/** What a case reports, for a target to judge. `ratio` is null without a baseline (or if the baseline failed). */
+export interface Figures {
+  readonly medianMicros: number
+  readonly opsPerSecond: number
+  readonly ratio: number | null
+  readonly extras: Readonly<Record<string, number>>
+}
+
+export interface Target {
+  /** As printed and written to results.json, e.g. "ratio <= 1.10". */
+  readonly description: string
+  readonly meets: (figures: Figures) => boolean
+}
+
+/** Ours / baseline on the lower-is-better figure is at most `max` (1.10: at most 10% slower). */
+export const ratioAtMost = (max: number): Target => ({
+  description: `ratio <= ${max.toFixed(2)}`,
+  meets: (f) => f.ratio !== null && f.ratio <= max
+})
+
+/** Strictly ahead of the baseline: ratio below 1. */
+export const ahead: Target = {
+  description: "ratio < 1.00 (ahead)",
+  meets: (f) => f.ratio !== null && f.ratio < 1
+}
+
+/** An extra figure (see `Runner.afterRound`, aggregated as the worst round: the maximum) is at most `max`. */
+export const extraAtMost = (field: string, max: number): Target => ({
+  description: `${field} <= ${max}`,
+  meets: (f) => f.extras[field] !== undefined && f.extras[field] <= max
+})
+
+/** A case, set up once per run. */
+export interface Runner {
+  /**
+   * One operation. `i` counts this case's operations over the whole run, warm-ups included, and
+   * never repeats, so a case can hand out a fresh key per operation (a miss, a cold key).
+   * A rejection fails the case (and makes the process exit non-zero).
+   */
+  readonly op: (i: number) => Promise<unknown>
+  /** Before each round's warm-up. */
+  readonly beforeRound?: (round: number) => void | Promise<void>
+  /**
+   * After each round's measured operations: extra figures, such as `{ storeQueries: 1 }`. Each is
+   * written to results.json as its worst (maximum) round, plus `<field>PerRound`.
+   */
+  readonly afterRound?: (round: number) => Readonly<Record<string, number>> | Promise<Readonly<Record<string, number>>>
+  /** Once, after the last round. */
+  readonly teardown?: () => Promise<void>
+}
+
+export interface Comparison {
+  /** The name of another case. */
+  readonly baseline: string
+  readonly target?: Target | undefined
+}
+
+export interface Case<F> {
+  readonly case: string
+  readonly kind: Kind
+  /**
+   * Measured operations per round. Default: calibrated once, before the first round, to fill the
+   * run's time budget per round (`RunOptions.budgetMillis`), within `maxOps`.
+   */
+  readonly ops?: number | undefined
+  /** The most operations a calibrated round may run (e.g. when each takes a fresh key). */
+  readonly maxOps?: number | undefined
+  /** Unmeasured operations before them, every round. Default a tenth of `ops`. */
+  readonly warmup?: number | undefined
+  /** What one operation is, when it is not one call (e.g. "100 reads"). Default "op". */
+  readonly unit?: string | undefined
+  /** The case this one is compared with (the `ratio` in results.json), or null. */
+  readonly baseline: string | null
+  /** On the ratio against `baseline`, or on an extra figure. */
+  readonly target?: Target | undefined
+  /** Further baselines, printed under the case and written to results.json as `comparisons`. */
+  readonly also?: ReadonlyArray<Comparison> | undefined
+  readonly note?: string | undefined
+  readonly setup: (fixture: F) => Promise<Runner>
+}
+
+export interface ComparisonResult {
+  readonly baseline: string
+  readonly ratio: number | null
+  /** The median over rounds of each round's own ratio (the two measured in the same round): less sensitive to drift. */
+  readonly pairedRatio: number | null
+  readonly target?: string
+  readonly meetsTarget?: boolean
+}
+
+/** One entry of bench/results.json. */
+export interface Result {
+  readonly case: string
+  readonly kind: "sequential" | "concurrent"
+  readonly inFlight: number
+  readonly unit: string
+  /** Median over rounds of: the median latency (sequential), or wall time / operations (concurrent). */
+  readonly medianMicros: number | null
+  /** Median over rounds of operations per second. */
+  readonly opsPerSecond: number | null
+  /** The figure the ratio compares, lower is better: latency for sequential cases, 1/throughput for concurrent ones. */
+  readonly lowerIsBetter: LowerIsBetter
+  readonly baseline: string | null
+  /** Ours / baseline on the lower-is-better figure (of the medians): below 1 means ahead of the baseline. */
+  readonly ratio: number | null
+  /** The median over rounds of each round's own ratio (the two measured in the same round): less sensitive to drift. */
+  readonly pairedRatio: number | null
+  readonly target?: string
+  readonly meetsTarget?: boolean
+  readonly comparisons: ReadonlyArray<ComparisonResult>
+  readonly rounds: number
+  readonly opsPerRound: number
+  readonly warmupPerRound: number
+  /** Relative interquartile range of the per-round figures: a noise indicator. */
+  readonly spread: number | null
+  readonly roundMicros: ReadonlyArray<number>
+  readonly roundOpsPerSecond: ReadonlyArray<number>
+  readonly note?: string
+  readonly error?: string
+  readonly [extra: string]: unknown
+}
+
+const now = (): bigint => process.hrtime.bigint()
+
+const median = (values: ArrayLike<number>): number => {
+  const sorted = Float64Array.from(values).sort()
+  const n = sorted.length
+  if (n === 0) return Number.NaN
+  return n % 2 === 1 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2
+}
+
+const quantile = (values: ArrayLike<number>, q: number): number => {
+  const sorted = Float64Array.from(values).sort()
+  if (sorted.length === 0) return Number.NaN
+  const position = (sorted.length - 1) * q
+  const low = Math.floor(position)
+  const high = Math.ceil(position)
+  return sorted[low]! + (sorted[high]! - sorted[low]!) * (position - low)
+}
+
+/** `gc()`: from `--expose-gc`, or enabled at run time through V8's flags; undefined if neither works. */
+export const findGc = (): (() => void) | undefined => {
+  const exposed = (globalThis as { gc?: () => void }).gc
+  if (typeof exposed === "function") return exposed
+  try {
+    setFlagsFromString("--expose-gc")
+    const gc = runInNewContext("gc") as unknown
+    return typeof gc === "function" ? (gc as () => void) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+interface RoundFigures {
+  readonly micros: number
+  readonly opsPerSecond: number
+}
+
+// Runs `count` operations from `start` the case's way; returns the round's figures. Concurrent
+// workers stop taking operations as soon as one fails.
+const runOps = async (
+  kind: Kind,
+  op: (i: number) => Promise<unknown>,
+  start: number,
+  count: number,
+  latencies: Float64Array
+): Promise<RoundFigures> => {
+  if (kind._tag === "sequential") {
+    const began = now()
+    for (let k = 0; k < count; k++) {
+      const t0 = now()
+      await op(start + k)
+      latencies[k] = Number(now() - t0) / 1000
+    }
+    const wall = Number(now() - began) / 1000
+    return { micros: median(latencies.subarray(0, count)), opsPerSecond: (count * 1e6) / wall }
+  }
+  let next = 0
+  let failure: { readonly error: unknown } | undefined
+  const worker = async () => {
+    while (next < count) {
+      const k = next++
+      try {
+        await op(start + k)
+      } catch (error) {
+        failure ??= { error }
+        next = count
+      }
+    }
+  }
+  const began = now()
+  await Promise.all(Array.from({ length: Math.min(kind.inFlight, count) }, worker))
+  const wall = Number(now() - began) / 1000
+  if (failure !== undefined) throw failure.error
+  return { micros: wall / count, opsPerSecond: (count * 1e6) / wall }
+}
+
+interface State<F> {
+  readonly spec: Case<F>
+  runner: Runner | undefined
+  cursor: number
+  ops: number
+  warmup: number
+  readonly rounds: Array<RoundFigures>
+  readonly extras: Map<string, Array<number>>
+  error: string | undefined
+}
+
+const describeError = (error: unknown): string =>
+  error instanceof Error ? `${error.name}: ${error.message}` : typeof error === "string" ? error : JSON.stringify(error)
+
+export interface RunOptions {
+  readonly rounds: number
+  /** The measured time a calibrated case aims for in each round, in milliseconds. */
+  readonly budgetMillis: number
+  /** Called as progress is made (one line per round). */
+  readonly log: (line: string) => void
+  readonly gc: (() => void) | undefined
+}
+
+// Operations per round for a case without a fixed count: run it (this also warms it up) with a
+// doubling count until a batch takes an eighth of the budget, then scale to the budget.
+const calibrate = async <F>(state: State<F>, budgetMillis: number, latencies: Float64Array): Promise<number> => {
+  const spec = state.spec
+  const max = spec.maxOps ?? 1_000_000
+  const min = spec.kind._tag === "sequential" ? 5 : Math.min(max, spec.kind.inFlight * 4)
+  let count = spec.kind._tag === "sequential" ? 4 : spec.kind.inFlight * 2
+  for (;;) {
+    count = Math.min(count, max, latencies.length)
+    const began = now()
+    await runOps(spec.kind, state.runner!.op, state.cursor, count, latencies)
+    state.cursor += count
+    const millis = Number(now() - began) / 1e6
+    if (millis >= budgetMillis / 8 || count >= max || count >= latencies.length) {
+      return Math.max(min, Math.min(max, Math.round((count * budgetMillis) / Math.max(millis, 1e-3))))
+    }
+    count *= 2
+  }
+}
+
+/**
+ * Sets every case up and calibrates the ones without a fixed operation count, then runs `rounds`
+ * rounds, round-robin over the cases; each round of a case is a GC, its warm-up, then its
+ * measured operations. A case that throws is reported with its error and left out of the
+ * remaining rounds; the others go on.
+ */
+export const runCases = async <F>(
+  cases: ReadonlyArray<Case<F>>,
+  fixture: F,
+  options: RunOptions
+): Promise<ReadonlyArray<Result>> => {
+  const names = new Set<string>()
+  for (const spec of cases) {
+    if (names.has(spec.case)) throw new Error(`two cases are named ${JSON.stringify(spec.case)}`)
+    names.add(spec.case)
+  }
+  for (const spec of cases) {
+    for (const baseline of [spec.baseline, ...(spec.also ?? []).map((c) => c.baseline)]) {
+      if (baseline !== null && !names.has(baseline)) {
+        throw new Error(`case ${JSON.stringify(spec.case)}: no baseline case named ${JSON.stringify(baseline)}`)
+      }
+    }
+  }
+  const states: Array<State<F>> = cases.map((spec) => ({
+    spec,
+    runner: undefined,
+    cursor: 0,
+    ops: spec.ops ?? 0,
+    warmup: spec.warmup ?? 0,
+    rounds: [],
+    extras: new Map(),
+    error: undefined
+  }))
+  for (const state of states) {
+    try {
+      state.runner = await state.spec.setup(fixture)
+    } catch (error) {
+      state.error = `setup: ${describeError(error)}`
+      options.log(`  ! ${state.spec.case}: ${state.error}`)
+    }
+  }
+  let latencies = new Float64Array(1 << 16)
+  for (const state of states) {
+    if (state.runner === undefined || state.error !== undefined) continue
+    try {
+      if (state.spec.ops === undefined) state.ops = await calibrate(state, options.budgetMillis, latencies)
+      state.warmup = state.spec.warmup ?? Math.ceil(state.ops / 10)
+      options.log(`  ${state.spec.case}: ${state.ops} operations per round, after ${state.warmup}`)
+    } catch (error) {
+      state.error = `calibration: ${describeError(error)}`
+      options.log(`  ! ${state.spec.case}: ${state.error}`)
+    }
+  }
+  latencies = new Float64Array(Math.max(latencies.length, ...states.map((s) => Math.max(s.ops, s.warmup))))
+  for (let round = 0; round < options.rounds; round++) {
+    const began = now()
+    for (const state of states) {
+      const runner = state.runner
+      if (runner === undefined || state.error !== undefined) continue
+      const spec = state.spec
+      try {
+        await runner.beforeRound?.(round)
+        options.gc?.()
+        await runOps(spec.kind, runner.op, state.cursor, state.warmup, latencies)
+        state.cursor += state.warmup
+        const figures = await runOps(spec.kind, runner.op, state.cursor, state.ops, latencies)
+        state.cursor += state.ops
+        state.rounds.push(figures)
+        const extras = (await runner.afterRound?.(round)) ?? {}
+        for (const [field, value] of Object.entries(extras)) {
+          const values = state.extras.get(field) ?? []
+          values.push(value)
+          state.extras.set(field, values)
+        }
+      } catch (error) {
+        state.error = `round ${round + 1}: ${describeError(error)}`
+        options.log(`  ! ${spec.case}: ${state.error}`)
+      }
+    }
+    options.log(`  round ${round + 1}/${options.rounds} done in ${(Number(now() - began) / 1e9).toFixed(1)} s`)
+  }
+  for (const state of states) {
+    try {
+      await state.runner?.teardown?.()
+    } catch (error) {
+      state.error ??= `teardown: ${describeError(error)}`
+    }
+  }
+
+  const figuresOf = new Map<string, Figures & { readonly kind: Kind; readonly rounds: ReadonlyArray<RoundFigures> }>()
+  for (const state of states) {
+    if (state.error !== undefined || state.rounds.length === 0) continue
+    const extras: Record<string, number> = {}
+    for (const [field, values] of state.extras) extras[field] = Math.max(...values)
+    figuresOf.set(state.spec.case, {
+      kind: state.spec.kind,
+      medianMicros: median(state.rounds.map((r) => r.micros)),
+      opsPerSecond: median(state.rounds.map((r) => r.opsPerSecond)),
+      ratio: null,
+      extras,
+      rounds: state.rounds
+    })
+  }
+  const ratio = (ours: string, baseline: string): number | null => {
+    const a = figuresOf.get(ours)
+    const b = figuresOf.get(baseline)
+    if (a === undefined || b === undefined) return null
+    return a.kind._tag === "sequential" ? a.medianMicros / b.medianMicros : b.opsPerSecond / a.opsPerSecond
+  }
+  const pairedRatio = (ours: string, baseline: string): number | null => {
+    const a = figuresOf.get(ours)
+    const b = figuresOf.get(baseline)
+    if (a === undefined || b === undefined) return null
+    const n = Math.min(a.rounds.length, b.rounds.length)
+    const ratios = Array.from({ length: n }, (_, r) =>
+      a.kind._tag === "sequential"
+        ? a.rounds[r]!.micros / b.rounds[r]!.micros
+        : b.rounds[r]!.opsPerSecond / a.rounds[r]!.opsPerSecond
+    )
+    return n === 0 ? null : median(ratios)
+  }
+  const judge = (figures: Figures | undefined, target: Target | undefined) =>
+    target === undefined
+      ? {}
+      : { target: target.description, meetsTarget: figures !== undefined && target.meets(figures) }
+
+  return states.map((state): Result => {
+    const spec = state.spec
+    const own = figuresOf.get(spec.case)
+    const mainRatio = spec.baseline === null ? null : ratio(spec.case, spec.baseline)
+    const withRatio = (r: number | null): Figures | undefined => (own === undefined ? undefined : { ...own, ratio: r })
+    const roundMicros = state.rounds.map((r) => r.micros)
+    const roundOps = state.rounds.map((r) => r.opsPerSecond)
+    const main = lowerIsBetter(spec.kind) === "latency" ? roundMicros : roundOps
+    const extras: Record<string, unknown> = {}
+    for (const [field, values] of state.extras) {
+      extras[field] = Math.max(...values)
+      extras[`${field}PerRound`] = values
+    }
+    return {
+      case: spec.case,
+      kind: spec.kind._tag,
+      inFlight: spec.kind._tag === "concurrent" ? spec.kind.inFlight : 1,
+      unit: spec.unit ?? "op",
+      medianMicros: own?.medianMicros ?? null,
+      opsPerSecond: own?.opsPerSecond ?? null,
+      lowerIsBetter: lowerIsBetter(spec.kind),
+      baseline: spec.baseline,
+      ratio: mainRatio,
+      pairedRatio: spec.baseline === null ? null : pairedRatio(spec.case, spec.baseline),
+      ...judge(withRatio(mainRatio), spec.target),
+      comparisons: (spec.also ?? []).map((c) => {
+        const r = ratio(spec.case, c.baseline)
+        return {
+          baseline: c.baseline,
+          ratio: r,
+          pairedRatio: pairedRatio(spec.case, c.baseline),
+          ...judge(withRatio(r), c.target)
+        }
+      }),
+      rounds: state.rounds.length,
+      opsPerRound: state.ops,
+      warmupPerRound: state.warmup,
+      spread: main.length === 0 ? null : (quantile(main, 0.75) - quantile(main, 0.25)) / median(main),
+      roundMicros,
+      roundOpsPerSecond: roundOps,
+      ...extras,
+      ...(spec.note === undefined ? {} : { note: spec.note }),
+      ...(state.error === undefined ? {} : { error: state.error })
+    }
+  })
+}
+
+// ---- Printing ----
+
+const formatMicros = (micros: number | null): string =>
+  micros === null ? "-" : micros >= 10_000 ? micros.toFixed(0) : micros >= 100 ? micros.toFixed(1) : micros.toFixed(2)
+
+const formatRate = (rate: number | null): string =>
+  rate === null
+    ? "-"
+    : rate >= 10_000
+      ? `${(rate / 1000).toFixed(1)}k`
+      : rate >= 100
+        ? rate.toFixed(0)
+        : rate.toFixed(1)
+
+const formatRatio = (ratio: number | null): string => (ratio === null ? "-" : `${ratio.toFixed(2)}x`)
+
+const status = (meets: boolean | undefined): string => (meets === undefined ? "" : meets ? "PASS" : "FAIL")
+
+const table = (
+  header: ReadonlyArray<string>,
+  rows: ReadonlyArray<ReadonlyArray<string>>,
+  right: ReadonlySet<number>
+) => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    cells
+      .map((cell, i) => (right.has(i) ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!)))
+      .join("  ")
+      .trimEnd()
+  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n")
+}
+
+/** The table of `npm run bench`, then each target's status. */
+export const formatResults = (results: ReadonlyArray<Result>): string => {
+  const rows: Array<Array<string>> = []
+  for (const r of results) {
+    const kind = r.kind === "sequential" ? "seq" : `${r.inFlight} in flight`
+    const extra = Object.keys(r)
+      .filter((k) => r[`${k}PerRound`] !== undefined)
+      .map((k) => `${k} ${String(r[k])} (per round: ${(r[`${k}PerRound`] as Array<number>).join(",")})`)
+    const notes = [...extra, ...(r.error === undefined ? [] : [`ERROR ${r.error}`])].join("; ")
+    rows.push([
+      r.case,
+      kind,
+      r.unit,
+      formatMicros(r.medianMicros),
+      formatRate(r.opsPerSecond),
+      r.spread === null ? "-" : `${(r.spread * 100).toFixed(0)}%`,
+      r.baseline ?? "",
+      formatRatio(r.ratio),
+      formatRatio(r.pairedRatio),
+      r.target ?? "",
+      status(r.meetsTarget),
+      notes
+    ])
+    for (const c of r.comparisons) {
+      rows.push([
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        `vs ${c.baseline}`,
+        formatRatio(c.ratio),
+        formatRatio(c.pairedRatio),
+        c.target ?? "",
+        status(c.meetsTarget),
+        ""
+      ])
+    }
+  }
+  const header = [
+    "case",
+    "kind",
+    "unit",
+    "median µs",
+    "ops/s",
+    "spread",
+    "baseline",
+    "ratio",
+    "paired",
+    "target",
+    "",
+    "notes"
+  ]
+  const targets: Array<string> = []
+  for (const r of results) {
+    const against = (baseline: string | null) => (baseline === null ? "" : ` vs ${baseline}`)
+    if (r.target !== undefined) {
+      targets.push(
+        `  ${status(r.meetsTarget)}  ${r.case}${against(r.baseline)}: ${r.target}` +
+          (r.ratio === null ? "" : ` (measured ${formatRatio(r.ratio)} on ${r.lowerIsBetter})`)
+      )
+    }
+    for (const c of r.comparisons) {
+      if (c.target === undefined) continue
+      targets.push(
+        `  ${status(c.meetsTarget)}  ${r.case}${against(c.baseline)}: ${c.target}` +
+          (c.ratio === null ? "" : ` (measured ${formatRatio(c.ratio)} on ${r.lowerIsBetter})`)
+      )
+    }
+  }
+  return [
+    table(header, rows, new Set([3, 4, 5, 7, 8])),
+    "",
+    "median µs: sequential cases, the median over rounds of each round's median latency; concurrent cases, wall time / operations.",
+    "ratio: ours / baseline where lower is better (latency when sequential, 1/throughput when concurrent); below 1.00x is ahead.",
+    "paired: the median of the per-round ratios (both measured in the same round); targets are judged on ratio.",
+    "spread: interquartile range of the per-round figures, relative to their median.",
+    "",
+    `targets (${targets.filter((t) => t.includes("PASS")).length} of ${targets.length} met; reported, never enforced):`,
+    ...targets
+  ].join("\n")
+}

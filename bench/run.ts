@@ -1,0 +1,97 @@
+// `npm run bench`: every case of bench/cases.ts in interleaved rounds against the real Redis and
+// PostgreSQL (REDIS_URL, DATABASE_URL), printed as a table and written to bench/results.json.
+//
+//   npm run bench                       # 9 rounds, each case measured for about 400 ms a round
+//   npm run bench -- --rounds 3 --budget 100   # a smoke run
+//   npm run bench -- --only "lib: set"  # cases whose name matches (a regular expression), and their baselines
+//
+// The process exits 0 whether or not the targets are met (this is a measurement); non-zero only
+// when a case, the setup or the cleanup failed.
+import { writeFileSync } from "node:fs"
+import { cpus } from "node:os"
+import { fileURLToPath } from "node:url"
+import { cases, missMaxOps } from "./cases.js"
+import { makeFixture } from "./fixture.js"
+import { type Case, findGc, formatResults, runCases } from "./harness.js"
+
+const argument = (name: string): string | undefined => {
+  const at = process.argv.indexOf(name)
+  return at === -1 ? undefined : process.argv[at + 1]
+}
+
+const rounds = Number(argument("--rounds") ?? 9)
+const budgetMillis = Number(argument("--budget") ?? 400)
+const only = argument("--only")
+if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds takes a positive integer")
+if (!(budgetMillis > 0)) throw new Error("--budget takes a positive number of milliseconds")
+
+const log = (line: string) => console.log(line)
+
+// The selected cases, with the baselines they are compared with.
+const select = <F>(all: ReadonlyArray<Case<F>>): ReadonlyArray<Case<F>> => {
+  if (only === undefined) return all
+  const pattern = new RegExp(only)
+  const wanted = new Set(all.filter((c) => pattern.test(c.case)).map((c) => c.case))
+  for (const c of all) {
+    if (!wanted.has(c.case)) continue
+    if (c.baseline !== null) wanted.add(c.baseline)
+    for (const also of c.also ?? []) wanted.add(also.baseline)
+  }
+  return all.filter((c) => wanted.has(c.case))
+}
+
+const main = async (): Promise<number> => {
+  const began = process.hrtime.bigint()
+  const selected = select(cases)
+  const gc = findGc()
+  log(
+    `effect-write-through bench: ${selected.length} cases, ${rounds} rounds of ~${budgetMillis} ms, node ${process.version}, ` +
+      `${cpus().length} CPUs, GC between cases: ${gc === undefined ? "unavailable" : "yes"}`
+  )
+  log("setting up (table, rows, warm caches)...")
+  const fixture = await makeFixture({
+    hitKeys: 1000,
+    writeKeys: 1000,
+    // Each miss case reads fresh keys: at most missMaxOps a round, a tenth more to warm up, and calibration's.
+    missKeys: Math.ceil(rounds * missMaxOps * 1.1) + 2 * missMaxOps,
+    coldKeys: rounds * 10,
+    log
+  })
+  let failed = false
+  try {
+    log(`run ${fixture.runId}: table ${fixture.table}, Redis keys under ${fixture.runId}*`)
+    const results = await runCases(selected, fixture, { rounds, budgetMillis, log, gc })
+    const seconds = Number(process.hrtime.bigint() - began) / 1e9
+    log("")
+    log(formatResults(results))
+    const path = fileURLToPath(new URL("./results.json", import.meta.url))
+    writeFileSync(path, JSON.stringify(results, null, 2) + "\n")
+    log("")
+    log(`wrote ${path}; measured in ${seconds.toFixed(1)} s`)
+    failed = results.some((r) => r.error !== undefined)
+  } finally {
+    await fixture.cleanup()
+  }
+  log(`total ${(Number(process.hrtime.bigint() - began) / 1e9).toFixed(1)} s`)
+  return failed ? 1 : 0
+}
+
+// A hung client must not hang the run forever.
+const watchdog = setTimeout(
+  () => {
+    console.error("bench: still running after 15 minutes; giving up")
+    process.exit(3)
+  },
+  15 * 60 * 1000
+)
+watchdog.unref()
+
+main().then(
+  (code) => {
+    process.exitCode = code
+  },
+  (error) => {
+    console.error("bench failed:", error)
+    process.exitCode = 2
+  }
+)
