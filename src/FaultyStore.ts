@@ -9,7 +9,6 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as FaultPlan from "./internal/faultPlan.js"
@@ -176,13 +175,7 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
         ),
       hang: (...operations) => Effect.sync(() => plan.arm("hang", Infinity, operations)),
       pause: ({ times = 1, when }, ...operations) =>
-        Effect.map(FaultPlan.makeGate, (gate) => {
-          plan.arm(when === "before" ? "pauseBefore" : "pauseAfter", times, operations, gate)
-          return {
-            reached: Deferred.await(gate.reached),
-            release: Deferred.succeed(gate.released, undefined).pipe(Effect.asVoid)
-          }
-        }),
+        FaultPlan.pause(plan, when === "before" ? "pauseBefore" : "pauseAfter", times, operations),
       heal: Effect.sync(() => plan.clear()),
       calls: (operation) => Effect.sync(() => plan.calls(operation))
     }

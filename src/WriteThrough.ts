@@ -409,6 +409,29 @@ export const make = <K, A, I>(
         )
       )
 
+    const storeReadTimeout = (key: string) =>
+      new StoreError({
+        entity,
+        key,
+        operation: "get",
+        reason: "Timeout",
+        detail: `no answer within ${Duration.format(storeTimeout)}`
+      })
+
+    const decodeRow = (key: string, encoded: unknown): Either.Either<A, StoreError> =>
+      Either.mapLeft(
+        decodeValue(encoded),
+        (issue) =>
+          new StoreError({
+            entity,
+            key,
+            operation: "get",
+            reason: "Decode",
+            detail: ParseResult.TreeFormatter.formatIssueSync(issue),
+            cause: issue
+          })
+      )
+
     interface Loaded {
       readonly version: number
       readonly value: A
@@ -418,32 +441,13 @@ export const make = <K, A, I>(
 
     const storeRead = (key: string): Effect.Effect<Option.Option<Loaded>, StoreError> =>
       collection.get(key).pipe(
-        Effect.timeoutFail({
-          duration: storeTimeout,
-          onTimeout: () =>
-            new StoreError({
-              entity,
-              key,
-              operation: "get",
-              reason: "Timeout",
-              detail: `no answer within ${Duration.format(storeTimeout)}`
-            })
-        }),
+        Effect.timeoutFail({ duration: storeTimeout, onTimeout: () => storeReadTimeout(key) }),
         Effect.flatMap((row) => {
           if (Option.isNone(row)) return Effect.succeedNone
-          const decoded = decodeValue(row.value.value)
+          const decoded = decodeRow(key, row.value.value)
           return Either.isRight(decoded)
             ? Effect.succeed(Option.some({ version: row.value.version, value: decoded.right }))
-            : Effect.fail(
-                new StoreError({
-                  entity,
-                  key,
-                  operation: "get",
-                  reason: "Decode",
-                  detail: ParseResult.TreeFormatter.formatIssueSync(decoded.left),
-                  cause: decoded.left
-                })
-              )
+            : Effect.fail(decoded.left)
         })
       )
 
@@ -610,34 +614,15 @@ export const make = <K, A, I>(
           yield* Metric.incrementBy(metric.misses, misses.length)
         }
         if (misses.length > 0) {
-          const rows = yield* collection.getMany(misses.map(({ key }) => key)).pipe(
-            Effect.timeoutFail({
-              duration: storeTimeout,
-              onTimeout: () =>
-                new StoreError({
-                  entity,
-                  key: misses[0]!.key,
-                  operation: "get",
-                  reason: "Timeout",
-                  detail: `no answer within ${Duration.format(storeTimeout)}`
-                })
-            })
-          )
+          const rows = yield* collection
+            .getMany(misses.map(({ key }) => key))
+            .pipe(Effect.timeoutFail({ duration: storeTimeout, onTimeout: () => storeReadTimeout(misses[0]!.key) }))
           const loaded: Array<{ key: string; version: number; value: A; replacing?: Entry }> = []
           for (const { key, replacing } of misses) {
             const row = rows.get(key)
             if (row === undefined) continue
-            const decoded = decodeValue(row.value)
-            if (Either.isLeft(decoded)) {
-              return yield* new StoreError({
-                entity,
-                key,
-                operation: "get",
-                reason: "Decode",
-                detail: ParseResult.TreeFormatter.formatIssueSync(decoded.left),
-                cause: decoded.left
-              })
-            }
+            const decoded = decodeRow(key, row.value)
+            if (Either.isLeft(decoded)) return yield* decoded.left
             found.set(key, decoded.right)
             loaded.push({
               key,

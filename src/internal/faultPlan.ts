@@ -20,6 +20,18 @@ export const makeGate = Effect.zipWith(Deferred.make<void>(), Deferred.make<void
   released
 }))
 
+/** Arms a pause and hands back its controls, as FaultyCache and FaultyStore expose them. */
+export const pause = <Op extends string, Mode extends string>(
+  plan: FaultPlan<Op, Mode>,
+  mode: Mode,
+  times: number,
+  operations: ReadonlyArray<Op>
+): Effect.Effect<{ readonly reached: Effect.Effect<void>; readonly release: Effect.Effect<void> }> =>
+  Effect.map(makeGate, (gate) => {
+    plan.arm(mode, times, operations, gate)
+    return { reached: Deferred.await(gate.reached), release: Effect.asVoid(Deferred.succeed(gate.released, undefined)) }
+  })
+
 export const hold = (gate: Gate): Effect.Effect<void> =>
   Effect.zipRight(Deferred.succeed(gate.reached, undefined), Deferred.await(gate.released))
 

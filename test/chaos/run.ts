@@ -7,12 +7,12 @@
 // `npm run chaos` runs the full workload; test/Chaos.test.ts runs a short one, and the naive variant.
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Duration, Effect, Random, Redacted } from "effect"
+import { Duration, Effect, Random, Redacted, Schedule } from "effect"
 import type * as Scope from "effect/Scope"
 import { Redis } from "ioredis"
 import { spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -125,8 +125,6 @@ export const runChaos = (
       }
     }
     const faultLoop = Effect.gen(function* () {
-      // Let the workers connect before the first fault.
-      yield* Effect.sleep("1 second")
       for (let i = 0; ; i++) {
         const kind = kinds[i % kinds.length]!
         yield* fire(kind)
@@ -155,9 +153,18 @@ export const runChaos = (
       output: join(directory, `worker-${process}.jsonl`)
     }))
     const workers = yield* Effect.fork(Effect.forEach(configs, runWorker, { concurrency: "unbounded", discard: true }))
+    // Faults start once every worker has connected and prepared its statements: a worker that
+    // cannot start is a broken run, not a finding. (Under load, starting tsx takes seconds.)
+    yield* Effect.sync(() => configs.every((config) => existsSync(`${config.output}.ready`))).pipe(
+      Effect.filterOrFail((ready) => ready),
+      Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("60 seconds"))),
+      Effect.raceFirst(
+        Effect.flatMap(workers.await, () => Effect.fail(new Error("a worker ended before it was ready")))
+      )
+    )
     if (options.faults) {
-      // Faults stop when the workload does (the workers start within a second), then the tiers heal.
-      yield* faultLoop.pipe(Effect.timeout(Duration.millis(options.runMillis + 1000)), Effect.ignore)
+      // Faults stop when the workload does, then the tiers heal.
+      yield* faultLoop.pipe(Effect.timeout(Duration.millis(options.runMillis)), Effect.ignore)
       proxy.setMode({ _tag: "Pass" })
       yield* server.start.pipe(Effect.ignore)
     }

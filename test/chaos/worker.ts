@@ -94,6 +94,8 @@ const program = Effect.gen(function* () {
     repairInterval: "250 millis"
   })
   const ops: Array<Op> = []
+  // Connected and prepared: the orchestrator starts the faults once every worker says so.
+  writeFileSync(`${config.output}.ready`, "")
   const deadline = monotonicMicros() + config.runMillis * 1000
   let counter = 0
 
