@@ -1,5 +1,17 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Option, Redacted, Schedule, type Scope } from "effect"
+import {
+  Config,
+  ConfigError,
+  ConfigProvider,
+  Context,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  Redacted,
+  Schedule,
+  type Scope
+} from "effect"
 import * as net from "node:net"
 import { Cache, RedisCache } from "../src/index.js"
 import { cacheContract } from "./contract/CacheContract.js"
@@ -452,5 +464,32 @@ describe("RedisCache epochs: the guard must not trust a cache that lost its memo
         expect(outcome).toBe("outdated")
         expect(yield* cache.get("k")).toEqual(Option.none())
       }).pipe(Effect.scoped)
+  )
+})
+
+describe("RedisCache.layerConfig", () => {
+  it.scoped("reads the URL and the prefix from Config; a bad value is a ConfigError", () =>
+    Effect.gen(function* () {
+      const prefix = unique("config")
+      const config = { url: Config.redacted("REDIS_URL"), keyPrefix: Config.string("CACHE_PREFIX") }
+      const provider = ConfigProvider.fromMap(
+        new Map([
+          ["REDIS_URL", redisUrl],
+          ["CACHE_PREFIX", `${prefix}:`]
+        ])
+      )
+      const cache = yield* Layer.build(RedisCache.layerConfig(config)).pipe(
+        Effect.map(Context.get(Cache.Cache)),
+        Effect.withConfigProvider(provider)
+      )
+      yield* cache.set("k", value(1, "from config"), { ttl: Duration.minutes(1) })
+      const redis = yield* rawRedis
+      expect(yield* Effect.promise(() => redis.get(`${prefix}:k`))).toBe("v1:from config")
+      const missing = yield* Layer.build(RedisCache.layerConfig(config)).pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map())),
+        Effect.flip
+      )
+      expect(ConfigError.isConfigError(missing)).toBe(true)
+    })
   )
 })
