@@ -41,6 +41,7 @@ const racingCache = Layer.effect(
       get: cache.get,
       getMany: cache.getMany,
       lease: cache.lease,
+      scan: cache.scan,
       ticket: cache.ticket,
       set: (key, entry, options) => Effect.zipRight(hold, cache.set(key, entry, options)),
       setMany: (items) => Effect.zipRight(hold, cache.setMany(items)),
@@ -55,6 +56,7 @@ const cacheLayer = config.naive
       url: config.redisUrl,
       keyPrefix: config.keyPrefix,
       commandTimeout: "300 millis",
+      connectTimeout: "10 seconds",
       ...(config.near ? { near: {} } : {})
     })
 
@@ -67,7 +69,8 @@ const layer = Layer.merge(
       url: Redacted.make(config.databaseUrl),
       applicationName: config.applicationName,
       maxConnections: 8,
-      connectTimeout: "2 seconds"
+      // Generous: under a loaded CI machine, three workers start at once next to the test suite.
+      connectTimeout: "10 seconds"
     })
   )
 )
