@@ -167,6 +167,14 @@ export declare namespace Cache {
      * one reads the store while the others wait for its fill.
      */
     readonly lease: (key: string, ttl: Duration.Duration) => Effect.Effect<boolean, CacheError>
+    /**
+     * One page of the keys starting with `prefix` (SCAN in Redis, never KEYS): pass the
+     * returned cursor back until it is "0". Keys may repeat across pages.
+     */
+    readonly scan: (
+      prefix: string,
+      cursor: string
+    ) => Effect.Effect<readonly [cursor: string, keys: ReadonlyArray<string>], CacheError>
     readonly invalidate: (
       key: string,
       version: number,

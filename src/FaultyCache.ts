@@ -109,7 +109,8 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
       set: (key, entry, options) => inject("set", key, cache.set(key, entry, options)),
       setMany: (items) => inject("set", items[0]?.key ?? "", cache.setMany(items)),
       invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl)),
-      lease: (key, ttl) => inject("lease", key, cache.lease(key, ttl))
+      lease: (key, ttl) => inject("lease", key, cache.lease(key, ttl)),
+      scan: (prefix, cursor) => inject("get", prefix, cache.scan(prefix, cursor))
     })
     const controls: Controls = {
       failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),

@@ -85,6 +85,13 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
         Effect.map(Clock.currentTimeMillis, (now) =>
           items.map(({ entry, key, options }) => write(key, entry, options, now))
         ),
+      // One page of everything: the map is in memory already.
+      scan: (prefix) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          const keys: Array<string> = []
+          for (const key of slots.keys()) if (key.startsWith(prefix) && live(key, now) !== undefined) keys.push(key)
+          return ["0", keys] as const
+        }),
       // One process, whose misses single-flight already merges: nobody to wait for.
       lease: () => Effect.succeed(true),
       invalidate: (key, version, ttl) =>

@@ -102,6 +102,9 @@ const displayUrl = (url: string): string => {
   }
 }
 
+// SCAN's MATCH is a glob: a prefix holding *, ?, [ or \ must match only itself.
+const globEscape = (text: string) => text.replace(/[*?[\]\\]/g, "\\$&")
+
 const isWrongType = (error: unknown): boolean => error instanceof Error && error.message.startsWith("WRONGTYPE")
 
 const isTimeout = (error: unknown): boolean => error instanceof Error && error.message === "Command timed out"
@@ -179,6 +182,7 @@ const makeWithStats = (
       catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
     })
 
+    const keyPrefix = options.keyPrefix ?? ""
     const near =
       options.near === undefined
         ? undefined
@@ -295,6 +299,15 @@ const makeWithStats = (
               },
               catch: fail("setMany", items[0]!.key)
             }),
+      // ioredis does not prefix SCAN's pattern nor strip the keys it returns: done here.
+      scan: (prefix, cursor) =>
+        Effect.tryPromise({
+          try: async () => {
+            const [next, keys] = await redis.scan(cursor, "MATCH", `${globEscape(keyPrefix + prefix)}*`, "COUNT", 500)
+            return [next, keys.map((key) => key.slice(keyPrefix.length))] as const
+          },
+          catch: fail("scan", prefix)
+        }),
       lease: (key, ttl) =>
         Effect.tryPromise({
           try: () =>

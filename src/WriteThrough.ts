@@ -114,6 +114,36 @@ export interface WriteThrough<K, A> {
   readonly set: (key: K, value: A) => Effect.Effect<void, WriteError>
   /** Deletes from the store, then leaves a tombstone in the cache. Deleting an absent key succeeds. */
   readonly delete: (key: K) => Effect.Effect<void, WriteError>
+  /**
+   * Scans the entity's cache entries (SCAN, page by page), compares each value's version with
+   * the store's, and reports how consistent the cache is; with `repair`, replaces each entry
+   * that disagrees with a tombstone, so the next read refills it from the store.
+   */
+  readonly audit: (options?: {
+    readonly repair?: boolean | undefined
+  }) => Effect.Effect<AuditReport, CacheError | StoreError>
+}
+
+/**
+ * What `audit` found. Tombstones and absent keys serve no value and are not judged.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface AuditReport {
+  readonly entity: string
+  /** Keys seen in the cache. */
+  readonly scanned: number
+  /** Value entries judged against the store. */
+  readonly values: number
+  readonly consistent: number
+  /** Values older than the store's row, or present while the row is gone: what a reader could be served stale. */
+  readonly stale: number
+  /** Values newer than the store's row: written by something other than this library. */
+  readonly ahead: number
+  readonly repaired: number
+  /** -log10 of the inconsistent share of values; `Infinity` when none is. */
+  readonly nines: number
 }
 
 /**
@@ -699,8 +729,55 @@ export const make = <K, A, I>(
         )
       ).pipe(traced("WriteThrough.delete"))
 
+    const audit = (auditOptions?: { readonly repair?: boolean | undefined }) =>
+      Effect.gen(function* () {
+        let cursor = "0"
+        const seen = new Set<string>()
+        const counts = { values: 0, consistent: 0, stale: 0, ahead: 0, repaired: 0 }
+        do {
+          const [next, page] = yield* boundCache("scan", entity, cache.scan(prefix, cursor))
+          cursor = next
+          const keys = page.filter((key) => !seen.has(key))
+          for (const key of keys) seen.add(key)
+          if (keys.length === 0) continue
+          const entries = yield* boundCache("getMany", keys[0]!, cache.getMany(keys))
+          const texts = keys.map((key) => key.slice(prefix.length))
+          const rows = yield* collection.getMany(texts)
+          for (let i = 0; i < keys.length; i++) {
+            const entry = entries[i]!
+            if (Option.isNone(entry) || entry.value._tag === "Tombstone") continue
+            counts.values++
+            const row = rows.get(texts[i]!)
+            const cached = entry.value.version
+            if (row !== undefined && row.version === cached) {
+              counts.consistent++
+              continue
+            }
+            if (row !== undefined && cached > row.version) counts.ahead++
+            else counts.stale++
+            if (auditOptions?.repair === true) {
+              // A tombstone at the higher of the two versions replaces the entry whichever way it is off.
+              const outcome = yield* boundCache(
+                "invalidate",
+                texts[i]!,
+                cache.invalidate(keys[i]!, Math.max(cached, row?.version ?? 0), tombstoneTtl)
+              )
+              if (outcome === "written") counts.repaired++
+            }
+          }
+        } while (cursor !== "0")
+        const inconsistent = counts.stale + counts.ahead
+        return {
+          entity,
+          scanned: seen.size,
+          ...counts,
+          nines: inconsistent === 0 ? Infinity : -Math.log10(inconsistent / counts.values)
+        } satisfies AuditReport
+      }).pipe(traced("WriteThrough.audit"))
+
     return {
       entity,
+      audit,
       get,
       getMany,
       getBatched: (key: K) => Effect.request(GetRequest({ key }), resolver),

@@ -394,6 +394,29 @@ describe("failure contract", () => {
     )
   )
 
+  it.effect("the audit finds entries older, newer or deleted behind the library's back, and repairs them", () =>
+    withHarness(({ users, collection, redis, redisKey }) =>
+      Effect.gen(function* () {
+        const keys = ["1", "2", "3", "4", "user:*[x]"]
+        for (const key of keys) yield* users.set(key, user(key, `v ${key}`))
+        const payload = (key: string, name: string) => JSON.stringify({ id: key, name, email: `${key}@example.com` })
+        yield* Effect.promise(() => redis.set(redisKey("2"), `v1:${payload("2", "older")}`, "PX", 60_000))
+        yield* collection.delete("3") // the row is gone; the cache still holds it
+        yield* Effect.promise(() => redis.set(redisKey("4"), `v${2 ** 50}:${payload("4", "foreign")}`, "PX", 60_000))
+        const found = yield* users.audit()
+        expect(found).toMatchObject({ scanned: 5, values: 5, consistent: 2, stale: 2, ahead: 1, repaired: 0 })
+        expect(found.nines).toBeCloseTo(-Math.log10(3 / 5))
+        const repaired = yield* users.audit({ repair: true })
+        expect(repaired).toMatchObject({ values: 5, stale: 2, ahead: 1, repaired: 3 })
+        const after = yield* users.audit()
+        expect(after).toMatchObject({ values: 2, consistent: 2, stale: 0, ahead: 0, nines: Infinity })
+        expect(Option.getOrThrow(yield* users.get("2")).name).toBe("v 2")
+        expect(yield* users.get("3")).toEqual(Option.none())
+        expect(Option.getOrThrow(yield* users.get("4")).name).toBe("v 4")
+      })
+    )
+  )
+
   it.effect("a database row that does not fit the schema fails with a StoreError of reason Decode", () =>
     withHarness(({ users, collection }) =>
       Effect.gen(function* () {

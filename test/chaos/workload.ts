@@ -109,6 +109,7 @@ export const naiveRedisCache = (url: string, keyPrefix: string) =>
           ),
         ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
         lease: () => Effect.succeed(true),
+        scan: () => Effect.succeed(["0", []] as const),
         set: (key, entry, { ttl }) => Effect.as(write(key, entry, ttl), "written" as const),
         setMany: (items) =>
           Effect.forEach(items, ({ entry, key, options }) =>

@@ -97,6 +97,18 @@ export const writeThroughContract = <R>(name: string, fixture: Fixture<R>) =>
       )
     )
 
+    it.effect("the audit of a cache written only through the library finds every value consistent", () =>
+      withUsers((users) =>
+        Effect.gen(function* () {
+          for (const key of hostileKeys) yield* users.set(key, user(key))
+          yield* users.delete("user:*")
+          const report = yield* users.audit()
+          expect(report).toMatchObject({ values: hostileKeys.length - 1, stale: 0, ahead: 0, nines: Infinity })
+          expect(report.consistent).toBe(hostileKeys.length - 1)
+        })
+      )
+    )
+
     it.effect("get of a key absent from both tiers is None", () =>
       withUsers((users, collection) =>
         Effect.gen(function* () {

@@ -110,6 +110,7 @@ export const scheduledCache = (
           getMany: cache.getMany,
           setMany: cache.setMany,
           lease: cache.lease,
+          scan: cache.scan,
           ticket: cache.ticket,
           set: (key, entry, options) =>
             step(
@@ -212,6 +213,7 @@ export const naiveCache: Layer.Layer<Cache.Cache> = Layer.sync(Cache.Cache, () =
     getMany: (keys) => Effect.sync(() => keys.map((key) => Option.fromNullable(entries.get(key)))),
     ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
     lease: () => Effect.succeed(true),
+    scan: (prefix) => Effect.sync(() => ["0", [...entries.keys()].filter((key) => key.startsWith(prefix))] as const),
     set: (key, entry) =>
       Effect.sync(() => {
         entries.set(key, entry)
