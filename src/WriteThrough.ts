@@ -366,7 +366,13 @@ export const make = <K, A, I>(
               onFailure: (invalidateError) =>
                 Effect.flatMap(Clock.currentTimeMillis, (now) =>
                   Effect.zipRight(
-                    Effect.zipRight(Metric.increment(metric.stale), scheduleRepair(key, version, now)),
+                    Effect.all([
+                      Metric.increment(metric.stale),
+                      scheduleRepair(key, version, now),
+                      Effect.logError(
+                        "cache update and invalidation failed after a commit; the cache may be stale"
+                      ).pipe(Effect.annotateLogs({ entity, operation, version, maxStaleness: Duration.format(maxTtl) }))
+                    ]),
                     Effect.fail(
                       new StaleCacheError({
                         entity,
@@ -399,7 +405,14 @@ export const make = <K, A, I>(
             false
           )
         ),
-        Effect.tap(() => Metric.increment(metric.inconsistent)),
+        Effect.tap((invalidated) =>
+          Effect.zipRight(
+            Metric.increment(metric.inconsistent),
+            Effect.logError("the store's outcome is unknown; the key was fenced in the cache").pipe(
+              Effect.annotateLogs({ entity, operation, invalidated })
+            )
+          )
+        ),
         Effect.flatMap((invalidated) =>
           Effect.fail(new InconsistentCacheError({ entity, key, operation, invalidated, cause }))
         )

@@ -1,7 +1,20 @@
 // Every row of the failure contract, against the real Redis and Postgres, with faults injected by the
 // public FaultyCache / FaultyStore layers.
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Either, Fiber, Layer, Option, Schedule, Schema, TestClock } from "effect"
+import {
+  Cause,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  HashMap,
+  Layer,
+  Logger,
+  Option,
+  Schedule,
+  Schema,
+  TestClock
+} from "effect"
 import type * as Scope from "effect/Scope"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough, WriteThroughError } from "../src/index.js"
 import { User } from "./contract/WriteThroughContract.js"
@@ -134,6 +147,40 @@ describe("failure contract", () => {
           expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
         }),
       { retry: Schedule.recurs(0), repairInterval: "1 second" }
+    )
+  )
+
+  it.effect("the failure points log through Effect's logger, with the entity and never the key", () =>
+    withHarness(
+      ({ entity, users, cacheFaults, storeFaults }) =>
+        Effect.gen(function* () {
+          const lines: Array<{ level: string; message: string; annotations: Record<string, unknown> }> = []
+          const logger = Logger.make(({ annotations, logLevel, message }) => {
+            lines.push({
+              level: logLevel.label,
+              message: String(Array.isArray(message) ? message.join(" ") : message),
+              annotations: Object.fromEntries(HashMap.toEntries(annotations))
+            })
+          })
+          yield* Effect.gen(function* () {
+            yield* cacheFaults.failNext(2, "set")
+            yield* users.set("secret-1", user("secret-1", "a")) // the update fails twice, the invalidation works
+            yield* cacheFaults.failAlways("set", "invalidate")
+            yield* Effect.flip(users.set("secret-2", user("secret-2", "b")))
+            yield* storeFaults.loseConnectionOnCommit({ committed: true })
+            yield* Effect.flip(users.set("secret-3", user("secret-3", "c")))
+          }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)), (effect) => driveClock(effect))
+          expect(lines.map((line) => [line.level, line.message])).toEqual([
+            ["WARN", "cache update failed; invalidated the key instead"],
+            ["ERROR", "cache update and invalidation failed after a commit; the cache may be stale"],
+            ["ERROR", "the store's outcome is unknown; the key was fenced in the cache"]
+          ])
+          for (const line of lines) {
+            expect(line.annotations.entity).toBe(entity)
+            expect(JSON.stringify(line)).not.toContain("secret")
+          }
+        }),
+      { retry: Schedule.recurs(1) }
     )
   )
 
