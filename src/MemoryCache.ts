@@ -5,6 +5,8 @@
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import { randomUUID } from "node:crypto"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -108,3 +110,24 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
  * @category layers
  */
 export const layer = (options: Options = {}): Layer.Layer<Cache> => Layer.effect(Cache, make(options))
+
+/**
+ * For example `MemoryCache.layerConfig({ maxEntries: Config.integer("CACHE_MAX_ENTRIES") })`. A
+ * `maxEntries` below 1 is a `ConfigError`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (options: Config.Config.Wrap<Options>): Layer.Layer<Cache, ConfigError.ConfigError> =>
+  Layer.effect(
+    Cache,
+    Effect.flatMap(
+      Config.unwrap(options).pipe(
+        Config.validate({
+          message: "maxEntries must be a positive integer",
+          validation: ({ maxEntries }) => maxEntries === undefined || (Number.isInteger(maxEntries) && maxEntries >= 1)
+        })
+      ),
+      make
+    )
+  )

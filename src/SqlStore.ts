@@ -16,6 +16,8 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -345,3 +347,14 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
  */
 export const layer = (options: Options = {}): Layer.Layer<Store, StoreError, SqlClient.SqlClient> =>
   Layer.effect(Store, make(options))
+
+/**
+ * For example `SqlStore.layerConfig({ versionSequence: Config.string("VERSION_SEQUENCE") })`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Config.Wrap<Options>
+): Layer.Layer<Store, StoreError | ConfigError.ConfigError, SqlClient.SqlClient> =>
+  Layer.effect(Store, Effect.flatMap(Config.unwrap(options), make))

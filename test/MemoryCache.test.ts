@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Option, TestClock } from "effect"
+import { Config, ConfigError, ConfigProvider, Context, Duration, Effect, Layer, Option, TestClock } from "effect"
 import { Cache, MemoryCache } from "../src/index.js"
 import { cacheContract } from "./contract/CacheContract.js"
 
@@ -197,4 +197,27 @@ describe("MemoryCache", () => {
       })
     )
   })
+})
+
+describe("MemoryCache.layerConfig", () => {
+  it.effect("reads its bound from Config; a bound below 1 is a ConfigError", () =>
+    Effect.gen(function* () {
+      const config = { maxEntries: Config.integer("CACHE_MAX_ENTRIES") }
+      const cache = yield* Layer.build(MemoryCache.layerConfig(config)).pipe(
+        Effect.map(Context.get(Cache.Cache)),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["CACHE_MAX_ENTRIES", "2"]])))
+      )
+      for (const key of ["a", "b", "c"])
+        yield* cache.set(key, Cache.Entry.Value({ version: 1, payload: key }), { ttl: Duration.minutes(1) })
+      expect(yield* cache.get("a")).toEqual(Option.none())
+      expect(Option.isSome(yield* cache.get("c"))).toBe(true)
+      for (const bad of ["0", "-3", "many"]) {
+        const error = yield* Layer.build(MemoryCache.layerConfig(config)).pipe(
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["CACHE_MAX_ENTRIES", bad]]))),
+          Effect.flip
+        )
+        expect(ConfigError.isConfigError(error), bad).toBe(true)
+      }
+    }).pipe(Effect.scoped)
+  )
 })

@@ -1,7 +1,21 @@
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Either, Fiber, Layer, Option, Redacted, Schedule } from "effect"
+import {
+  Config,
+  ConfigError,
+  ConfigProvider,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Schedule
+} from "effect"
 import type * as Scope from "effect/Scope"
 import { createServer } from "node:net"
 import { SqlStore, Store } from "../src/index.js"
@@ -618,6 +632,42 @@ describe("SqlStore", () => {
         const again = yield* SqlStore.make({ genericTable, versionSequence })
         const same = yield* again.collection({ entity, fields: userFields, table: undefined })
         expect(yield* same.get("1")).toEqual(Option.some({ version, value: user("1", "Ada") }))
+      }).pipe(Effect.scoped, Effect.provide(PgLive))
+    )
+
+    it.live("layerConfig reads the object names from Config", () =>
+      Effect.gen(function* () {
+        const genericTable = unique("wt_entries")
+        const versionSequence = unique("wt_seq")
+        yield* Effect.addFinalizer(() =>
+          exec(`DROP TABLE IF EXISTS ${quote(genericTable)}`).pipe(
+            Effect.zipRight(exec(`DROP SEQUENCE IF EXISTS ${quote(versionSequence)}`)),
+            Effect.orDie
+          )
+        )
+        const config = {
+          genericTable: Config.string("GENERIC_TABLE"),
+          versionSequence: Config.string("VERSION_SEQUENCE")
+        }
+        const store = yield* Layer.build(SqlStore.layerConfig(config)).pipe(
+          Effect.map(Context.get(Store.Store)),
+          Effect.withConfigProvider(
+            ConfigProvider.fromMap(
+              new Map([
+                ["GENERIC_TABLE", genericTable],
+                ["VERSION_SEQUENCE", versionSequence]
+              ])
+            )
+          )
+        )
+        const users = yield* store.collection({ entity: unique("users"), fields: userFields, table: undefined })
+        const version = yield* users.put("1", user("1", "Ada"))
+        expect(yield* exec(`SELECT last_value FROM ${quote(versionSequence)}`)).toEqual([[String(version)]])
+        const missing = yield* Layer.build(SqlStore.layerConfig(config)).pipe(
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map())),
+          Effect.flip
+        )
+        expect(ConfigError.isConfigError(missing)).toBe(true)
       }).pipe(Effect.scoped, Effect.provide(PgLive))
     )
 
