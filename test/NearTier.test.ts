@@ -6,7 +6,7 @@ import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { Cache, RedisCache } from "../src/index.js"
 import * as NearTier from "../src/internal/nearTier.js"
 import { cacheContract } from "./contract/CacheContract.js"
-import { rawRedis, redisUrl, unique } from "./support/services.js"
+import { rawRedis, redisCacheLayer, unique } from "./support/services.js"
 
 const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
 const ttl = Duration.minutes(1)
@@ -51,8 +51,7 @@ describe("near tier", () => {
   })
 })
 
-const nearLayer = (prefix: string, near: RedisCache.Options["near"] = {}) =>
-  RedisCache.layer({ url: redisUrl, keyPrefix: `${prefix}:`, near })
+const nearLayer = (prefix: string, near: RedisCache.Options["near"] = {}) => redisCacheLayer(prefix, { near })
 
 cacheContract("RedisCache with the near tier", () => nearLayer(unique("near")))
 

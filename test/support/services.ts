@@ -28,9 +28,34 @@ export const PgLive = PgClient.layer({
   )
 )
 
-/** A RedisCache on the shared Redis, under a key prefix of its own. */
-export const redisCacheLayer = (prefix: string = unique("wt")) =>
-  RedisCache.layer({ url: redisUrl, keyPrefix: `${prefix}:` })
+/** Deletes every key under a test's prefix from the shared Redis (SCAN, never KEYS). */
+export const dropPrefix = (prefix: string) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => new Redis(redisUrl, { commandTimeout: 2000 })),
+    (redis) =>
+      Effect.promise(async () => {
+        let cursor = "0"
+        do {
+          const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000)
+          cursor = next
+          if (keys.length > 0) await redis.unlink(...keys)
+        } while (cursor !== "0")
+      }),
+    (redis) => Effect.sync(() => redis.disconnect())
+  ).pipe(Effect.ignore)
+
+/**
+ * A RedisCache on the shared Redis, under a key prefix of its own, whose keys (the epoch marker
+ * included, which never expires) are deleted when the layer is released.
+ */
+export const redisCacheLayer = (
+  prefix: string = unique("wt"),
+  options: Omit<RedisCache.Options, "url" | "keyPrefix"> = {}
+) =>
+  Layer.merge(
+    RedisCache.layer({ ...options, url: redisUrl, keyPrefix: `${prefix}:` }),
+    Layer.scopedDiscard(Effect.addFinalizer(() => dropPrefix(prefix)))
+  )
 
 /** A raw ioredis client for inspecting and vandalising what the library wrote. */
 export const rawRedis = Effect.acquireRelease(
