@@ -94,6 +94,32 @@ const libraryHits = (library: Library, keys: ReadonlyArray<string>): Runner => {
   }
 }
 
+// One read of the same 100 warm keys per op, by whatever means; every one must be a cache hit.
+const hundredHits = (
+  fx: Fixture,
+  read: (
+    users: Library["users"],
+    keys: ReadonlyArray<string>
+  ) => Effect.Effect<ReadonlyArray<Option.Option<unknown>>, unknown, never>
+): Runner => {
+  const { run, storeGets, users } = fx.library
+  const keys = fx.keys.hit.slice(0, 100)
+  let before = 0
+  return {
+    op: async () => {
+      const found = await run(read(users, keys))
+      if (found.length !== 100 || !found.every(Option.isSome)) throw new Error("expected 100 values")
+    },
+    beforeRound: () => {
+      before = storeGets()
+    },
+    afterRound: () => {
+      if (storeGets() !== before) throw new Error(`${storeGets() - before} reads missed the cache`)
+      return {}
+    }
+  }
+}
+
 // The library with RedisCache's in-process tier on, warmed: every get is served in process.
 const nearHits = async (fx: Fixture): Promise<Runner> => {
   const library = await buildLibrary({
@@ -428,24 +454,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     unit: "100 reads",
     baseline: null,
     note: "Effect.forEach(100 warm keys, users.get) in one runPromise; the batched read of the same keys compares with it",
-    setup: async (fx) => {
-      const { run, storeGets, users } = fx.library
-      const keys = fx.keys.hit.slice(0, 100)
-      let before = 0
-      return {
-        op: async () => {
-          const found = await run(Effect.forEach(keys, (key) => users.get(key)))
-          if (!found.every(Option.isSome)) throw new Error("expected 100 values")
-        },
-        beforeRound: () => {
-          before = storeGets()
-        },
-        afterRound: () => {
-          if (storeGets() !== before) throw new Error(`${storeGets() - before} reads missed the cache`)
-          return {}
-        }
-      }
-    }
+    setup: async (fx) => hundredHits(fx, (users, keys) => Effect.forEach(keys, (key) => users.get(key)))
   },
   {
     case: "lib: batched read of 100 keys",
@@ -454,24 +463,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     baseline: "lib: 100 sequential reads",
     target: ratioAtMost(0.1),
     note: "users.getMany(100 warm keys): one MGET",
-    setup: async (fx) => {
-      const { run, storeGets, users } = fx.library
-      const keys = fx.keys.hit.slice(0, 100)
-      let before = 0
-      return {
-        op: async () => {
-          const found = await run(users.getMany(keys))
-          if (!found.every(Option.isSome)) throw new Error("expected 100 values")
-        },
-        beforeRound: () => {
-          before = storeGets()
-        },
-        afterRound: () => {
-          if (storeGets() !== before) throw new Error(`${storeGets() - before} reads missed the cache`)
-          return {}
-        }
-      }
-    }
+    setup: async (fx) => hundredHits(fx, (users, keys) => users.getMany(keys))
   },
   {
     case: "lib: 100 reads through getBatched",
@@ -479,16 +471,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     unit: "100 reads",
     baseline: "lib: 100 sequential reads",
     note: "Effect.forEach(100 warm keys, users.getBatched, { batching: true }): Effect's Request batching into one getMany",
-    setup: async (fx) => {
-      const { run, users } = fx.library
-      const keys = fx.keys.hit.slice(0, 100)
-      return {
-        op: async () => {
-          const found = await run(Effect.forEach(keys, users.getBatched, { batching: true }))
-          if (!found.every(Option.isSome)) throw new Error("expected 100 values")
-        }
-      }
-    }
+    setup: async (fx) => hundredHits(fx, (users, keys) => Effect.forEach(keys, users.getBatched, { batching: true }))
   },
   // ---- Stampede ----
   {
