@@ -132,6 +132,13 @@ export declare namespace Cache {
      * fiber per call.
      */
     readonly selfBounded: boolean
+    /**
+     * True when `get` may hand out the same `Entry` object more than once (an in-process tier
+     * does), so that a reader gains by memoizing what it derives from an entry, such as the
+     * decoded value. A cache that builds a fresh entry per read says false: memoizing those would
+     * cost a weak-map insertion per read for nothing.
+     */
+    readonly reusesEntries: boolean
     readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, CacheError>
     /** One round trip for many keys (an `MGET` in Redis); the entries in the keys' order. */
     readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<Entry>>, CacheError>

@@ -102,6 +102,7 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
     const faulty = Cache.of({
       // It can hang on purpose.
       selfBounded: false,
+      reusesEntries: cache.reusesEntries,
       get: (key) => inject("get", key, cache.get(key)),
       // A batch is one call of the operation it batches.
       getMany: (keys) => inject("get", keys[0] ?? "", cache.getMany(keys)),

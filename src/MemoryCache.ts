@@ -77,6 +77,7 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
 
     return Cache.of({
       selfBounded: true,
+      reusesEntries: true,
       get: (key) => Effect.map(Clock.currentTimeMillis, (now) => read(key, now)),
       getMany: (keys) => Effect.map(Clock.currentTimeMillis, (now) => keys.map((key) => read(key, now))),
       // This cache's memory ends with the instance, and so does every ticket it issued.

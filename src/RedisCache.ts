@@ -256,6 +256,7 @@ const makeWithStats = (
     const remote = Cache.of({
       // ioredis fails every command, queued ones too, after commandTimeout.
       selfBounded: true,
+      reusesEntries: false,
       get: (key) =>
         Effect.tryPromise({
           try: () => redis.get(key).then(RedisEntry.decode),
@@ -353,6 +354,7 @@ const makeWithStats = (
 
     const cache = Cache.of({
       ...remote,
+      reusesEntries: true,
       get: (key) =>
         Effect.suspend(() => {
           const local = near.get(key, Date.now())

@@ -26,6 +26,7 @@ import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
 import type * as Scope from "effect/Scope"
 import { Cache, CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "./Cache.js"
+import * as Deadline from "./internal/deadline.js"
 import * as Metrics from "./Metrics.js"
 import { Store, StoreError, type StoreOutcomeUnknownError, type Table } from "./Store.js"
 import { InconsistentCacheError, StaleCacheError, ValidationError } from "./WriteThroughError.js"
@@ -231,7 +232,23 @@ export const make = <K, A, I>(
       inconsistent: tags(Metrics.inconsistentWrites),
       leaseWaits: tags(Metrics.leaseWaits)
     }
-    const retry = (options.retry ?? defaultRetry).pipe(Schedule.tapInput(() => Metric.increment(metric.retries)))
+    const retrySchedule = (options.retry ?? defaultRetry).pipe(
+      Schedule.tapInput(() => Metric.increment(metric.retries))
+    )
+    // Effect.retry sets up the schedule's state on every call; most calls succeed at once, so the
+    // schedule is only set up after a first failure, which it then sees as its first input.
+    const retry = <X>(effect: Effect.Effect<X, CacheError>): Effect.Effect<X, CacheError> =>
+      Effect.catchAll(effect, (first) => {
+        let replayed = false
+        return Effect.retry(
+          Effect.suspend(() => {
+            if (replayed) return effect
+            replayed = true
+            return Effect.fail(first)
+          }),
+          retrySchedule
+        )
+      })
 
     // Compiled once: no schema work is repeated per call beyond running these.
     const encodeKey = ParseResult.encodeEither(options.key)
@@ -286,10 +303,7 @@ export const make = <K, A, I>(
     const boundCache = cache.selfBounded
       ? <X>(_operation: string, _key: string, effect: Effect.Effect<X, CacheError>) => effect
       : <X>(operation: string, key: string, effect: Effect.Effect<X, CacheError>) =>
-          Effect.timeoutFail(effect, {
-            duration: cacheTimeout,
-            onTimeout: () => new CacheError({ operation, key, reason: "Timeout" })
-          })
+          Deadline.timeoutFail(effect, cacheTimeout, () => new CacheError({ operation, key, reason: "Timeout" }))
 
     const ttlWithJitter = Effect.map(Random.next, (r) => Duration.times(ttl, 1 + r * ttlJitter))
 
@@ -299,7 +313,7 @@ export const make = <K, A, I>(
     const takeTicket: Effect.Effect<Ticket> = cache.ticket(tombstoneTtl)
 
     const invalidate = (key: string, version: number) =>
-      boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(Effect.retry(retry))
+      boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(retry)
 
     // Keys the cache may still serve stale because neither the update nor the invalidation got
     // through: a tombstone is retried in the background until it lands or until whatever the cache
@@ -346,7 +360,7 @@ export const make = <K, A, I>(
       update: Effect.Effect<WriteOutcome, CacheError>
     ): Effect.Effect<void, StaleCacheError> =>
       boundCache(operation, key, update).pipe(
-        Effect.retry(retry),
+        retry,
         Effect.either,
         Effect.flatMap((updated) => {
           if (Either.isRight(updated) && updated.right !== "outdated") return Effect.void
@@ -436,7 +450,13 @@ export const make = <K, A, I>(
       publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
     ): Effect.Effect<void, WriteError> =>
       Effect.uninterruptibleMask((restore) =>
-        restore(Effect.timeout(write, storeTimeout)).pipe(
+        restore(
+          Deadline.timeoutFail(
+            write,
+            storeTimeout,
+            () => new Cause.TimeoutException(`no answer from the store within ${Duration.format(storeTimeout)}`)
+          )
+        ).pipe(
           Effect.onInterrupt(() =>
             Effect.zipRight(
               Metric.increment(metric.inconsistent),
@@ -483,8 +503,7 @@ export const make = <K, A, I>(
     }
 
     const storeRead = (key: string): Effect.Effect<Option.Option<Loaded>, StoreError> =>
-      collection.get(key).pipe(
-        Effect.timeoutFail({ duration: storeTimeout, onTimeout: () => storeReadTimeout(key) }),
+      Deadline.timeoutFail(collection.get(key), storeTimeout, () => storeReadTimeout(key)).pipe(
         Effect.flatMap((row) => {
           if (Option.isNone(row)) return Effect.succeedNone
           const decoded = decodeRow(key, row.value.value)
@@ -584,8 +603,9 @@ export const make = <K, A, I>(
     // An in-process tier hands back the same entry object on every hit: decode it once. Values
     // are shared between readers from then on, as with any in-process cache.
     const decodedEntries = new WeakMap<Entry, A>()
+    const reusesEntries = cache.reusesEntries
     const decodeEntry = (entry: Entry & { readonly payload: string }): Either.Either<A, unknown> => {
-      if (decodedEntries.has(entry)) return Either.right(decodedEntries.get(entry)!)
+      if (reusesEntries && decodedEntries.has(entry)) return Either.right(decodedEntries.get(entry)!)
       let json: unknown
       try {
         json = JSON.parse(entry.payload)
@@ -593,7 +613,7 @@ export const make = <K, A, I>(
         return Either.left(error)
       }
       const decoded = decodeValue(json)
-      if (Either.isRight(decoded)) decodedEntries.set(entry, decoded.right)
+      if (reusesEntries && Either.isRight(decoded)) decodedEntries.set(entry, decoded.right)
       return decoded
     }
 
@@ -657,9 +677,9 @@ export const make = <K, A, I>(
           yield* Metric.incrementBy(metric.misses, misses.length)
         }
         if (misses.length > 0) {
-          const rows = yield* collection
-            .getMany(misses.map(({ key }) => key))
-            .pipe(Effect.timeoutFail({ duration: storeTimeout, onTimeout: () => storeReadTimeout(misses[0]!.key) }))
+          const rows = yield* Deadline.timeoutFail(collection.getMany(misses.map(({ key }) => key)), storeTimeout, () =>
+            storeReadTimeout(misses[0]!.key)
+          )
           const loaded: Array<{ key: string; version: number; value: A; replacing?: Entry }> = []
           for (const { key, replacing } of misses) {
             const row = rows.get(key)

@@ -380,6 +380,66 @@ describe("failure contract", () => {
     )
   )
 
+  // Under the live clock the bounds take a cheaper path than Effect.timeout (one fork and a timer):
+  // the same contract, checked against real time.
+  describe("bounds under the live clock", () => {
+    it.live("a hung database write fails at the store timeout as an unknown outcome, and the key is fenced", () =>
+      withHarness(
+        ({ users, storeFaults, raw }) =>
+          Effect.gen(function* () {
+            yield* users.set("1", user("1", "v1"))
+            yield* storeFaults.hang("put")
+            const error = yield* Effect.flip(users.set("1", user("1", "v2")))
+            expect(error).toMatchObject({ _tag: "InconsistentCacheError", operation: "set", invalidated: true })
+            if (error._tag === "InconsistentCacheError") expect(Cause.isTimeoutException(error.cause)).toBe(true)
+            expect(yield* raw("1")).toBe(`t${Cache.FENCE_VERSION}:`)
+          }),
+        { storeTimeout: "200 millis" }
+      )
+    )
+
+    it.live("a hung database read on a miss fails at the store timeout with a StoreError Timeout", () =>
+      withHarness(
+        ({ users, storeFaults, raw }) =>
+          Effect.gen(function* () {
+            yield* storeFaults.hang("get")
+            const error = yield* Effect.flip(users.get("1"))
+            expect(error).toMatchObject({ _tag: "StoreError", reason: "Timeout", key: "1" })
+            expect(yield* raw("1")).toBeNull()
+          }),
+        { storeTimeout: "200 millis" }
+      )
+    )
+
+    it.live("a hung cache read fails at the cache timeout and the value comes from the database", () =>
+      withHarness(
+        ({ users, cacheFaults, count }) =>
+          Effect.gen(function* () {
+            yield* users.set("1", user("1", "v1"))
+            yield* cacheFaults.hang("get")
+            expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+            expect(yield* count(Metrics.degradedReads)).toBe(1)
+          }),
+        { cacheTimeout: "200 millis" }
+      )
+    )
+
+    it.live("a caller interrupted while the store write hangs leaves the key fenced", () =>
+      withHarness(
+        ({ users, storeFaults, raw }) =>
+          Effect.gen(function* () {
+            yield* users.set("1", user("1", "v1"))
+            yield* storeFaults.hang("put")
+            const fiber = yield* Effect.fork(users.set("1", user("1", "v2")))
+            yield* Effect.sleep("50 millis")
+            yield* Fiber.interrupt(fiber)
+            expect(yield* raw("1")).toBe(`t${Cache.FENCE_VERSION}:`)
+          }),
+        { storeTimeout: "10 seconds" }
+      )
+    )
+  })
+
   it.effect("the database fails on a miss: a StoreError, nothing cached", () =>
     withHarness(({ users, collection, storeFaults, raw }) =>
       Effect.gen(function* () {

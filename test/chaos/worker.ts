@@ -38,6 +38,7 @@ const racingCache = Layer.effect(
   Effect.map(Cache.Cache, (cache) =>
     Cache.Cache.of({
       selfBounded: cache.selfBounded,
+      reusesEntries: cache.reusesEntries,
       get: cache.get,
       getMany: cache.getMany,
       lease: cache.lease,

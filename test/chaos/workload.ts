@@ -97,6 +97,7 @@ export const naiveRedisCache = (url: string, keyPrefix: string) =>
         )
       return Cache.Cache.of({
         selfBounded: true,
+        reusesEntries: false,
         get: (key) =>
           Effect.map(
             call("get", key, () => redis.get(key)),

@@ -102,6 +102,7 @@ export const scheduledCache = (
         Cache.Cache,
         Cache.Cache.of({
           selfBounded: cache.selfBounded,
+          reusesEntries: cache.reusesEntries,
           get: (key) =>
             step(s, recorder, "cache", "get", key, cache.get(key), (entry) =>
               Option.match(entry, { onNone: () => "miss", onSome: describeEntry })
@@ -209,6 +210,7 @@ export const naiveCache: Layer.Layer<Cache.Cache> = Layer.sync(Cache.Cache, () =
   const entries = new Map<string, Cache.Entry>()
   return Cache.Cache.of({
     selfBounded: true,
+    reusesEntries: true,
     get: (key) => Effect.sync(() => Option.fromNullable(entries.get(key))),
     getMany: (keys) => Effect.sync(() => keys.map((key) => Option.fromNullable(entries.get(key)))),
     ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
