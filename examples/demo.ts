@@ -91,9 +91,8 @@ const program = Effect.gen(function* () {
     )
   )
 
-  // Every counter is tagged with the entity.
-  const count = (counter: Metric.Metric.Counter<number>) =>
-    Effect.map(Metric.value(Metric.tagged(counter, "entity", Users.entity)), (state) => state.count)
+  // Every counter is tagged with the entity and the operation; this sums over operations.
+  const count = (counter: Metric.Metric.Counter<number>) => Metrics.total(counter, { entity: Users.entity })
   yield* Console.log(
     `\nmetrics: ${yield* count(Metrics.cacheHits)} cache hit, ${yield* count(Metrics.cacheMisses)} cache miss`
   )

@@ -18,7 +18,7 @@ import { Store, StoreError, StoreOutcomeUnknownError } from "./Store.js"
  * @since 0.1.0
  * @category models
  */
-export type Operation = "get" | "put" | "delete"
+export type Operation = "get" | "put" | "delete" | "commit"
 
 /**
  * With no operations named, a fault applies to all of them.
@@ -36,10 +36,12 @@ export interface Controls {
    * named) loses its connection while committing: it fails with a
    * `StoreOutcomeUnknownError`, after committing when `committed` is true.
    * With `defect`, it dies instead, as a failing `COMMIT` does in `@effect/sql`.
+   * Named `commit`, the next `transaction` dies at its COMMIT (with or without `defect`), after
+   * committing its writes when `committed` is true, after rolling them back otherwise.
    */
   readonly loseConnectionOnCommit: (
     options: { readonly committed: boolean; readonly defect?: boolean | undefined },
-    ...operations: ReadonlyArray<"put" | "delete">
+    ...operations: ReadonlyArray<"put" | "delete" | "commit">
   ) => Effect.Effect<void>
   /** Every call hangs until interrupted, until `heal`. */
   readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
@@ -94,7 +96,37 @@ type Mode =
 export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effectContext(
   Effect.gen(function* () {
     const store = yield* Store
-    const plan = FaultPlan.make<Operation, Mode>(["get", "put", "delete"])
+    const plan = FaultPlan.make<Operation, Mode>(["get", "put", "delete", "commit"])
+    const commitFailed = () => new Error("injected: COMMIT failed")
+    // Fails the transaction's effect so that the store rolls it back, then dies as at COMMIT.
+    const rollBack = Symbol("rollBack")
+    const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | StoreError, R> =>
+      Effect.suspend((): Effect.Effect<A, E | StoreError, R> => {
+        const fault = plan.take("commit")
+        switch (fault?.mode) {
+          case undefined:
+            return store.transaction(effect)
+          case "fail":
+            return Effect.fail(new StoreError({ entity: "*", key: "", operation: "commit", reason: "Injected" }))
+          case "hang":
+            return Effect.never
+          case "lostBeforeCommit":
+          case "diedBeforeCommit":
+            return store.transaction(Effect.zipRight(effect, Effect.fail(rollBack))).pipe(
+              Effect.catchIf(
+                (error): error is typeof rollBack => error === rollBack,
+                () => Effect.die(commitFailed())
+              )
+            )
+          case "lostAfterCommit":
+          case "diedAfterCommit":
+            return Effect.zipRight(store.transaction(effect), Effect.die(commitFailed()))
+          case "pauseBefore":
+            return Effect.zipRight(FaultPlan.hold(fault.gate!), store.transaction(effect))
+          case "pauseAfter":
+            return Effect.zipLeft(store.transaction(effect), FaultPlan.hold(fault.gate!))
+        }
+      })
     const faulty = Store.of({
       collection: (target) =>
         Effect.map(store.collection(target), (collection) => {
@@ -119,9 +151,9 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 case "lostAfterCommit":
                   return Effect.zipRight(effect, Effect.fail(lost()))
                 case "diedBeforeCommit":
-                  return Effect.die(new Error("injected: COMMIT failed"))
+                  return Effect.die(commitFailed())
                 case "diedAfterCommit":
-                  return Effect.zipRight(effect, Effect.die(new Error("injected: COMMIT failed")))
+                  return Effect.zipRight(effect, Effect.die(commitFailed()))
                 case "pauseBefore":
                   return Effect.zipRight(FaultPlan.hold(fault.gate!), effect)
                 case "pauseAfter":
@@ -154,7 +186,8 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
             put: (key, value) => inject("put", key, collection.put(key, value), lostWrite("put", key)),
             delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key))
           } satisfies Store.Collection
-        })
+        }),
+      transaction
     })
     const controls: Controls = {
       failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),

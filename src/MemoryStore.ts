@@ -6,56 +6,130 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { type Row, Store } from "./Store.js"
+import { currentStoreTransaction } from "./internal/transactionContext.js"
+import { type Row, Store, StoreError } from "./Store.js"
+
+// A transaction's writes, per entity and key (null: deleted), applied together when it commits.
+interface Staged {
+  readonly store: object
+  readonly writes: Map<string, Map<string, Row | null>>
+}
 
 /**
+ * A transaction holds the store's one write permit until it ends, as a database holds the locks
+ * of the rows it wrote: writes from outside it wait, reads never do and see only committed rows.
+ *
  * @since 0.1.0
  * @category constructors
  */
-export const make: Effect.Effect<Store.Service> = Effect.sync(() => {
+export const make: Effect.Effect<Store.Service> = Effect.map(Effect.makeSemaphore(1), (permit) => {
+  const self = {}
   let lastVersion = 0
   const entities = new Map<string, Map<string, Row>>()
+  const staged = Effect.map(FiberRef.get(currentStoreTransaction), (current) =>
+    (current as Staged | undefined)?.store === self ? (current as Staged) : undefined
+  )
+  // Outside a transaction a write takes the permit for itself; inside one, it is staged.
+  const write = <A>(
+    entity: string,
+    apply: (committed: Map<string, Row>) => A,
+    stage: (writes: Map<string, Row | null>) => A
+  ) =>
+    Effect.flatMap(staged, (transaction) => {
+      if (transaction === undefined) return permit.withPermits(1)(Effect.sync(() => apply(entities.get(entity)!)))
+      let writes = transaction.writes.get(entity)
+      if (writes === undefined) {
+        writes = new Map()
+        transaction.writes.set(entity, writes)
+      }
+      return Effect.succeed(stage(writes))
+    })
+  const copy = (row: Row): Row => ({ version: row.version, value: structuredClone(row.value) })
   return Store.of({
     collection: (target) =>
       Effect.sync(() => {
-        let rows = entities.get(target.entity)
-        if (rows === undefined) {
-          rows = new Map()
-          entities.set(target.entity, rows)
+        const entity = target.entity
+        if (!entities.has(entity)) entities.set(entity, new Map())
+        const table = entities.get(entity)!
+        // Inside a transaction its own writes come first.
+        const read = (transaction: Staged | undefined, key: string): Row | undefined => {
+          const own = transaction?.writes.get(entity)?.get(key)
+          return own === null ? undefined : (own ?? table.get(key))
         }
-        const table = rows
         // Copies in and out, so a caller mutating its object cannot change what is stored.
         return {
           get: (key) =>
-            Effect.sync(() => {
-              const row = table.get(key)
-              return row === undefined
-                ? Option.none()
-                : Option.some({ version: row.version, value: structuredClone(row.value) })
+            Effect.map(staged, (transaction) => {
+              const row = read(transaction, key)
+              return row === undefined ? Option.none() : Option.some(copy(row))
             }),
           getMany: (keys) =>
-            Effect.sync(() => {
+            Effect.map(staged, (transaction) => {
               const found = new Map<string, Row>()
               for (const key of keys) {
-                const row = table.get(key)
-                if (row !== undefined) found.set(key, { version: row.version, value: structuredClone(row.value) })
+                const row = read(transaction, key)
+                if (row !== undefined) found.set(key, copy(row))
               }
               return found
             }),
-          put: (key, value) =>
-            Effect.sync(() => {
-              const version = ++lastVersion
-              table.set(key, { version, value: structuredClone(value) })
-              return version
-            }),
+          put: (key, value) => {
+            const row = (): Row => ({ version: ++lastVersion, value: structuredClone(value) })
+            return write(
+              entity,
+              (committed) => {
+                const written = row()
+                committed.set(key, written)
+                return written.version
+              },
+              (writes) => {
+                const written = row()
+                writes.set(key, written)
+                return written.version
+              }
+            )
+          },
           delete: (key) =>
-            Effect.sync(() => {
-              table.delete(key)
-              return ++lastVersion
-            })
+            write(
+              entity,
+              (committed) => {
+                committed.delete(key)
+                return ++lastVersion
+              },
+              (writes) => {
+                writes.set(key, null)
+                return ++lastVersion
+              }
+            )
         }
+      }),
+    transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(staged, (outer): Effect.Effect<A, E | StoreError, R> => {
+        if (outer !== undefined) {
+          return Effect.fail(
+            new StoreError({
+              entity: "*",
+              key: "",
+              operation: "transaction",
+              reason: "Transaction",
+              detail: "cannot begin inside another transaction of the same store"
+            })
+          )
+        }
+        const transaction: Staged = { store: self, writes: new Map() }
+        return permit.withPermits(1)(
+          Effect.tap(Effect.locally(effect, currentStoreTransaction, transaction), () => {
+            for (const [entity, writes] of transaction.writes) {
+              const table = entities.get(entity)!
+              for (const [key, row] of writes) {
+                if (row === null) table.delete(key)
+                else table.set(key, row)
+              }
+            }
+          })
+        )
       })
   })
 })

@@ -1,45 +1,101 @@
 /**
- * The library's metrics, each tagged with `entity`.
+ * The library's metrics, each tagged with `entity` and `operation` (`get`, `getMany`, `set`,
+ * `delete`, `transaction`, `audit`).
  *
  * @since 0.1.0
  */
+import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricState from "effect/MetricState"
+
+// Effect's metrics do not expose their names; `total` needs them to find a counter in a snapshot.
+const names = new WeakMap<Metric.Metric.Counter<number>, string>()
+const counter = (name: string, description: string): Metric.Metric.Counter<number> => {
+  const metric = Metric.counter(name, { description })
+  names.set(metric, name)
+  return metric
+}
 
 /** @since 0.1.0 @category metrics */
-export const cacheHits = Metric.counter("write_through_cache_hits", { description: "reads served by the cache" })
+export const cacheHits = counter("write_through_cache_hits", "reads served by the cache")
 /** @since 0.1.0 @category metrics */
-export const cacheMisses = Metric.counter("write_through_cache_misses", {
-  description: "reads that went to the store because the cache held nothing or a tombstone"
-})
+export const cacheMisses = counter(
+  "write_through_cache_misses",
+  "reads that went to the store because the cache held nothing or a tombstone"
+)
 /** @since 0.1.0 @category metrics */
-export const corruptEntries = Metric.counter("write_through_corrupt_entries", {
-  description: "cache entries whose payload failed to decode; repaired from the store"
-})
+export const corruptEntries = counter(
+  "write_through_corrupt_entries",
+  "cache entries whose payload failed to decode; repaired from the store"
+)
 /** @since 0.1.0 @category metrics */
-export const degradedReads = Metric.counter("write_through_degraded_reads", {
-  description: "reads served by the store because the cache failed or timed out"
-})
+export const degradedReads = counter(
+  "write_through_degraded_reads",
+  "reads served by the store because the cache failed or timed out"
+)
 /** @since 0.1.0 @category metrics */
-export const fillFailures = Metric.counter("write_through_fill_failures", {
-  description: "miss fills that the cache failed to take (the read still succeeded)"
-})
+export const fillFailures = counter(
+  "write_through_fill_failures",
+  "miss fills that the cache failed to take (the read still succeeded)"
+)
 /** @since 0.1.0 @category metrics */
-export const cacheWriteRetries = Metric.counter("write_through_cache_write_retries", {
-  description: "retries of cache writes and invalidations after a failure"
-})
+export const cacheWriteRetries = counter(
+  "write_through_cache_write_retries",
+  "retries of cache writes and invalidations after a failure"
+)
 /** @since 0.1.0 @category metrics */
-export const invalidationFallbacks = Metric.counter("write_through_invalidation_fallbacks", {
-  description: "writes whose cache update failed and whose key was invalidated instead"
-})
+export const invalidationFallbacks = counter(
+  "write_through_invalidation_fallbacks",
+  "writes whose cache update failed and whose key was invalidated instead"
+)
 /** @since 0.1.0 @category metrics */
-export const staleWrites = Metric.counter("write_through_stale", {
-  description: "committed writes that left the cache possibly stale (StaleCacheError)"
-})
+export const staleWrites = counter(
+  "write_through_stale",
+  "committed writes that left the cache possibly stale (StaleCacheError)"
+)
 /** @since 0.1.0 @category metrics */
-export const leaseWaits = Metric.counter("write_through_lease_waits", {
-  description: "misses that waited for another process's fill instead of reading the store"
-})
+export const leaseWaits = counter(
+  "write_through_lease_waits",
+  "misses that waited for another process's fill instead of reading the store"
+)
 /** @since 0.1.0 @category metrics */
-export const inconsistentWrites = Metric.counter("write_through_inconsistent", {
-  description: "writes with an unknown store outcome (InconsistentCacheError)"
-})
+export const inconsistentWrites = counter(
+  "write_through_inconsistent",
+  "writes with an unknown store outcome (InconsistentCacheError)"
+)
+/**
+ * The time each public operation took, in milliseconds, failures included: from 50 us to about
+ * 1.6 s in doubling buckets.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const latency = Metric.histogram(
+  "write_through_latency_ms",
+  MetricBoundaries.exponential({ start: 0.05, factor: 2, count: 16 }),
+  "time taken by each public operation, in milliseconds"
+)
+
+/**
+ * One of this module's counters: its total over every tag set that carries all of `tags`: for example the cache hits of
+ * one entity, whatever the operation, with `Metrics.total(Metrics.cacheHits, { entity: "users" })`.
+ *
+ * @since 0.2.0
+ * @category getters
+ */
+export const total = (
+  metric: Metric.Metric.Counter<number>,
+  tags: Readonly<Record<string, string>>
+): Effect.Effect<number> =>
+  Effect.map(Metric.snapshot, (pairs) => {
+    const name = names.get(metric)
+    let sum = 0
+    for (const pair of pairs) {
+      if (pair.metricKey.name !== name) continue
+      const keyTags = new Map(pair.metricKey.tags.map((tag) => [tag.key, tag.value] as const))
+      if (!Object.entries(tags).every(([key, value]) => keyTags.get(key) === value)) continue
+      if (MetricState.isCounterState(pair.metricState)) sum += Number(pair.metricState.count)
+    }
+    return sum
+  })

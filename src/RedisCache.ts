@@ -14,8 +14,17 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { Redis, type RedisOptions } from "ioredis"
 import { randomUUID } from "node:crypto"
-import { Cache, CacheConnectionError, CacheError, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
+import { Cache, CacheConnectionError, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
 import * as NearTier from "./internal/nearTier.js"
+import {
+  acquireClient,
+  displayUrl,
+  fail,
+  globEscape,
+  isWrongType,
+  type KeyScripts,
+  ttlMillis
+} from "./internal/redisClient.js"
 import * as RedisEntry from "./internal/redisEntry.js"
 
 /**
@@ -68,7 +77,7 @@ export class NearTierStats extends Context.Tag("effect-write-through/RedisCache/
   { readonly enabled: boolean; readonly entries: Effect.Effect<number>; readonly bytes: Effect.Effect<number> }
 >() {}
 
-interface GuardedCommands {
+interface GuardedCommands extends KeyScripts {
   wtEpoch(epochKey: string, candidate: string): Promise<string>
   wtSet(
     key: string,
@@ -83,36 +92,9 @@ interface GuardedCommands {
     channel: string,
     announcedKey: string
   ): Promise<string>
-  wtLease(leaseKey: string, holder: string, ttlMillis: string): Promise<number>
-  wtInvalidate(
-    key: string,
-    version: string,
-    entry: string,
-    ttlMillis: string,
-    channel: string,
-    announcedKey: string
-  ): Promise<number>
 }
 
 const defaultUrl = "redis://127.0.0.1:6379"
-
-// The URL as it may appear in an error message: without its password.
-const displayUrl = (url: string): string => {
-  try {
-    const parsed = new URL(url)
-    if (parsed.password !== "") parsed.password = "***"
-    return parsed.toString()
-  } catch {
-    return "<unparseable redis url>"
-  }
-}
-
-// SCAN's MATCH is a glob: a prefix holding *, ?, [ or \ must match only itself.
-const globEscape = (text: string) => text.replace(/[*?[\]\\]/g, "\\$&")
-
-const isWrongType = (error: unknown): boolean => error instanceof Error && error.message.startsWith("WRONGTYPE")
-
-const isTimeout = (error: unknown): boolean => error instanceof Error && error.message === "Command timed out"
 
 /**
  * Connects to Redis for the lifetime of the scope. Fails with a
@@ -136,31 +118,19 @@ const makeWithStats = (
           : options.url
     const commandTimeout = Duration.toMillis(options.commandTimeout ?? "1 second")
     const connectTimeout = Duration.decode(options.connectTimeout ?? "5 seconds")
-    const redis = yield* Effect.acquireRelease(
-      Effect.sync(
-        () =>
-          new Redis(url, {
-            ...options.redis,
-            ...(options.keyPrefix === undefined ? {} : { keyPrefix: options.keyPrefix }),
-            commandTimeout,
-            lazyConnect: true
-          })
-      ),
-      (redis) =>
-        Effect.promise(() => redis.quit()).pipe(
-          Effect.timeout(commandTimeout),
-          Effect.catchAllCause(() => Effect.sync(() => redis.disconnect()))
-        )
+    const [redis, lastError] = yield* acquireClient(
+      () =>
+        new Redis(url, {
+          ...options.redis,
+          ...(options.keyPrefix === undefined ? {} : { keyPrefix: options.keyPrefix }),
+          commandTimeout,
+          lazyConnect: true
+        }),
+      commandTimeout
     )
-    // ioredis reports connection failures as events (without a listener Node prints them); the
-    // last one says more than the "Connection is closed" that connect() rejects with.
-    let lastError: unknown = undefined
-    redis.on("error", (error) => {
-      lastError = error
-    })
     yield* Effect.tryPromise({
       try: () => redis.connect(),
-      catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause: lastError ?? cause })
+      catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause: lastError() ?? cause })
     }).pipe(
       Effect.timeoutFail({
         duration: connectTimeout,
@@ -216,9 +186,6 @@ const makeWithStats = (
       })
     }
 
-    const fail = (operation: string, key: string) => (cause: unknown) =>
-      new CacheError({ operation, key, reason: isTimeout(cause) ? "Timeout" : "Unavailable", cause })
-
     const toOutcome = (written: number): WriteOutcome => (written === 1 ? "written" : "rejected")
 
     const setArguments = (key: string, entry: Entry, { replacing, ticket, ttl }: SetOptions) =>
@@ -227,7 +194,7 @@ const makeWithStats = (
         RedisEntry.epochKey,
         String(entry.version),
         RedisEntry.encode(entry),
-        String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))),
+        ttlMillis(ttl),
         replacing === undefined ? "" : RedisEntry.encode(replacing),
         ticket === undefined ? "" : ticket.epoch,
         ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
@@ -317,9 +284,7 @@ const makeWithStats = (
       lease: (key, ttl) =>
         Effect.tryPromise({
           try: () =>
-            commands
-              .wtLease(RedisEntry.leaseKey(key), holder, String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))))
-              .then((granted) => granted === 1),
+            commands.wtLease(RedisEntry.leaseKey(key), holder, ttlMillis(ttl)).then((granted) => granted === 1),
           catch: fail("lease", key)
         }),
       invalidate: (key, version, ttl) =>
@@ -327,14 +292,7 @@ const makeWithStats = (
           try: () => {
             const tombstone = Entry.Tombstone({ version })
             return commands
-              .wtInvalidate(
-                key,
-                String(version),
-                RedisEntry.encode(tombstone),
-                String(Math.max(1, Math.ceil(Duration.toMillis(ttl)))),
-                channel,
-                key
-              )
+              .wtInvalidate(key, String(version), RedisEntry.encode(tombstone), ttlMillis(ttl), channel, key)
               .then((written) => {
                 const outcome = toOutcome(written)
                 settle(key, tombstone, outcome)

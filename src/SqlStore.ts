@@ -15,12 +15,14 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { currentStoreTransaction } from "./internal/transactionContext.js"
 import { type Row, Store, StoreError, StoreOutcomeUnknownError, type Target } from "./Store.js"
 
 /**
@@ -262,9 +264,10 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
             )
       }
 
-      // Inside a caller's transaction the version would come back before COMMIT, and the cache would
-      // publish a value that may still roll back: refuse rather than be silently wrong.
-      const outsideTransaction = <A, E>(
+      // Inside a transaction the version comes back before COMMIT: only the transaction begun by
+      // this store's `transaction` (for WriteThrough.transaction, which publishes after COMMIT) may
+      // write; in any other one the cache would hear of a write that may still roll back.
+      const writable = <A, E>(
         operation: string,
         key: string,
         write: Effect.Effect<A, E>
@@ -274,16 +277,20 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
           (transaction): Effect.Effect<A, E | StoreError> =>
             Option.isNone(transaction)
               ? write
-              : Effect.fail(
-                  new StoreError({
-                    entity,
-                    key,
-                    operation,
-                    reason: "Transaction",
-                    detail:
-                      "write-through inside sql.withTransaction would publish to the cache before COMMIT; " +
-                      "commit first, then write through"
-                  })
+              : Effect.flatMap(FiberRef.get(currentStoreTransaction), (own): Effect.Effect<A, E | StoreError> =>
+                  own === transaction.value
+                    ? write
+                    : Effect.fail(
+                        new StoreError({
+                          entity,
+                          key,
+                          operation,
+                          reason: "Transaction",
+                          detail:
+                            "write-through inside sql.withTransaction would publish to the cache before COMMIT; " +
+                            "use WriteThrough.transaction, which publishes after COMMIT, or commit first"
+                        })
+                      )
                 )
         )
 
@@ -316,7 +323,7 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
                 Effect.map((entries): ReadonlyMap<string, Row> => new Map(entries))
               ),
         put: (key, value) =>
-          outsideTransaction(
+          writable(
             "put",
             key,
             sql.unsafe(layout.putSql, layout.putParams(key, value)).values.pipe(
@@ -325,7 +332,7 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
             )
           ),
         delete: (key) =>
-          outsideTransaction(
+          writable(
             "delete",
             key,
             sql.unsafe(layout.deleteSql, layout.deleteParams(key)).values.pipe(
@@ -336,7 +343,52 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       } satisfies Store.Collection
     })
 
-    return Store.of({ collection })
+    const transactionError = (detail: string, cause?: unknown) =>
+      new StoreError({ entity: "*", key: "", operation: "transaction", reason: "Transaction", detail, cause })
+
+    const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | StoreError, R> =>
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (outer) => {
+        // Nested in another transaction, this one's COMMIT would only release a savepoint.
+        if (Option.isSome(outer)) {
+          return Effect.fail(
+            transactionError(
+              "cannot begin inside another SQL transaction: its COMMIT, not this one's, would decide the writes"
+            )
+          )
+        }
+        let began = false
+        return sql
+          .withTransaction(
+            Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (own) => {
+              began = true
+              return Effect.locally(effect, currentStoreTransaction, Option.getOrUndefined(own)).pipe(
+                // After an error PostgreSQL aborts the transaction and answers its COMMIT with a ROLLBACK, not
+                // an error: a statement whose error `effect` caught would go unnoticed. One more statement
+                // tells, since in an aborted transaction it fails.
+                Effect.zipLeft(
+                  sql`SELECT 1`.pipe(
+                    Effect.mapError((cause) =>
+                      transactionError(
+                        "an earlier statement failed and aborted the transaction, so it cannot commit: it was rolled back",
+                        cause
+                      )
+                    )
+                  )
+                )
+              )
+            })
+          )
+          .pipe(
+            // Before `began` only BEGIN (or taking a connection for it) can have failed; after it, a
+            // SqlError is the effect's own.
+            Effect.catchIf(
+              (error): error is SqlError => !began && error instanceof SqlError,
+              (error) => Effect.fail(transactionError("could not begin the transaction", error))
+            )
+          ) as Effect.Effect<A, E | StoreError, R>
+      })
+
+    return Store.of({ collection, transaction })
   })
 
 /**

@@ -67,7 +67,8 @@ export class StoreError extends Data.TaggedError("StoreError")<{
    * `Unavailable`: not reached; `Rejected`: the database refused the statement;
    * `Timeout`: a read ran out of time; `Decode`: a stored row does not fit the schema;
    * `Schema`: the table does not fit the entity (raised when the layer is built);
-   * `Transaction`: a write was attempted inside a caller's SQL transaction;
+   * `Transaction`: a write was attempted inside a SQL transaction other than `WriteThrough.transaction`'s,
+   * or that transaction could not begin;
    * `Injected`: a fault injected by `FaultyStore`.
    */
   readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Transaction" | "Injected"
@@ -126,6 +127,18 @@ export declare namespace Store {
   export interface Service {
     /** Checks that the entity fits the store (table, columns, version) and prepares its statements. */
     readonly collection: (target: Target) => Effect.Effect<Collection, StoreError>
+    /**
+     * Runs `effect` in one transaction: the writes of this store's collections inside it commit
+     * together when it succeeds, and none does when it fails. Their versions are drawn inside the
+     * transaction and hold until it ends (a later writer of the same key waits for it). Fails with
+     * a `StoreError` when the transaction cannot begin, or when `effect` already runs inside a
+     * transaction of the store's database that this store did not begin, or when it finds before
+     * COMMIT that the transaction cannot commit (PostgreSQL aborts it after any failed statement):
+     * a typed failure always means nothing committed. A failing COMMIT is a defect, as in
+     * `@effect/sql`: its outcome is unknown. Use `WriteThrough.transaction`, which also publishes
+     * the cache updates after the commit.
+     */
+    readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreError, R>
   }
 }
 

@@ -7,13 +7,17 @@
  */
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -27,6 +31,8 @@ import * as SchemaAST from "effect/SchemaAST"
 import type * as Scope from "effect/Scope"
 import { Cache, CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "./Cache.js"
 import * as Deadline from "./internal/deadline.js"
+import * as OperationSpan from "./internal/operationSpan.js"
+import { currentPublications, type DeferredUpdate, type Publications } from "./internal/transactionContext.js"
 import * as Metrics from "./Metrics.js"
 import { Store, StoreError, type StoreOutcomeUnknownError, type Table } from "./Store.js"
 import { InconsistentCacheError, StaleCacheError, ValidationError } from "./WriteThroughError.js"
@@ -159,9 +165,94 @@ export const defaultRetry: Schedule.Schedule<unknown, CacheError> = Schedule.exp
   Schedule.upTo("2 seconds")
 )
 
+/**
+ * Jittered exponential backoff from `base`, at most `times` retries, within `within`: the shape of
+ * `defaultRetry`, with figures that can come from configuration.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const retrySchedule = (policy: {
+  readonly times: number
+  readonly base: Duration.DurationInput
+  readonly within: Duration.DurationInput
+}): Schedule.Schedule<unknown, CacheError> =>
+  Schedule.exponential(policy.base).pipe(
+    Schedule.jittered,
+    Schedule.intersect(Schedule.recurs(policy.times)),
+    Schedule.upTo(policy.within)
+  )
+
+/**
+ * The options of an entity that belong to its deployment rather than its code.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Settings = Pick<
+  Options<unknown, unknown, unknown>,
+  "ttl" | "ttlJitter" | "tombstoneTtl" | "cacheTimeout" | "storeTimeout" | "retry"
+>
+
+const positiveDuration = (name: string) =>
+  Config.duration(name).pipe(
+    Config.validate({
+      message: "must be a duration above zero",
+      validation: (d) => Duration.greaterThan(d, Duration.zero)
+    })
+  )
+
+/**
+ * `Settings` read from configuration, each optional (absent: the default): `TTL`, `TTL_JITTER`
+ * (a fraction from 0 to 1), `TOMBSTONE_TTL`, `CACHE_TIMEOUT`, `STORE_TIMEOUT`, and the retry as
+ * `RETRY_TIMES`, `RETRY_BASE`, `RETRY_WITHIN` (all three, or none). Durations are Effect duration
+ * strings such as `"10 minutes"`. A bad value fails with a `ConfigError` naming it. Nest it per
+ * entity: `Config.nested(WriteThrough.settings, "USERS")` reads `USERS_TTL` from the environment.
+ *
+ * @since 0.2.0
+ * @category config
+ */
+export const settings: Config.Config<Settings> = Config.all({
+  ttl: Config.option(positiveDuration("TTL")),
+  ttlJitter: Config.option(
+    Config.number("TTL_JITTER").pipe(
+      Config.validate({ message: "must be a fraction from 0 to 1", validation: (n) => n >= 0 && n <= 1 })
+    )
+  ),
+  tombstoneTtl: Config.option(positiveDuration("TOMBSTONE_TTL")),
+  cacheTimeout: Config.option(positiveDuration("CACHE_TIMEOUT")),
+  storeTimeout: Config.option(positiveDuration("STORE_TIMEOUT")),
+  retryTimes: Config.option(
+    Config.integer("RETRY_TIMES").pipe(
+      Config.validate({ message: "must be a whole number of retries, 0 or more", validation: (n) => n >= 0 })
+    )
+  ),
+  retryBase: Config.option(positiveDuration("RETRY_BASE")),
+  retryWithin: Config.option(positiveDuration("RETRY_WITHIN"))
+}).pipe(
+  Config.mapOrFail((read) => {
+    const out: { -readonly [K in keyof Settings]: Settings[K] } = {}
+    if (Option.isSome(read.ttl)) out.ttl = read.ttl.value
+    if (Option.isSome(read.ttlJitter)) out.ttlJitter = read.ttlJitter.value
+    if (Option.isSome(read.tombstoneTtl)) out.tombstoneTtl = read.tombstoneTtl.value
+    if (Option.isSome(read.cacheTimeout)) out.cacheTimeout = read.cacheTimeout.value
+    if (Option.isSome(read.storeTimeout)) out.storeTimeout = read.storeTimeout.value
+    const { retryBase, retryTimes, retryWithin } = read
+    if (Option.isSome(retryTimes) && Option.isSome(retryBase) && Option.isSome(retryWithin)) {
+      out.retry = retrySchedule({ times: retryTimes.value, base: retryBase.value, within: retryWithin.value })
+    } else if (Option.isSome(retryTimes) || Option.isSome(retryBase) || Option.isSome(retryWithin)) {
+      return Either.left(
+        ConfigError.InvalidData([], "RETRY_TIMES, RETRY_BASE and RETRY_WITHIN go together: set all three or none")
+      )
+    }
+    return Either.right(out as Settings)
+  })
+)
+
 const entityPattern = /^[A-Za-z0-9_./-]+$/
 
-const nativeTracer = Effect.runSync(Effect.tracer)
+/** The `operation` tag of metrics and spans. */
+type Operation = "get" | "getMany" | "set" | "delete" | "transaction" | "audit"
 
 // The encoded value's field names when it encodes to an object; the SQL store maps them onto columns.
 const encodedFields = (schema: Schema.Schema.AnyNoContext): ReadonlyArray<string> | undefined => {
@@ -211,44 +302,60 @@ export const make = <K, A, I>(
             poll: Duration.decode(options.lease?.poll ?? "5 millis")
           }
     const prefix = `${entity}:`
-    // Spans cost about 10 us a call even with nothing to export them: made only when a tracer
-    // other than Effect's built-in one (an OpenTelemetry exporter, say) is installed.
-    const traced =
-      (name: string) =>
-      <X, E, R>(effect: Effect.Effect<X, E, R>): Effect.Effect<X, E, R> =>
-        Effect.tracerWith((tracer) =>
-          tracer === nativeTracer ? effect : Effect.withSpan(effect, name, { attributes: { entity } })
-        )
-    const tags = (metric: Metric.Metric.Counter<number>) => Metric.tagged(metric, "entity", entity)
-    const metric = {
-      hits: tags(Metrics.cacheHits),
-      misses: tags(Metrics.cacheMisses),
-      corrupt: tags(Metrics.corruptEntries),
-      degraded: tags(Metrics.degradedReads),
-      fillFailures: tags(Metrics.fillFailures),
-      retries: tags(Metrics.cacheWriteRetries),
-      fallbacks: tags(Metrics.invalidationFallbacks),
-      stale: tags(Metrics.staleWrites),
-      inconsistent: tags(Metrics.inconsistentWrites),
-      leaseWaits: tags(Metrics.leaseWaits)
+    // Tagged once per operation, not per call.
+    const metricsOf = (operation: Operation) => {
+      const tags = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+        Metric.tagged(Metric.tagged(metric, "entity", entity), "operation", operation)
+      const retries = tags(Metrics.cacheWriteRetries)
+      const retrySchedule = (options.retry ?? defaultRetry).pipe(Schedule.tapInput(() => Metric.increment(retries)))
+      return {
+        hits: tags(Metrics.cacheHits),
+        misses: tags(Metrics.cacheMisses),
+        corrupt: tags(Metrics.corruptEntries),
+        degraded: tags(Metrics.degradedReads),
+        fillFailures: tags(Metrics.fillFailures),
+        fallbacks: tags(Metrics.invalidationFallbacks),
+        stale: tags(Metrics.staleWrites),
+        inconsistent: tags(Metrics.inconsistentWrites),
+        leaseWaits: tags(Metrics.leaseWaits),
+        latency: tags(Metrics.latency),
+        // Effect.retry sets up the schedule's state on every call; most calls succeed at once, so the
+        // schedule is only set up after a first failure, which it then sees as its first input.
+        retry: <X>(effect: Effect.Effect<X, CacheError>): Effect.Effect<X, CacheError> =>
+          Effect.catchAll(effect, (first) => {
+            let replayed = false
+            return Effect.retry(
+              Effect.suspend(() => {
+                if (replayed) return effect
+                replayed = true
+                return Effect.fail(first)
+              }),
+              retrySchedule
+            )
+          })
+      }
     }
-    const retrySchedule = (options.retry ?? defaultRetry).pipe(
-      Schedule.tapInput(() => Metric.increment(metric.retries))
-    )
-    // Effect.retry sets up the schedule's state on every call; most calls succeed at once, so the
-    // schedule is only set up after a first failure, which it then sees as its first input.
-    const retry = <X>(effect: Effect.Effect<X, CacheError>): Effect.Effect<X, CacheError> =>
-      Effect.catchAll(effect, (first) => {
-        let replayed = false
-        return Effect.retry(
-          Effect.suspend(() => {
-            if (replayed) return effect
-            replayed = true
-            return Effect.fail(first)
-          }),
-          retrySchedule
-        )
-      })
+    const observed = <X, E, R>(
+      operation: Operation,
+      build: (outcome: (outcome: string) => void) => Effect.Effect<X, E, R>
+    ): Effect.Effect<X, E, R> =>
+      OperationSpan.observe(`WriteThrough.${operation}`, spanAttributes[operation], metrics[operation].latency, build)
+    const spanAttributes = {
+      get: { entity, operation: "get" },
+      getMany: { entity, operation: "getMany" },
+      set: { entity, operation: "set" },
+      delete: { entity, operation: "delete" },
+      transaction: { entity, operation: "transaction" },
+      audit: { entity, operation: "audit" }
+    }
+    const metrics = {
+      get: metricsOf("get"),
+      getMany: metricsOf("getMany"),
+      set: metricsOf("set"),
+      delete: metricsOf("delete"),
+      transaction: metricsOf("transaction"),
+      audit: metricsOf("audit")
+    }
 
     // Compiled once: no schema work is repeated per call beyond running these.
     const encodeKey = ParseResult.encodeEither(options.key)
@@ -312,8 +419,8 @@ export const make = <K, A, I>(
     // written meanwhile could have expired.
     const takeTicket: Effect.Effect<Ticket> = cache.ticket(tombstoneTtl)
 
-    const invalidate = (key: string, version: number) =>
-      boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)).pipe(retry)
+    const invalidate = (operation: "set" | "delete" | "transaction", key: string, version: number) =>
+      metrics[operation].retry(boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)))
 
     // Keys the cache may still serve stale because neither the update nor the invalidation got
     // through: a tombstone is retried in the background until it lands or until whatever the cache
@@ -360,17 +467,17 @@ export const make = <K, A, I>(
       update: Effect.Effect<WriteOutcome, CacheError>
     ): Effect.Effect<void, StaleCacheError> =>
       boundCache(operation, key, update).pipe(
-        retry,
+        (effect) => metrics[operation].retry(effect),
         Effect.either,
         Effect.flatMap((updated) => {
           if (Either.isRight(updated) && updated.right !== "outdated") return Effect.void
           // Failed, or refused because the guard cannot vouch for it: a tombstone is always safe.
           const updateError = Either.isLeft(updated) ? updated.left : undefined
-          return invalidate(key, version).pipe(
+          return invalidate(operation, key, version).pipe(
             Effect.matchEffect({
               onSuccess: () =>
                 Effect.zipRight(
-                  Metric.increment(metric.fallbacks),
+                  Metric.increment(metrics[operation].fallbacks),
                   updateError === undefined
                     ? Effect.void
                     : Effect.logWarning("cache update failed; invalidated the key instead").pipe(
@@ -381,7 +488,7 @@ export const make = <K, A, I>(
                 Effect.flatMap(Clock.currentTimeMillis, (now) =>
                   Effect.zipRight(
                     Effect.all([
-                      Metric.increment(metric.stale),
+                      Metric.increment(metrics[operation].stale),
                       scheduleRepair(key, version, now),
                       Effect.logError(
                         "cache update and invalidation failed after a commit; the cache may be stale"
@@ -406,22 +513,27 @@ export const make = <K, A, I>(
       )
 
     // The store may or may not have committed: fence the key so no reader trusts the cache for it.
-    const fence = (
-      operation: "set" | "delete",
-      key: string,
-      cause: unknown
-    ): Effect.Effect<never, InconsistentCacheError> =>
-      invalidate(key, FENCE_VERSION).pipe(
+    // True when the fence landed; otherwise it is retried in the background.
+    const fenceKey = (operation: "set" | "delete" | "transaction", key: string): Effect.Effect<boolean> =>
+      invalidate(operation, key, FENCE_VERSION).pipe(
         Effect.as(true),
         Effect.catchAll(() =>
           Effect.as(
             Effect.flatMap(Clock.currentTimeMillis, (now) => scheduleRepair(key, FENCE_VERSION, now)),
             false
           )
-        ),
+        )
+      )
+
+    const fence = (
+      operation: "set" | "delete",
+      key: string,
+      cause: unknown
+    ): Effect.Effect<never, InconsistentCacheError> =>
+      fenceKey(operation, key).pipe(
         Effect.tap((invalidated) =>
           Effect.zipRight(
-            Metric.increment(metric.inconsistent),
+            Metric.increment(metrics[operation].inconsistent),
             Effect.logError("the store's outcome is unknown; the key was fenced in the cache").pipe(
               Effect.annotateLogs({ entity, operation, invalidated })
             )
@@ -459,8 +571,8 @@ export const make = <K, A, I>(
         ).pipe(
           Effect.onInterrupt(() =>
             Effect.zipRight(
-              Metric.increment(metric.inconsistent),
-              detached(Effect.ignore(invalidate(key, FENCE_VERSION)))
+              Metric.increment(metrics[operation].inconsistent),
+              detached(Effect.ignore(invalidate(operation, key, FENCE_VERSION)))
             )
           ),
           Effect.catchTags({
@@ -470,6 +582,78 @@ export const make = <K, A, I>(
           Effect.catchAllDefect((defect) => detached(fence(operation, key, defect))),
           Effect.flatMap((version) => detached(publishVersion(version)))
         )
+      )
+
+    // Inside WriteThrough.transaction: the store write joins the transaction, and its cache update
+    // waits for the COMMIT. A write that fails here leaves the transaction unable to commit, so its
+    // outcome is known (nothing of it will commit) and no fence is needed.
+    const writeInTransaction = (
+      publications: Publications,
+      operation: "set" | "delete",
+      key: string,
+      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>,
+      publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
+    ): Effect.Effect<void, StoreError> =>
+      Deadline.timeoutFail(
+        write,
+        storeTimeout,
+        () =>
+          new StoreError({
+            entity,
+            key,
+            operation,
+            reason: "Timeout",
+            detail: `no answer within ${Duration.format(storeTimeout)}; the transaction will not commit`
+          })
+      ).pipe(
+        Effect.catchTag("StoreOutcomeUnknownError", (lost) =>
+          Effect.fail(
+            new StoreError({
+              entity,
+              key,
+              operation,
+              reason: "Unavailable",
+              detail: "the transaction lost its connection and will not commit",
+              cause: lost
+            })
+          )
+        ),
+        Effect.tapError(() =>
+          Effect.sync(() => {
+            publications.failed = true
+          })
+        ),
+        Effect.map((version) => {
+          const id = prefix + key
+          // A later write of the same key in the transaction has the higher version: it alone is published.
+          publications.updates.delete(id)
+          publications.updates.set(id, {
+            id,
+            entity,
+            key,
+            publish: publishVersion(version),
+            fence: Effect.tap(fenceKey("transaction", key), (invalidated) =>
+              Effect.zipRight(
+                Metric.increment(metrics.transaction.inconsistent),
+                Effect.logError("a transaction's outcome is unknown; the key was fenced in the cache").pipe(
+                  Effect.annotateLogs({ entity, operation: "transaction", invalidated })
+                )
+              )
+            )
+          })
+        })
+      )
+
+    const writeOrDefer = (
+      operation: "set" | "delete",
+      key: string,
+      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>,
+      publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
+    ): Effect.Effect<void, WriteError> =>
+      Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
+        publications === undefined
+          ? writeThrough(operation, key, write, publishVersion)
+          : writeInTransaction(publications, operation, key, write, publishVersion)
       )
 
     const storeReadTimeout = (key: string) =>
@@ -539,7 +723,7 @@ export const make = <K, A, I>(
       { poll, wait }: { readonly poll: Duration.Duration; readonly wait: number }
     ): Effect.Effect<Option.Option<Loaded>, StoreError> =>
       Effect.gen(function* () {
-        yield* Metric.increment(metric.leaseWaits)
+        yield* Metric.increment(metrics.get.leaseWaits)
         const giveUpAt = (yield* Clock.currentTimeMillis) + wait
         while ((yield* Clock.currentTimeMillis) < giveUpAt) {
           yield* Effect.sleep(poll)
@@ -594,7 +778,7 @@ export const make = <K, A, I>(
             Effect.flatMap((entryTtl) =>
               boundCache("set", key, cache.set(prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
             ),
-            Effect.catchAll(() => Metric.increment(metric.fillFailures)),
+            Effect.catchAll(() => Metric.increment(metrics.get.fillFailures)),
             Effect.as(value)
           )
         })
@@ -642,62 +826,69 @@ export const make = <K, A, I>(
         return items.length === 0
           ? Effect.void
           : boundCache("setMany", loaded[0]!.key, cache.setMany(items)).pipe(
-              Effect.catchAll(() => Metric.incrementBy(metric.fillFailures, items.length)),
+              Effect.catchAll(() => Metric.incrementBy(metrics.getMany.fillFailures, items.length)),
               Effect.asVoid
             )
       })
 
     const getMany = (keys: Iterable<K>): Effect.Effect<ReadonlyArray<Option.Option<A>>, ReadError> =>
-      Effect.gen(function* () {
-        const texts: Array<string> = []
-        for (const key of keys) texts.push(yield* checkKey(key))
-        const unique = [...new Set(texts)]
-        if (unique.length === 0) return []
-        const ticket = yield* takeTicket
-        const found = new Map<string, A>()
-        const cached = yield* Effect.either(
-          boundCache("getMany", unique[0]!, cache.getMany(unique.map((key) => prefix + key)))
-        )
-        const misses: Array<{ readonly key: string; readonly replacing?: Entry }> = []
-        if (Either.isLeft(cached)) {
-          yield* Metric.incrementBy(metric.degraded, unique.length)
-          for (const key of unique) misses.push({ key })
-        } else {
-          unique.forEach((key, i) => {
-            const entry = cached.right[i]!
-            if (Option.isSome(entry) && entry.value._tag === "Value") {
-              const decoded = decodeEntry(entry.value)
-              if (Either.isRight(decoded)) return void found.set(key, decoded.right)
-              misses.push({ key, replacing: entry.value })
-            } else {
-              misses.push({ key })
-            }
-          })
-          yield* Metric.incrementBy(metric.hits, found.size)
-          yield* Metric.incrementBy(metric.misses, misses.length)
-        }
-        if (misses.length > 0) {
-          const rows = yield* Deadline.timeoutFail(collection.getMany(misses.map(({ key }) => key)), storeTimeout, () =>
-            storeReadTimeout(misses[0]!.key)
+      observed("getMany", (outcome) =>
+        Effect.gen(function* () {
+          const texts: Array<string> = []
+          for (const key of keys) texts.push(yield* checkKey(key))
+          const unique = [...new Set(texts)]
+          if (unique.length === 0) return []
+          const ticket = yield* takeTicket
+          const found = new Map<string, A>()
+          const cached = yield* Effect.either(
+            boundCache("getMany", unique[0]!, cache.getMany(unique.map((key) => prefix + key)))
           )
-          const loaded: Array<{ key: string; version: number; value: A; replacing?: Entry }> = []
-          for (const { key, replacing } of misses) {
-            const row = rows.get(key)
-            if (row === undefined) continue
-            const decoded = decodeRow(key, row.value)
-            if (Either.isLeft(decoded)) return yield* decoded.left
-            found.set(key, decoded.right)
-            loaded.push({
-              key,
-              version: row.version,
-              value: decoded.right,
-              ...(replacing === undefined ? {} : { replacing })
+          const misses: Array<{ readonly key: string; readonly replacing?: Entry }> = []
+          if (Either.isLeft(cached)) {
+            outcome("degraded")
+            yield* Metric.incrementBy(metrics.getMany.degraded, unique.length)
+            for (const key of unique) misses.push({ key })
+          } else {
+            unique.forEach((key, i) => {
+              const entry = cached.right[i]!
+              if (Option.isSome(entry) && entry.value._tag === "Value") {
+                const decoded = decodeEntry(entry.value)
+                if (Either.isRight(decoded)) return void found.set(key, decoded.right)
+                misses.push({ key, replacing: entry.value })
+              } else {
+                misses.push({ key })
+              }
             })
+            // "hit" only when every key was served by the cache.
+            outcome(misses.length === 0 ? "hit" : "miss")
+            yield* Metric.incrementBy(metrics.getMany.hits, found.size)
+            yield* Metric.incrementBy(metrics.getMany.misses, misses.length)
           }
-          if (Either.isRight(cached)) yield* fillMany(ticket, loaded)
-        }
-        return texts.map((key) => Option.fromNullable(found.get(key)))
-      }).pipe(traced("WriteThrough.getMany"))
+          if (misses.length > 0) {
+            const rows = yield* Deadline.timeoutFail(
+              collection.getMany(misses.map(({ key }) => key)),
+              storeTimeout,
+              () => storeReadTimeout(misses[0]!.key)
+            )
+            const loaded: Array<{ key: string; version: number; value: A; replacing?: Entry }> = []
+            for (const { key, replacing } of misses) {
+              const row = rows.get(key)
+              if (row === undefined) continue
+              const decoded = decodeRow(key, row.value)
+              if (Either.isLeft(decoded)) return yield* decoded.left
+              found.set(key, decoded.right)
+              loaded.push({
+                key,
+                version: row.version,
+                value: decoded.right,
+                ...(replacing === undefined ? {} : { replacing })
+              })
+            }
+            if (Either.isRight(cached)) yield* fillMany(ticket, loaded)
+          }
+          return texts.map((key) => Option.fromNullable(found.get(key)))
+        })
+      )
 
     interface GetRequest extends Request.Request<Option.Option<A>, ReadError> {
       readonly key: K
@@ -718,106 +909,256 @@ export const make = <K, A, I>(
       )
     )
 
-    const get = (key: K): Effect.Effect<Option.Option<A>, ReadError> =>
-      Effect.flatMap(checkKey(key), (text) => {
-        const invokedAt = ++logicalTime
-        return Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
-          if (Either.isLeft(cached)) {
-            return Effect.zipRight(Metric.increment(metric.degraded), readThrough(text, invokedAt, false))
-          }
-          const entry = cached.right
-          if (Option.isSome(entry) && entry.value._tag === "Value") {
-            const decoded = decodeEntry(entry.value)
-            if (Either.isRight(decoded)) {
-              return Effect.as(Metric.increment(metric.hits), Option.some(decoded.right))
+    // Inside WriteThrough.transaction a read never fills the cache (the store may answer with the
+    // transaction's own uncommitted rows), and a key the transaction wrote is read from the store.
+    const getInTransaction = (publications: Publications, key: string): Effect.Effect<Option.Option<A>, ReadError> =>
+      publications.updates.has(prefix + key)
+        ? Effect.map(
+            storeRead(key),
+            Option.map((loaded) => loaded.value)
+          )
+        : Effect.flatMap(Effect.either(boundCache("get", key, cache.get(prefix + key))), (cached) => {
+            if (Either.isRight(cached) && Option.isSome(cached.right) && cached.right.value._tag === "Value") {
+              const decoded = decodeEntry(cached.right.value)
+              if (Either.isRight(decoded)) return Effect.succeedSome(decoded.right)
             }
-            return Effect.zipRight(Metric.increment(metric.corrupt), readThrough(text, invokedAt, true, entry.value))
+            return Effect.map(
+              storeRead(key),
+              Option.map((loaded) => loaded.value)
+            )
+          })
+
+    const get = (key: K): Effect.Effect<Option.Option<A>, ReadError> =>
+      observed("get", (outcome) =>
+        Effect.flatMap(checkKey(key), (text) =>
+          Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
+            publications === undefined ? getOutsideTransaction(text, outcome) : getInTransaction(publications, text)
+          )
+        )
+      )
+
+    const getOutsideTransaction = (
+      text: string,
+      outcome: (outcome: "hit" | "miss" | "degraded") => void
+    ): Effect.Effect<Option.Option<A>, ReadError> => {
+      const invokedAt = ++logicalTime
+      return Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
+        if (Either.isLeft(cached)) {
+          outcome("degraded")
+          return Effect.zipRight(Metric.increment(metrics.get.degraded), readThrough(text, invokedAt, false))
+        }
+        const entry = cached.right
+        if (Option.isSome(entry) && entry.value._tag === "Value") {
+          const decoded = decodeEntry(entry.value)
+          if (Either.isRight(decoded)) {
+            outcome("hit")
+            return Effect.as(Metric.increment(metrics.get.hits), Option.some(decoded.right))
           }
-          return Effect.zipRight(Metric.increment(metric.misses), readThrough(text, invokedAt, true))
-        })
-      }).pipe(traced("WriteThrough.get"))
+          outcome("miss")
+          return Effect.zipRight(Metric.increment(metrics.get.corrupt), readThrough(text, invokedAt, true, entry.value))
+        }
+        outcome("miss")
+        return Effect.zipRight(Metric.increment(metrics.get.misses), readThrough(text, invokedAt, true))
+      })
+    }
 
     const set = (key: K, value: A): Effect.Effect<void, WriteError> =>
-      Effect.flatMap(checkKey(key), (text) =>
-        Effect.flatMap(checkValue(text, value), ({ encoded, payload }) =>
-          Effect.flatMap(takeTicket, (ticket) =>
-            writeThrough("set", text, collection.put(text, encoded), (version) =>
-              publish(
-                "set",
-                text,
-                version,
-                Effect.flatMap(ttlWithJitter, (entryTtl) =>
-                  cache.set(prefix + text, Entry.Value({ version, payload }), { ttl: entryTtl, ticket })
+      observed("set", () =>
+        Effect.flatMap(checkKey(key), (text) =>
+          Effect.flatMap(checkValue(text, value), ({ encoded, payload }) =>
+            Effect.flatMap(takeTicket, (ticket) =>
+              writeOrDefer("set", text, collection.put(text, encoded), (version) =>
+                publish(
+                  "set",
+                  text,
+                  version,
+                  Effect.flatMap(ttlWithJitter, (entryTtl) =>
+                    cache.set(prefix + text, Entry.Value({ version, payload }), { ttl: entryTtl, ticket })
+                  )
                 )
               )
             )
           )
         )
-      ).pipe(traced("WriteThrough.set"))
+      )
 
     const remove = (key: K): Effect.Effect<void, WriteError> =>
-      Effect.flatMap(checkKey(key), (text) =>
-        writeThrough("delete", text, collection.delete(text), (version) =>
-          publish("delete", text, version, cache.invalidate(prefix + text, version, tombstoneTtl))
+      observed("delete", () =>
+        Effect.flatMap(checkKey(key), (text) =>
+          writeOrDefer("delete", text, collection.delete(text), (version) =>
+            publish("delete", text, version, cache.invalidate(prefix + text, version, tombstoneTtl))
+          )
         )
-      ).pipe(traced("WriteThrough.delete"))
+      )
 
     const audit = (auditOptions?: { readonly repair?: boolean | undefined }) =>
-      Effect.gen(function* () {
-        let cursor = "0"
-        const seen = new Set<string>()
-        const counts = { values: 0, consistent: 0, stale: 0, ahead: 0, repaired: 0 }
-        do {
-          const [next, page] = yield* boundCache("scan", entity, cache.scan(prefix, cursor))
-          cursor = next
-          const keys = page.filter((key) => !seen.has(key))
-          for (const key of keys) seen.add(key)
-          if (keys.length === 0) continue
-          const entries = yield* boundCache("getMany", keys[0]!, cache.getMany(keys))
-          const texts = keys.map((key) => key.slice(prefix.length))
-          const rows = yield* collection.getMany(texts)
-          for (let i = 0; i < keys.length; i++) {
-            const entry = entries[i]!
-            if (Option.isNone(entry) || entry.value._tag === "Tombstone") continue
-            counts.values++
-            const row = rows.get(texts[i]!)
-            const cached = entry.value.version
-            if (row !== undefined && row.version === cached) {
-              counts.consistent++
-              continue
+      observed("audit", () =>
+        Effect.gen(function* () {
+          let cursor = "0"
+          const seen = new Set<string>()
+          const counts = { values: 0, consistent: 0, stale: 0, ahead: 0, repaired: 0 }
+          do {
+            const [next, page] = yield* boundCache("scan", entity, cache.scan(prefix, cursor))
+            cursor = next
+            const keys = page.filter((key) => !seen.has(key))
+            for (const key of keys) seen.add(key)
+            if (keys.length === 0) continue
+            const entries = yield* boundCache("getMany", keys[0]!, cache.getMany(keys))
+            const texts = keys.map((key) => key.slice(prefix.length))
+            const rows = yield* collection.getMany(texts)
+            for (let i = 0; i < keys.length; i++) {
+              const entry = entries[i]!
+              if (Option.isNone(entry) || entry.value._tag === "Tombstone") continue
+              counts.values++
+              const row = rows.get(texts[i]!)
+              const cached = entry.value.version
+              if (row !== undefined && row.version === cached) {
+                counts.consistent++
+                continue
+              }
+              if (row !== undefined && cached > row.version) counts.ahead++
+              else counts.stale++
+              if (auditOptions?.repair === true) {
+                // A tombstone at the higher of the two versions replaces the entry whichever way it is off.
+                const outcome = yield* boundCache(
+                  "invalidate",
+                  texts[i]!,
+                  cache.invalidate(keys[i]!, Math.max(cached, row?.version ?? 0), tombstoneTtl)
+                )
+                if (outcome === "written") counts.repaired++
+              }
             }
-            if (row !== undefined && cached > row.version) counts.ahead++
-            else counts.stale++
-            if (auditOptions?.repair === true) {
-              // A tombstone at the higher of the two versions replaces the entry whichever way it is off.
-              const outcome = yield* boundCache(
-                "invalidate",
-                texts[i]!,
-                cache.invalidate(keys[i]!, Math.max(cached, row?.version ?? 0), tombstoneTtl)
-              )
-              if (outcome === "written") counts.repaired++
-            }
-          }
-        } while (cursor !== "0")
-        const inconsistent = counts.stale + counts.ahead
-        return {
-          entity,
-          scanned: seen.size,
-          ...counts,
-          nines: inconsistent === 0 ? Infinity : -Math.log10(inconsistent / counts.values)
-        } satisfies AuditReport
-      }).pipe(traced("WriteThrough.audit"))
+          } while (cursor !== "0")
+          const inconsistent = counts.stale + counts.ahead
+          return {
+            entity,
+            scanned: seen.size,
+            ...counts,
+            nines: inconsistent === 0 ? Infinity : -Math.log10(inconsistent / counts.values)
+          } satisfies AuditReport
+        })
+      )
 
     return {
       entity,
       audit,
       get,
-      getMany,
-      getBatched: (key: K) => Effect.request(GetRequest({ key }), resolver),
+      // Inside a transaction, reads go one by one: they must not fill the cache, and batching gains little there.
+      getMany: (keys: Iterable<K>) =>
+        Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
+          publications === undefined ? getMany(keys) : Effect.forEach(keys, get)
+        ),
+      getBatched: (key: K) =>
+        Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
+          publications === undefined ? Effect.request(GetRequest({ key }), resolver) : get(key)
+        ),
       set,
       delete: remove
     }
   })
+
+/**
+ * Runs `effect` in one SQL transaction of the `Store` and defers the cache updates of every
+ * write-through `set` and `delete` inside it, of any entity, until the `COMMIT` succeeded:
+ *
+ * ```ts
+ * yield* WriteThrough.transaction(
+ *   Effect.all([users.set("1", ada), accounts.set("1", account)])
+ * )
+ * ```
+ *
+ * - `effect` fails, or is interrupted: the transaction rolls back and the cache is not touched.
+ * - The `COMMIT` succeeded: each written key's cache entry is updated (the last write of a key
+ *   wins) under the same retry, invalidation fallback and `StaleCacheError` as a single write;
+ *   the first `StaleCacheError` is the transaction's error, after all were tried.
+ * - `effect` succeeded but the `COMMIT` failed (a defect in `@effect/sql`, say a lost connection):
+ *   the outcome is unknown, every written key is fenced, and the error is an
+ *   `InconsistentCacheError` with operation `"transaction"` listing the keys.
+ *
+ * Inside it, reads of keys it wrote come from the store (the transaction's own rows), and no
+ * read fills the cache. A nested `WriteThrough.transaction` joins the outer one. It cannot begin
+ * inside a bare `sql.withTransaction` (a `StoreError` with reason `"Transaction"`): that
+ * transaction's COMMIT, not this one's, would decide the writes.
+ *
+ * @since 0.2.0
+ * @category combinators
+ */
+export const transaction = <A, E, R>(
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | StoreError | StaleCacheError | InconsistentCacheError, R | Store> =>
+  Effect.flatMap(FiberRef.get(currentPublications), (outer) =>
+    outer !== undefined
+      ? effect
+      : OperationSpan.observe("WriteThrough.transaction", transactionAttributes, transactionLatency, () =>
+          Effect.flatMap(Store, (store) =>
+            Effect.uninterruptibleMask((restore) => {
+              const publications: Publications = { updates: new Map(), failed: false }
+              let succeeded = false
+              const body = Effect.locally(
+                Effect.tap(effect, () => {
+                  if (publications.failed) return Effect.fail(abortedByFailedWrite)
+                  succeeded = true
+                  return Effect.void
+                }),
+                currentPublications,
+                publications
+              )
+              return Effect.flatMap(
+                Effect.exit(restore(store.transaction(body))),
+                (exit): Effect.Effect<A, E | StoreError | StaleCacheError | InconsistentCacheError, R> => {
+                  const updates = [...publications.updates.values()]
+                  if (Exit.isSuccess(exit)) return Effect.as(publishAll(updates), exit.value)
+                  // Failed before COMMIT, or the store says it did not commit (a typed failure): rolled
+                  // back, nothing to publish. Only a defect or an interruption after the body leaves the
+                  // COMMIT's outcome unknown.
+                  if (!succeeded || updates.length === 0 || Option.isSome(Cause.failureOption(exit.cause))) return exit
+                  return fenceAll(updates, Cause.squash(exit.cause))
+                }
+              )
+            })
+          )
+        )
+  )
+
+// Failing the body makes the store roll back, whatever it would have done with the failed write.
+const abortedByFailedWrite = new StoreError({
+  entity: "*",
+  key: "",
+  operation: "transaction",
+  reason: "Transaction",
+  detail: "a write inside the transaction failed, so it cannot commit: it was rolled back and nothing was published"
+})
+
+const transactionAttributes = { operation: "transaction" }
+const transactionLatency = Metric.tagged(Metrics.latency, "operation", "transaction")
+
+const publishAll = (updates: ReadonlyArray<DeferredUpdate>): Effect.Effect<void, StaleCacheError> =>
+  Effect.flatMap(
+    Effect.forEach(updates, (update) => Effect.either(update.publish), { concurrency: 16 }),
+    (results) => {
+      const failed = results.find(Either.isLeft)
+      return failed === undefined ? Effect.void : Effect.fail(failed.left)
+    }
+  )
+
+const fenceAll = (
+  updates: ReadonlyArray<DeferredUpdate>,
+  cause: unknown
+): Effect.Effect<never, InconsistentCacheError> =>
+  Effect.flatMap(
+    Effect.forEach(updates, (update) => update.fence, { concurrency: 16 }),
+    (fenced) =>
+      Effect.fail(
+        new InconsistentCacheError({
+          entity: updates[0]!.entity,
+          key: updates[0]!.key,
+          operation: "transaction",
+          invalidated: fenced.every((landed) => landed),
+          keys: updates.map(({ entity, key }) => ({ entity, key })),
+          cause
+        })
+      )
+  )
 
 /**
  * The class returned by `Service`: a tag for the entity's operations with a
@@ -828,6 +1169,13 @@ export const make = <K, A, I>(
  */
 export interface ServiceClass<Self, Id extends string, K, A> extends Context.TagClass<Self, Id, WriteThrough<K, A>> {
   readonly Default: Layer.Layer<Self, StoreError, Cache | Store>
+  /**
+   * `Default` with `Settings` from configuration over the ones in code, by default
+   * `WriteThrough.settings`: `Users.layerConfig(Config.nested(WriteThrough.settings, "USERS"))`.
+   */
+  readonly layerConfig: (
+    config?: Config.Config<Settings>
+  ) => Layer.Layer<Self, StoreError | ConfigError.ConfigError, Cache | Store>
   readonly entity: string
 }
 
@@ -851,5 +1199,10 @@ export const Service =
     const entity = options.entity ?? options.table?.name ?? id
     const Tag = Context.Tag(id)<Self, WriteThrough<K, A>>()
     const layer = Layer.scoped(Tag, make({ ...options, entity }))
-    return Object.assign(Tag, { Default: layer, entity }) as unknown as ServiceClass<Self, Id, K, A>
+    const layerConfig = (config: Config.Config<Settings> = settings) =>
+      Layer.scoped(
+        Tag,
+        Effect.flatMap(config, (configured) => make({ ...options, ...configured, entity }))
+      )
+    return Object.assign(Tag, { Default: layer, layerConfig, entity }) as unknown as ServiceClass<Self, Id, K, A>
   }

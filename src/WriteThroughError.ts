@@ -71,12 +71,22 @@ export class StaleCacheError extends Data.TaggedError("StaleCacheError")<{
  */
 export class InconsistentCacheError extends Data.TaggedError("InconsistentCacheError")<{
   readonly entity: string
+  /** For a transaction, its first written key; `keys` lists them all. */
   readonly key: string
-  readonly operation: "set" | "delete"
+  readonly operation: "set" | "delete" | "transaction"
+  /** True when every key concerned was fenced in the cache. */
   readonly invalidated: boolean
+  /** For a transaction: every key it wrote, each fenced. */
+  readonly keys?: ReadonlyArray<{ readonly entity: string; readonly key: string }> | undefined
   readonly cause: unknown
 }> {
   override get message(): string {
+    if (this.operation === "transaction") {
+      return (
+        `a transaction writing ${this.keys?.length ?? 1} key(s) has an unknown outcome (its COMMIT failed)` +
+        (this.invalidated ? "; every key was invalidated in the cache" : "; some keys could not be invalidated")
+      )
+    }
     return (
       `${this.operation} of ${this.entity} ${JSON.stringify(this.key)} has an unknown outcome` +
       (this.invalidated ? "; the key was invalidated in the cache" : "; the key could not be invalidated either")

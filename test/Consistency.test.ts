@@ -1,7 +1,7 @@
 // The races of ../shared/notes/consistency.md, each forced on purpose with pauses injected between
 // the store and the cache, against the real Redis and Postgres.
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Metric, Option, Schedule, Schema } from "effect"
+import { Context, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
 import { Cache, Metrics, RedisCache, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { FaultyCache, FaultyStore } from "../src/testing.js"
 import { User } from "./contract/WriteThroughContract.js"
@@ -233,8 +233,8 @@ describe("stampede protection across processes", () => {
       expect(new Set(reads.map(nameOf))).toEqual(new Set(["v1"]))
       expect(yield* faults.calls("get")).toBe(1)
       // One instance held the lease; the other two waited for its fill.
-      const waits = yield* Metric.value(Metric.tagged(Metrics.leaseWaits, "entity", entity))
-      expect(waits.count).toBe(2)
+      const waits = yield* Metrics.total(Metrics.leaseWaits, { entity })
+      expect(waits).toBe(2)
     }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 })

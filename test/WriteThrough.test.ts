@@ -1,7 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Effect, Layer, Option, Schema, TestClock, Tracer } from "effect"
-import { MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { Config, ConfigError, ConfigProvider, Effect, Fiber, Layer, Option, Schema, TestClock, Tracer } from "effect"
+import { Cache, MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { FaultyCache } from "../src/testing.js"
 import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
 import { PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
 
@@ -199,4 +200,104 @@ describe("spans", () => {
         }
       }).pipe(Effect.scoped, Effect.provide(Layer.merge(MemoryCache.layer(), MemoryStore.layer)))
   )
+})
+
+describe("settings from configuration (WriteThrough.settings, Service.layerConfig)", () => {
+  class Users extends WriteThrough.Service<Users>()("app/ConfiguredUsers", {
+    key: Schema.String,
+    value: User,
+    ttl: "10 minutes"
+  }) {}
+  const ada = new User({ id: "1", name: "Ada", email: "ada@example.com" })
+  const configured =
+    (entries: ReadonlyArray<readonly [string, string]>) =>
+    <A, E>(effect: Effect.Effect<A, E, Users | Cache.Cache | FaultyCache.FaultyCache>) =>
+      effect.pipe(
+        Effect.provide(
+          Users.layerConfig(Config.nested(WriteThrough.settings, "USERS")).pipe(
+            Layer.provideMerge(
+              Layer.mergeAll(FaultyCache.layer.pipe(Layer.provideMerge(MemoryCache.layer())), MemoryStore.layer)
+            )
+          )
+        ),
+        // As from the environment, where nested names join with "_".
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map(entries), { pathDelim: "_" }))
+      )
+  const cached = (key: string) => Effect.flatMap(Cache.Cache, (cache) => cache.get(`app/ConfiguredUsers:${key}`))
+
+  it.effect("USERS_TTL and USERS_TTL_JITTER set the entries' lifetime, over the TTL in code", () =>
+    Effect.gen(function* () {
+      const users = yield* Users
+      yield* users.set("1", ada)
+      yield* TestClock.adjust("4 minutes")
+      expect(Option.isSome(yield* cached("1"))).toBe(true)
+      yield* TestClock.adjust("1 minute")
+      expect(yield* cached("1")).toEqual(Option.none())
+    }).pipe(
+      configured([
+        ["USERS_TTL", "5 minutes"],
+        ["USERS_TTL_JITTER", "0"]
+      ])
+    )
+  )
+
+  it.effect("USERS_RETRY_TIMES, _BASE and _WITHIN set the cache write's retry schedule", () =>
+    Effect.gen(function* () {
+      const users = yield* Users
+      const faults = yield* FaultyCache.FaultyCache
+      yield* faults.failAlways("set", "invalidate")
+      const fiber = yield* Effect.fork(Effect.flip(users.set("1", ada)))
+      // Small steps: the background repair, a second after the failure, must not add calls yet.
+      while (Option.isNone(yield* Fiber.poll(fiber))) yield* TestClock.adjust("10 millis")
+      expect((yield* Fiber.join(fiber))._tag).toBe("StaleCacheError")
+      // One try and one retry, for the update and for the invalidation that replaces it.
+      expect(yield* faults.calls("set")).toBe(2)
+      expect(yield* faults.calls("invalidate")).toBe(2)
+    }).pipe(
+      configured([
+        ["USERS_RETRY_TIMES", "1"],
+        ["USERS_RETRY_BASE", "10 millis"],
+        ["USERS_RETRY_WITHIN", "1 second"]
+      ])
+    )
+  )
+
+  it.effect("nothing configured: the options in code and the defaults", () =>
+    Effect.gen(function* () {
+      const users = yield* Users
+      yield* users.set("1", ada)
+      // The TTL in code, 10 minutes, not the 5 of the test above.
+      yield* TestClock.adjust("6 minutes")
+      expect(Option.isSome(yield* cached("1"))).toBe(true)
+    }).pipe(configured([]))
+  )
+
+  const refused: ReadonlyArray<readonly [string, ReadonlyArray<readonly [string, string]>, string]> = [
+    ["a TTL that is not a duration", [["USERS_TTL", "forever"]], "USERS.TTL"],
+    ["a TTL of zero", [["USERS_TTL", "0 millis"]], "must be a duration above zero"],
+    ["a jitter above 1", [["USERS_TTL_JITTER", "2"]], "must be a fraction from 0 to 1"],
+    [
+      "a negative retry count",
+      [
+        ["USERS_RETRY_TIMES", "-1"],
+        ["USERS_RETRY_BASE", "10 millis"],
+        ["USERS_RETRY_WITHIN", "1 second"]
+      ],
+      "must be a whole number"
+    ],
+    [
+      "a retry count without its base and bound",
+      [["USERS_RETRY_TIMES", "2"]],
+      "RETRY_TIMES, RETRY_BASE and RETRY_WITHIN go together"
+    ]
+  ]
+  for (const [label, entries, named] of refused) {
+    it.effect(`${label} fails the layer with a ConfigError naming it`, () =>
+      Effect.gen(function* () {
+        const error = yield* Effect.flip(configured(entries)(Users))
+        expect(ConfigError.isConfigError(error)).toBe(true)
+        expect(String(error)).toContain(named)
+      })
+    )
+  }
 })

@@ -58,6 +58,21 @@ end
 return epoch
 `
 
+// The guarded write shared by both set scripts, once the ticket passed: KEYS[1] key; ARGV[1]
+// version, [2] encoded entry, [3] ttl in ms, [4] encoded entry it may replace ('' for none), [8] the
+// channel to announce the write on ('' for none), [9] the key as announced.
+const guardedWrite = `${readCurrent}
+local replacing = ARGV[4] ~= '' and cur == ARGV[4]
+if kind and not replacing and ver >= tonumber(ARGV[1]) then
+  return 'rejected'
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', ARGV[8], ARGV[1] .. ':' .. ARGV[9])
+end
+return 'written'
+`
+
 // KEYS[1] key, KEYS[2] epoch key; ARGV: version, encoded entry, ttl in ms, encoded entry it may
 // replace ('' for none), the ticket's epoch ('' for no ticket), its deadline in epoch ms, a
 // candidate for a new epoch, the channel to announce the write on ('' for none), the key as
@@ -77,16 +92,42 @@ if ARGV[5] ~= '' then
     return 'late'
   end
 end
-${readCurrent}
-local replacing = ARGV[4] ~= '' and cur == ARGV[4]
-if kind and not replacing and ver >= tonumber(ARGV[1]) then
-  return 'rejected'
+${guardedWrite}`
+
+// In a cluster a script may only touch keys of one hash slot, so each slot has a memory marker of
+// its own, holding the time (Redis TIME, ms) it was created: it vanishes with the slot's memory.
+// A ticket is the time it was issued; it holds for a slot whose marker is older than the ticket
+// (by at least the allowed clock skew), so a node that lost its memory after the ticket was
+// issued refuses the write.
+// KEYS[1] key, KEYS[2] the slot's marker; ARGV as setScript's, except [5] the ticket's issue time
+// in epoch ms ('' for no ticket) and [7] the allowed clock skew in ms. Returns 'written',
+// 'rejected', 'late' or 'outdated'.
+export const clusterSetScript = `
+if ARGV[5] ~= '' then
+  local now = redis.call('TIME')
+  local nowMs = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local born = tonumber(redis.call('GET', KEYS[2]) or '')
+  if not born then
+    redis.call('SET', KEYS[2], nowMs)
+    return 'outdated'
+  end
+  local issued = tonumber(ARGV[5])
+  if not issued or born > issued - tonumber(ARGV[7]) then
+    return 'outdated'
+  end
+  if nowMs > tonumber(ARGV[6]) then
+    return 'late'
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[8] ~= '' then
-  redis.call('PUBLISH', ARGV[8], ARGV[1] .. ':' .. ARGV[9])
+${guardedWrite}`
+
+// KEYS[1] a slot's marker: created with the time now unless it exists.
+export const bornScript = `
+if not redis.call('GET', KEYS[1]) then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[1], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 end
-return 'written'
+return 1
 `
 
 // KEYS[1] key; ARGV: version, encoded tombstone, ttl in ms, the channel to announce it on ('' for

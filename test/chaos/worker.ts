@@ -22,6 +22,7 @@ const racingStore = Layer.effect(
   Store.Store,
   Effect.map(Store.Store, (store) =>
     Store.Store.of({
+      transaction: store.transaction,
       collection: (target) =>
         Effect.map(store.collection(target), (collection) => ({
           get: (key) => Effect.zipLeft(collection.get(key), hold),

@@ -1,6 +1,6 @@
 // A write-through over the real Redis and Postgres with fault injection on both tiers,
 // and a way to drive TestClock while real I/O is in flight.
-import { type Duration, Effect, Fiber, Layer, Metric, Option, Schema, TestClock } from "effect"
+import { type Duration, Effect, Fiber, Layer, type Metric, Option, Schema, TestClock } from "effect"
 import type * as Scope from "effect/Scope"
 import type { Redis } from "ioredis"
 import { Metrics, SqlStore, type Store, WriteThrough } from "../../src/index.js"
@@ -63,7 +63,7 @@ export const withHarness = <A, E>(
       redis,
       redisKey,
       raw: (key) => Effect.promise(() => redis.get(redisKey(key))),
-      count: (metric) => Effect.map(Metric.value(Metric.tagged(metric, "entity", entity)), (state) => state.count)
+      count: (metric) => Metrics.total(metric, { entity })
     })
   }).pipe(Effect.scoped, Effect.provide(layer))
 }

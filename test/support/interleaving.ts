@@ -157,6 +157,7 @@ export const scheduledStore = (
       Context.make(
         Store.Store,
         Store.Store.of({
+          transaction: store.transaction,
           collection: (target) =>
             Effect.map(store.collection(target), (collection) => ({
               getMany: collection.getMany,
