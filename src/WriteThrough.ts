@@ -31,6 +31,7 @@ import * as SchemaAST from "effect/SchemaAST"
 import type * as Scope from "effect/Scope"
 import { Cache, CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "./Cache.js"
 import * as Deadline from "./internal/deadline.js"
+import * as LabelledMetric from "./internal/labelledMetric.js"
 import * as OperationSpan from "./internal/operationSpan.js"
 import { currentPublications, type DeferredUpdate, type Publications } from "./internal/transactionContext.js"
 import * as Metrics from "./Metrics.js"
@@ -304,10 +305,13 @@ export const make = <K, A, I>(
     const prefix = `${entity}:`
     // Tagged once per operation, not per call.
     const metricsOf = (operation: Operation) => {
-      const tags = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
-        Metric.tagged(Metric.tagged(metric, "entity", entity), "operation", operation)
+      const labels = [
+        ["entity", entity],
+        ["operation", operation]
+      ] as const
+      const tags = (metric: Metric.Metric.Counter<number>) => LabelledMetric.counter(metric, labels)
       const retries = tags(Metrics.cacheWriteRetries)
-      const retrySchedule = (options.retry ?? defaultRetry).pipe(Schedule.tapInput(() => Metric.increment(retries)))
+      const retrySchedule = (options.retry ?? defaultRetry).pipe(Schedule.tapInput(() => retries.increment))
       return {
         hits: tags(Metrics.cacheHits),
         misses: tags(Metrics.cacheMisses),
@@ -318,7 +322,7 @@ export const make = <K, A, I>(
         stale: tags(Metrics.staleWrites),
         inconsistent: tags(Metrics.inconsistentWrites),
         leaseWaits: tags(Metrics.leaseWaits),
-        latency: tags(Metrics.latency),
+        latency: LabelledMetric.make(Metrics.latency as Metric.Metric<unknown, number, unknown>, labels),
         // Effect.retry sets up the schedule's state on every call; most calls succeed at once, so the
         // schedule is only set up after a first failure, which it then sees as its first input.
         retry: <X>(effect: Effect.Effect<X, CacheError>): Effect.Effect<X, CacheError> =>
@@ -477,7 +481,7 @@ export const make = <K, A, I>(
             Effect.matchEffect({
               onSuccess: () =>
                 Effect.zipRight(
-                  Metric.increment(metrics[operation].fallbacks),
+                  metrics[operation].fallbacks.increment,
                   updateError === undefined
                     ? Effect.void
                     : Effect.logWarning("cache update failed; invalidated the key instead").pipe(
@@ -488,7 +492,7 @@ export const make = <K, A, I>(
                 Effect.flatMap(Clock.currentTimeMillis, (now) =>
                   Effect.zipRight(
                     Effect.all([
-                      Metric.increment(metrics[operation].stale),
+                      metrics[operation].stale.increment,
                       scheduleRepair(key, version, now),
                       Effect.logError(
                         "cache update and invalidation failed after a commit; the cache may be stale"
@@ -533,7 +537,7 @@ export const make = <K, A, I>(
       fenceKey(operation, key).pipe(
         Effect.tap((invalidated) =>
           Effect.zipRight(
-            Metric.increment(metrics[operation].inconsistent),
+            metrics[operation].inconsistent.increment,
             Effect.logError("the store's outcome is unknown; the key was fenced in the cache").pipe(
               Effect.annotateLogs({ entity, operation, invalidated })
             )
@@ -571,7 +575,7 @@ export const make = <K, A, I>(
         ).pipe(
           Effect.onInterrupt(() =>
             Effect.zipRight(
-              Metric.increment(metrics[operation].inconsistent),
+              metrics[operation].inconsistent.increment,
               detached(Effect.ignore(invalidate(operation, key, FENCE_VERSION)))
             )
           ),
@@ -634,7 +638,7 @@ export const make = <K, A, I>(
             publish: publishVersion(version),
             fence: Effect.tap(fenceKey("transaction", key), (invalidated) =>
               Effect.zipRight(
-                Metric.increment(metrics.transaction.inconsistent),
+                metrics.transaction.inconsistent.increment,
                 Effect.logError("a transaction's outcome is unknown; the key was fenced in the cache").pipe(
                   Effect.annotateLogs({ entity, operation: "transaction", invalidated })
                 )
@@ -723,7 +727,7 @@ export const make = <K, A, I>(
       { poll, wait }: { readonly poll: Duration.Duration; readonly wait: number }
     ): Effect.Effect<Option.Option<Loaded>, StoreError> =>
       Effect.gen(function* () {
-        yield* Metric.increment(metrics.get.leaseWaits)
+        yield* metrics.get.leaseWaits.increment
         const giveUpAt = (yield* Clock.currentTimeMillis) + wait
         while ((yield* Clock.currentTimeMillis) < giveUpAt) {
           yield* Effect.sleep(poll)
@@ -778,7 +782,7 @@ export const make = <K, A, I>(
             Effect.flatMap((entryTtl) =>
               boundCache("set", key, cache.set(prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
             ),
-            Effect.catchAll(() => Metric.increment(metrics.get.fillFailures)),
+            Effect.catchAll(() => metrics.get.fillFailures.increment),
             Effect.as(value)
           )
         })
@@ -826,7 +830,7 @@ export const make = <K, A, I>(
         return items.length === 0
           ? Effect.void
           : boundCache("setMany", loaded[0]!.key, cache.setMany(items)).pipe(
-              Effect.catchAll(() => Metric.incrementBy(metrics.getMany.fillFailures, items.length)),
+              Effect.catchAll(() => metrics.getMany.fillFailures.incrementBy(items.length)),
               Effect.asVoid
             )
       })
@@ -846,7 +850,7 @@ export const make = <K, A, I>(
           const misses: Array<{ readonly key: string; readonly replacing?: Entry }> = []
           if (Either.isLeft(cached)) {
             outcome("degraded")
-            yield* Metric.incrementBy(metrics.getMany.degraded, unique.length)
+            yield* metrics.getMany.degraded.incrementBy(unique.length)
             for (const key of unique) misses.push({ key })
           } else {
             unique.forEach((key, i) => {
@@ -861,8 +865,8 @@ export const make = <K, A, I>(
             })
             // "hit" only when every key was served by the cache.
             outcome(misses.length === 0 ? "hit" : "miss")
-            yield* Metric.incrementBy(metrics.getMany.hits, found.size)
-            yield* Metric.incrementBy(metrics.getMany.misses, misses.length)
+            yield* metrics.getMany.hits.incrementBy(found.size)
+            yield* metrics.getMany.misses.incrementBy(misses.length)
           }
           if (misses.length > 0) {
             const rows = yield* Deadline.timeoutFail(
@@ -945,20 +949,20 @@ export const make = <K, A, I>(
       return Effect.flatMap(Effect.either(boundCache("get", text, cache.get(prefix + text))), (cached) => {
         if (Either.isLeft(cached)) {
           outcome("degraded")
-          return Effect.zipRight(Metric.increment(metrics.get.degraded), readThrough(text, invokedAt, false))
+          return Effect.zipRight(metrics.get.degraded.increment, readThrough(text, invokedAt, false))
         }
         const entry = cached.right
         if (Option.isSome(entry) && entry.value._tag === "Value") {
           const decoded = decodeEntry(entry.value)
           if (Either.isRight(decoded)) {
             outcome("hit")
-            return Effect.as(Metric.increment(metrics.get.hits), Option.some(decoded.right))
+            return Effect.as(metrics.get.hits.increment, Option.some(decoded.right))
           }
           outcome("miss")
-          return Effect.zipRight(Metric.increment(metrics.get.corrupt), readThrough(text, invokedAt, true, entry.value))
+          return Effect.zipRight(metrics.get.corrupt.increment, readThrough(text, invokedAt, true, entry.value))
         }
         outcome("miss")
-        return Effect.zipRight(Metric.increment(metrics.get.misses), readThrough(text, invokedAt, true))
+        return Effect.zipRight(metrics.get.misses.increment, readThrough(text, invokedAt, true))
       })
     }
 
@@ -1130,7 +1134,9 @@ const abortedByFailedWrite = new StoreError({
 })
 
 const transactionAttributes = { operation: "transaction" }
-const transactionLatency = Metric.tagged(Metrics.latency, "operation", "transaction")
+const transactionLatency = LabelledMetric.make(Metrics.latency as Metric.Metric<unknown, number, unknown>, [
+  ["operation", "transaction"]
+])
 
 const publishAll = (updates: ReadonlyArray<DeferredUpdate>): Effect.Effect<void, StaleCacheError> =>
   Effect.flatMap(

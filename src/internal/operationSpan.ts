@@ -2,7 +2,7 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
-import type * as Metric from "effect/Metric"
+import type { Labelled } from "./labelledMetric.js"
 import * as Option from "effect/Option"
 
 const nativeTracer = Effect.runSync(Effect.tracer)
@@ -42,12 +42,12 @@ const failureOutcome = (cause: Cause.Cause<unknown>): string => {
 export const observe = <X, E, R>(
   name: string,
   attributes: Readonly<Record<string, string>>,
-  latency: Metric.Metric.Histogram<number> | undefined,
+  latency: Labelled<number> | undefined,
   build: (outcome: (outcome: string) => void) => Effect.Effect<X, E, R>
 ): Effect.Effect<X, E, R> =>
   Effect.tracerWith((tracer) => {
     const started = performance.now()
-    const record = () => latency?.unsafeUpdate(performance.now() - started, [])
+    const record = () => latency?.unsafeUpdate(performance.now() - started)
     if (tracer === nativeTracer) {
       return latency === undefined
         ? build(noOutcome)
