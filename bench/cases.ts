@@ -120,6 +120,20 @@ const hundredHits = (
   }
 }
 
+// 100 of the write keys, a fresh value each op, written by whatever means.
+const hundredWrites =
+  (
+    fx: Fixture,
+    write: (
+      users: Library["users"],
+      entries: ReadonlyArray<readonly [string, User]>
+    ) => Effect.Effect<unknown, unknown, never>
+  ) =>
+  async (i: number) => {
+    const entries = fx.keys.write.slice(0, 100).map((key) => [key, new User(userFields(key, i))] as const)
+    await fx.library.run(write(fx.library.users, entries))
+  }
+
 // The library with RedisCache's in-process tier on, warmed: every get is served in process.
 const nearHits = async (fx: Fixture): Promise<Runner> => {
   const library = await buildLibrary({
@@ -472,6 +486,25 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     baseline: "lib: 100 sequential reads",
     note: "Effect.forEach(100 warm keys, users.getBatched, { batching: true }): Effect's Request batching into one getMany",
     setup: async (fx) => hundredHits(fx, (users, keys) => Effect.forEach(keys, users.getBatched, { batching: true }))
+  },
+  // ---- Many writes ----
+  {
+    case: "lib: 100 sequential sets",
+    kind: sequential,
+    unit: "100 writes",
+    baseline: null,
+    note: "Effect.forEach(100 keys, users.set) in one runPromise; setMany of the same keys compares with it",
+    setup: async (fx) => ({
+      op: hundredWrites(fx, (users, entries) => Effect.forEach(entries, ([key, user]) => users.set(key, user)))
+    })
+  },
+  {
+    case: "lib: setMany of 100 keys",
+    kind: sequential,
+    unit: "100 writes",
+    baseline: "lib: 100 sequential sets",
+    note: "users.setMany(100 entries): one transaction (the keys' locks, one multi-row upsert), one pipelined cache write",
+    setup: async (fx) => ({ op: hundredWrites(fx, (users, entries) => users.setMany(entries)) })
   },
   // ---- Stampede ----
   {

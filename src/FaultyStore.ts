@@ -184,6 +184,14 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 () => new StoreError({ entity, key: keys[0] ?? "", operation: "get", reason: "Injected" })
               ),
             put: (key, value) => inject("put", key, collection.put(key, value), lostWrite("put", key)),
+            // A batch is one call of the operation it batches.
+            putMany: (entries) =>
+              inject(
+                "put",
+                entries[0]?.[0] ?? "",
+                collection.putMany(entries),
+                lostWrite("put", entries[0]?.[0] ?? "")
+              ),
             delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key))
           } satisfies Store.Collection
         }),

@@ -91,6 +91,20 @@ export const make: Effect.Effect<Store.Service> = Effect.map(Effect.makeSemaphor
               }
             )
           },
+          // One permit (or one staging) for the batch: all of it commits together.
+          putMany: (entries) => {
+            const rows = (): Array<readonly [string, Row]> =>
+              entries.map(([key, value]) => [key, { version: ++lastVersion, value: structuredClone(value) }] as const)
+            const apply = (target: Map<string, Row | null>) => {
+              const versions = new Map<string, number>()
+              for (const [key, row] of rows()) {
+                target.set(key, row)
+                versions.set(key, row.version)
+              }
+              return versions
+            }
+            return write(entity, apply, apply)
+          },
           delete: (key) =>
             write(
               entity,

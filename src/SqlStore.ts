@@ -64,6 +64,11 @@ interface Layout {
   readonly selectManySql: string
   readonly selectManyParams: (keys: ReadonlyArray<string>) => ReadonlyArray<unknown>
   readonly putParams: (key: string, value: unknown) => ReadonlyArray<unknown>
+  /** A multi-row upsert of `rows` rows, each drawing its own version, returning each row's key (as text) and version. */
+  readonly putManySql: (rows: number) => string
+  readonly putManyParams: (entries: ReadonlyArray<readonly [key: string, value: unknown]>) => ReadonlyArray<unknown>
+  /** The advisory lock's name of a key, as the single-row statements compute it. */
+  readonly lockName: (key: string) => string
   readonly deleteParams: (key: string) => ReadonlyArray<unknown>
   /** Turns a selected row (its columns in order, the version last) into an encoded value. */
   readonly toValue: (row: ReadonlyArray<unknown>) => unknown
@@ -134,6 +139,15 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
         selectManyParams: (keys) => [entity, keys],
         // Serialized here: pg would send a top-level array as a Postgres array, not JSON.
         putParams: (key, value) => [entity, key, JSON.stringify(value), `${entity}:${key}`],
+        putManySql: (rows) =>
+          `INSERT INTO ${table} ("entity", "key", "value", "version") VALUES ` +
+          Array.from({ length: rows }, (_, i) => `($1, $${2 * i + 2}, $${2 * i + 3}::jsonb, ${nextVersion})`).join(
+            ", "
+          ) +
+          ` ON CONFLICT ("entity", "key") DO UPDATE SET "value" = EXCLUDED."value", "version" = EXCLUDED."version" ` +
+          `RETURNING "key", "version"`,
+        putManyParams: (entries) => [entity, ...entries.flatMap(([key, value]) => [key, JSON.stringify(value)])],
+        lockName: (key) => `${entity}:${key}`,
         deleteParams: (key) => [entity, key, `${entity}:${key}`],
         toValue: (row) => row[0]
       }
@@ -208,6 +222,24 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
           const record = value as Record<string, unknown>
           return [key, ...valueFields.map((field) => record[field] ?? null), `${target.entity}:${key}`]
         },
+        putManySql: (rows) => {
+          const width = written.length + 1
+          const values = Array.from(
+            { length: rows },
+            (_, row) =>
+              `(${Array.from({ length: width }, (_, column) => `$${row * width + column + 1}`).join(", ")}, ${nextVersion})`
+          )
+          return (
+            `INSERT INTO ${name} (${[pk, ...written, version].join(", ")}) VALUES ${values.join(", ")} ` +
+            `ON CONFLICT (${pk}) DO UPDATE SET ${updates.join(", ")} RETURNING ${pk}::text, ${version}`
+          )
+        },
+        putManyParams: (entries) =>
+          entries.flatMap(([key, value]) => {
+            const record = value as Record<string, unknown>
+            return [key, ...valueFields.map((field) => record[field] ?? null)]
+          }),
+        lockName: (key) => `${target.entity}:${key}`,
         deleteParams: (key) => [key, `${target.entity}:${key}`],
         toValue: (row) => {
           const value: Record<string, unknown> = {}
@@ -331,6 +363,43 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
               Effect.flatMap((rows) => toVersion("put", key, rows[0]?.[0]))
             )
           ),
+        putMany: (entries) => {
+          if (entries.length === 0) return Effect.succeed(new Map())
+          const first = entries[0]![0]
+          // The keys' locks first, in one order for every writer (no deadlock between two batches), then
+          // one multi-row upsert whose rows draw their versions while the locks are held: both in one
+          // transaction, the caller's own (WriteThrough.transaction) or one of their own.
+          const lockAll = sql.unsafe(
+            `SELECT pg_advisory_xact_lock(hashtextextended("wt_name", 0)) ` +
+              `FROM unnest($1::text[]) AS "wt_name" ORDER BY "wt_name"`,
+            [entries.map(([key]) => layout.lockName(key))]
+          ).values
+          const upsert = sql.unsafe(layout.putManySql(entries.length), layout.putManyParams(entries)).values
+          const write = Effect.zipRight(lockAll, upsert).pipe(
+            Effect.mapError(writeFailure("put", first)),
+            Effect.flatMap((results) =>
+              Effect.forEach(results, (row) =>
+                Effect.map(toVersion("put", String(row[0]), row[1]), (version) => [String(row[0]), version] as const)
+              )
+            ),
+            Effect.map((versions): ReadonlyMap<string, number> => new Map(versions))
+          )
+          return writable(
+            "put",
+            first,
+            Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+              Option.isSome(transaction)
+                ? write
+                : sql
+                    .withTransaction(write)
+                    .pipe(
+                      Effect.mapError((error) =>
+                        error instanceof SqlError ? writeFailure("put", first)(error) : error
+                      )
+                    )
+            )
+          )
+        },
         delete: (key) =>
           writable(
             "delete",

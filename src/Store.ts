@@ -117,6 +117,16 @@ export declare namespace Store {
     /** One query for many keys; the rows found, by key. */
     readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, Row>, StoreError>
     readonly put: (key: string, value: unknown) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
+    /**
+     * Writes every entry (keys distinct) atomically, in one round trip where the store can: the
+     * committed version of each key. All or nothing, so an error leaves none of them written,
+     * except an unknown outcome, which may have written all of them. `SqlStore` locks every key in
+     * one transaction, and PostgreSQL's lock table bounds how many (`max_locks_per_transaction`
+     * × connections, shared by all sessions): a batch beyond it fails whole, with nothing written.
+     */
+    readonly putMany: (
+      entries: ReadonlyArray<readonly [key: string, value: unknown]>
+    ) => Effect.Effect<ReadonlyMap<string, number>, StoreError | StoreOutcomeUnknownError>
     readonly delete: (key: string) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
   }
 

@@ -65,6 +65,12 @@ export interface Options<K, A, I> {
   readonly cacheTimeout?: Duration.DurationInput | undefined
   /** The bound on one store call. Default 5 seconds. */
   readonly storeTimeout?: Duration.DurationInput | undefined
+  /**
+   * The most entries one `setMany` takes; more are refused before any I/O. `SqlStore` locks every
+   * key of a batch in one transaction, and PostgreSQL's lock table is shared by all sessions
+   * (`max_locks_per_transaction` × connections, 6,400 by default). Default 500.
+   */
+  readonly maxBatchSize?: number | undefined
   /** Longer keys (in UTF-8 bytes, once encoded) are refused. Default 1024. */
   readonly maxKeyBytes?: number | undefined
   /** How often invalidations that failed after a committed write are retried in the background. Default 1 second. */
@@ -120,6 +126,14 @@ export interface WriteThrough<K, A> {
   readonly getBatched: (key: K) => Effect.Effect<Option.Option<A>, ReadError>
   /** Validates, writes the store, then the cache. */
   readonly set: (key: K, value: A) => Effect.Effect<void, WriteError>
+  /**
+   * `set` for many keys: every entry is validated first (one invalid, nothing written), then one
+   * store statement writes them all or none, then one pipelined cache write publishes them. A
+   * key's cache update that fails is retried and falls back to invalidation as `set`'s does; the
+   * first `StaleCacheError` is the error, once every key was tried. An unknown store outcome fences
+   * every key: `InconsistentCacheError` with operation `"setMany"` and `keys`.
+   */
+  readonly setMany: (entries: Iterable<readonly [K, A]>) => Effect.Effect<void, WriteError>
   /** Deletes from the store, then leaves a tombstone in the cache. Deleting an absent key succeeds. */
   readonly delete: (key: K) => Effect.Effect<void, WriteError>
   /**
@@ -253,7 +267,7 @@ export const settings: Config.Config<Settings> = Config.all({
 const entityPattern = /^[A-Za-z0-9_./-]+$/
 
 /** The `operation` tag of metrics and spans. */
-type Operation = "get" | "getMany" | "set" | "delete" | "transaction" | "audit"
+type Operation = "get" | "getMany" | "set" | "setMany" | "delete" | "transaction" | "audit"
 
 // The encoded value's field names when it encodes to an object; the SQL store maps them onto columns.
 const encodedFields = (schema: Schema.Schema.AnyNoContext): ReadonlyArray<string> | undefined => {
@@ -293,6 +307,7 @@ export const make = <K, A, I>(
     const cacheTimeout = Duration.decode(options.cacheTimeout ?? "1 second")
     const storeTimeout = Duration.decode(options.storeTimeout ?? "5 seconds")
     const maxKeyBytes = options.maxKeyBytes ?? 1024
+    const maxBatchSize = options.maxBatchSize ?? 500
     const repairInterval = Duration.decode(options.repairInterval ?? "1 second")
     const lease =
       options.lease === false
@@ -348,6 +363,7 @@ export const make = <K, A, I>(
       get: { entity, operation: "get" },
       getMany: { entity, operation: "getMany" },
       set: { entity, operation: "set" },
+      setMany: { entity, operation: "setMany" },
       delete: { entity, operation: "delete" },
       transaction: { entity, operation: "transaction" },
       audit: { entity, operation: "audit" }
@@ -356,6 +372,7 @@ export const make = <K, A, I>(
       get: metricsOf("get"),
       getMany: metricsOf("getMany"),
       set: metricsOf("set"),
+      setMany: metricsOf("setMany"),
       delete: metricsOf("delete"),
       transaction: metricsOf("transaction"),
       audit: metricsOf("audit")
@@ -423,7 +440,7 @@ export const make = <K, A, I>(
     // written meanwhile could have expired.
     const takeTicket: Effect.Effect<Ticket> = cache.ticket(tombstoneTtl)
 
-    const invalidate = (operation: "set" | "delete" | "transaction", key: string, version: number) =>
+    const invalidate = (operation: "set" | "setMany" | "delete" | "transaction", key: string, version: number) =>
       metrics[operation].retry(boundCache("invalidate", key, cache.invalidate(prefix + key, version, tombstoneTtl)))
 
     // Keys the cache may still serve stale because neither the update nor the invalidation got
@@ -518,7 +535,7 @@ export const make = <K, A, I>(
 
     // The store may or may not have committed: fence the key so no reader trusts the cache for it.
     // True when the fence landed; otherwise it is retried in the background.
-    const fenceKey = (operation: "set" | "delete" | "transaction", key: string): Effect.Effect<boolean> =>
+    const fenceKey = (operation: "set" | "setMany" | "delete" | "transaction", key: string): Effect.Effect<boolean> =>
       invalidate(operation, key, FENCE_VERSION).pipe(
         Effect.as(true),
         Effect.catchAll(() =>
@@ -559,11 +576,12 @@ export const make = <K, A, I>(
     // begun, the outcome is unknown until it answers: a timeout, a lost connection or a defect (such
     // as a failing COMMIT) fences the key, and so does an interruption of the caller; once the store
     // answered, publishing runs to its end, within its own bounds.
-    const writeThrough = (
-      operation: "set" | "delete",
-      key: string,
-      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>,
-      publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
+    const writeThrough = <V>(
+      operation: "set" | "delete" | "setMany",
+      keys: ReadonlyArray<string>,
+      write: Effect.Effect<V, StoreError | StoreOutcomeUnknownError>,
+      fenceAll: (cause: unknown) => Effect.Effect<never, InconsistentCacheError>,
+      publishWritten: (written: V) => Effect.Effect<void, StaleCacheError>
     ): Effect.Effect<void, WriteError> =>
       Effect.uninterruptibleMask((restore) =>
         restore(
@@ -575,28 +593,30 @@ export const make = <K, A, I>(
         ).pipe(
           Effect.onInterrupt(() =>
             Effect.zipRight(
-              metrics[operation].inconsistent.increment,
-              detached(Effect.ignore(invalidate(operation, key, FENCE_VERSION)))
+              metrics[operation].inconsistent.incrementBy(keys.length),
+              detached(Effect.ignore(Effect.forEach(keys, (key) => invalidate(operation, key, FENCE_VERSION))))
             )
           ),
           Effect.catchTags({
-            TimeoutException: (timeout) => detached(fence(operation, key, timeout)),
-            StoreOutcomeUnknownError: (unknown) => detached(fence(operation, key, unknown))
+            TimeoutException: (timeout) => detached(fenceAll(timeout)),
+            StoreOutcomeUnknownError: (unknown) => detached(fenceAll(unknown))
           }),
-          Effect.catchAllDefect((defect) => detached(fence(operation, key, defect))),
-          Effect.flatMap((version) => detached(publishVersion(version)))
+          Effect.catchAllDefect((defect) => detached(fenceAll(defect))),
+          Effect.flatMap((written) => detached(publishWritten(written)))
         )
       )
 
     // Inside WriteThrough.transaction: the store write joins the transaction, and its cache update
     // waits for the COMMIT. A write that fails here leaves the transaction unable to commit, so its
     // outcome is known (nothing of it will commit) and no fence is needed.
-    const writeInTransaction = (
+    const writeInTransaction = <V>(
       publications: Publications,
-      operation: "set" | "delete",
+      operation: "set" | "delete" | "setMany",
       key: string,
-      write: Effect.Effect<number, StoreError | StoreOutcomeUnknownError>,
-      publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
+      write: Effect.Effect<V, StoreError | StoreOutcomeUnknownError>,
+      defer: (
+        written: V
+      ) => ReadonlyArray<{ readonly key: string; readonly publish: Effect.Effect<void, StaleCacheError> }>
     ): Effect.Effect<void, StoreError> =>
       Deadline.timeoutFail(
         write,
@@ -627,24 +647,26 @@ export const make = <K, A, I>(
             publications.failed = true
           })
         ),
-        Effect.map((version) => {
-          const id = prefix + key
-          // A later write of the same key in the transaction has the higher version: it alone is published.
-          publications.updates.delete(id)
-          publications.updates.set(id, {
-            id,
-            entity,
-            key,
-            publish: publishVersion(version),
-            fence: Effect.tap(fenceKey("transaction", key), (invalidated) =>
-              Effect.zipRight(
-                metrics.transaction.inconsistent.increment,
-                Effect.logError("a transaction's outcome is unknown; the key was fenced in the cache").pipe(
-                  Effect.annotateLogs({ entity, operation: "transaction", invalidated })
+        Effect.map((written) => {
+          for (const { key, publish } of defer(written)) {
+            const id = prefix + key
+            // A later write of the same key in the transaction has the higher version: it alone is published.
+            publications.updates.delete(id)
+            publications.updates.set(id, {
+              id,
+              entity,
+              key,
+              publish,
+              fence: Effect.tap(fenceKey("transaction", key), (invalidated) =>
+                Effect.zipRight(
+                  metrics.transaction.inconsistent.increment,
+                  Effect.logError("a transaction's outcome is unknown; the key was fenced in the cache").pipe(
+                    Effect.annotateLogs({ entity, operation: "transaction", invalidated })
+                  )
                 )
               )
-            )
-          })
+            })
+          }
         })
       )
 
@@ -656,8 +678,10 @@ export const make = <K, A, I>(
     ): Effect.Effect<void, WriteError> =>
       Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
         publications === undefined
-          ? writeThrough(operation, key, write, publishVersion)
-          : writeInTransaction(publications, operation, key, write, publishVersion)
+          ? writeThrough(operation, [key], write, (cause) => fence(operation, key, cause), publishVersion)
+          : writeInTransaction(publications, operation, key, write, (version) => [
+              { key, publish: publishVersion(version) }
+            ])
       )
 
     const storeReadTimeout = (key: string) =>
@@ -986,6 +1010,104 @@ export const make = <K, A, I>(
         )
       )
 
+    // Many keys: one store statement (all or nothing), one pipelined cache write; a key whose cache
+    // write failed or was refused for its ticket then goes the way of a single set (retries, then
+    // invalidation, then StaleCacheError). An unknown store outcome fences every key.
+    const setMany = (entries: Iterable<readonly [K, A]>): Effect.Effect<void, WriteError> =>
+      observed("setMany", () =>
+        Effect.gen(function* () {
+          const items = new Map<string, { readonly encoded: unknown; readonly payload: string }>()
+          for (const [key, value] of entries) {
+            const text = yield* checkKey(key)
+            const checked = yield* checkValue(text, value)
+            // The last value of a key wins, as with sets one after the other.
+            items.delete(text)
+            items.set(text, checked)
+          }
+          if (items.size === 0) return
+          const keys = [...items.keys()]
+          if (keys.length > maxBatchSize) {
+            return yield* new ValidationError({
+              entity,
+              key: describeKey(keys[0]),
+              field: "key",
+              detail: `a setMany of ${keys.length} keys is over the limit of ${maxBatchSize} (maxBatchSize); split it`
+            })
+          }
+          const ticket = yield* takeTicket
+          const publishOne = (key: string, version: number) =>
+            publish(
+              "set",
+              key,
+              version,
+              Effect.flatMap(ttlWithJitter, (entryTtl) =>
+                cache.set(prefix + key, Entry.Value({ version, payload: items.get(key)!.payload }), {
+                  ttl: entryTtl,
+                  ticket
+                })
+              )
+            )
+          const write = collection.putMany(keys.map((key) => [key, items.get(key)!.encoded] as const))
+          const publications = yield* FiberRef.get(currentPublications)
+          if (publications !== undefined) {
+            return yield* writeInTransaction(publications, "setMany", keys[0]!, write, (versions) =>
+              keys.map((key) => ({ key, publish: publishOne(key, versions.get(key)!) }))
+            )
+          }
+          const publishAll = (versions: ReadonlyMap<string, number>): Effect.Effect<void, StaleCacheError> =>
+            Effect.gen(function* () {
+              const ttls = yield* Effect.forEach(keys, () => ttlWithJitter)
+              const outcomes = yield* Effect.either(
+                boundCache(
+                  "setMany",
+                  keys[0]!,
+                  cache.setMany(
+                    keys.map((key, i) => ({
+                      key: prefix + key,
+                      entry: Entry.Value({ version: versions.get(key)!, payload: items.get(key)!.payload }),
+                      options: { ttl: ttls[i]!, ticket }
+                    }))
+                  )
+                )
+              )
+              const again = Either.isLeft(outcomes) ? keys : keys.filter((_, i) => outcomes.right[i] === "outdated")
+              const published = yield* Effect.forEach(
+                again,
+                (key) => Effect.either(publishOne(key, versions.get(key)!)),
+                { concurrency: 16 }
+              )
+              const failed = published.find(Either.isLeft)
+              if (failed !== undefined) return yield* failed.left
+            })
+          const fenceAll = (cause: unknown) =>
+            Effect.flatMap(
+              Effect.forEach(keys, (key) => fenceKey("setMany", key), { concurrency: 16 }),
+              (fenced) => {
+                const invalidated = fenced.every((landed) => landed)
+                return Effect.zipRight(
+                  Effect.zipRight(
+                    metrics.setMany.inconsistent.incrementBy(keys.length),
+                    Effect.logError("the store's outcome is unknown; the keys were fenced in the cache").pipe(
+                      Effect.annotateLogs({ entity, operation: "setMany", invalidated })
+                    )
+                  ),
+                  Effect.fail(
+                    new InconsistentCacheError({
+                      entity,
+                      key: keys[0]!,
+                      operation: "setMany",
+                      invalidated,
+                      keys: keys.map((key) => ({ entity, key })),
+                      cause
+                    })
+                  )
+                )
+              }
+            )
+          return yield* writeThrough("setMany", keys, write, fenceAll, publishAll)
+        })
+      )
+
     const remove = (key: K): Effect.Effect<void, WriteError> =>
       observed("delete", () =>
         Effect.flatMap(checkKey(key), (text) =>
@@ -1057,6 +1179,7 @@ export const make = <K, A, I>(
           publications === undefined ? Effect.request(GetRequest({ key }), resolver) : get(key)
         ),
       set,
+      setMany,
       delete: remove
     }
   })

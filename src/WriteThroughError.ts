@@ -71,19 +71,21 @@ export class StaleCacheError extends Data.TaggedError("StaleCacheError")<{
  */
 export class InconsistentCacheError extends Data.TaggedError("InconsistentCacheError")<{
   readonly entity: string
-  /** For a transaction, its first written key; `keys` lists them all. */
+  /** For a transaction or a setMany, its first written key; `keys` lists them all. */
   readonly key: string
-  readonly operation: "set" | "delete" | "transaction"
+  readonly operation: "set" | "setMany" | "delete" | "transaction"
   /** True when every key concerned was fenced in the cache. */
   readonly invalidated: boolean
-  /** For a transaction: every key it wrote, each fenced. */
+  /** For a transaction or a setMany: every key it wrote, each fenced. */
   readonly keys?: ReadonlyArray<{ readonly entity: string; readonly key: string }> | undefined
   readonly cause: unknown
 }> {
   override get message(): string {
-    if (this.operation === "transaction") {
+    if (this.operation === "transaction" || this.operation === "setMany") {
       return (
-        `a transaction writing ${this.keys?.length ?? 1} key(s) has an unknown outcome (its COMMIT failed)` +
+        (this.operation === "transaction"
+          ? `a transaction writing ${this.keys?.length ?? 1} key(s) has an unknown outcome (its COMMIT failed)`
+          : `a setMany of ${this.keys?.length ?? 1} key(s) of ${this.entity} has an unknown outcome`) +
         (this.invalidated ? "; every key was invalidated in the cache" : "; some keys could not be invalidated")
       )
     }

@@ -380,6 +380,84 @@ describe("failure contract", () => {
     )
   )
 
+  describe("setMany", () => {
+    const batch = (names: string) => ["1", "2", "3"].map((id) => [id, user(id, `${names} ${id}`)] as const)
+
+    it.effect("the database refuses the batch: a StoreError, nothing written anywhere", () =>
+      withHarness(({ users, collection, storeFaults, raw }) =>
+        Effect.gen(function* () {
+          yield* storeFaults.failNext(1, "put")
+          expect((yield* Effect.flip(users.setMany(batch("v1"))))._tag).toBe("StoreError")
+          for (const id of ["1", "2", "3"]) {
+            expect(yield* collection.get(id)).toEqual(Option.none())
+            expect(yield* raw(id)).toBeNull()
+          }
+        })
+      )
+    )
+
+    it.effect("the outcome is unknown: every key is fenced, an InconsistentCacheError listing them", () =>
+      withHarness(({ entity, users, collection, storeFaults, raw }) =>
+        Effect.gen(function* () {
+          yield* users.setMany(batch("v1"))
+          yield* storeFaults.loseConnectionOnCommit({ committed: true }, "put")
+          const error = yield* Effect.flip(driveClock(users.setMany(batch("v2"))))
+          expect(error).toMatchObject({ _tag: "InconsistentCacheError", operation: "setMany", invalidated: true })
+          if (error._tag !== "InconsistentCacheError") return
+          expect(error.keys?.map(({ key }) => key)).toEqual(["1", "2", "3"])
+          expect(error.keys?.every((key) => key.entity === entity)).toBe(true)
+          for (const id of ["1", "2", "3"]) {
+            expect(yield* raw(id)).toBe(`t${Cache.FENCE_VERSION}:`)
+            expect(Option.getOrThrow(yield* collection.get(id)).value).toMatchObject({ name: `v2 ${id}` })
+          }
+        })
+      )
+    )
+
+    it.effect("the pipelined cache write fails once: each key is published on its own, no error", () =>
+      withHarness(({ users, collection, cacheFaults, raw }) =>
+        Effect.gen(function* () {
+          yield* cacheFaults.failNext(1, "set")
+          yield* driveClock(users.setMany(batch("v1")))
+          for (const id of ["1", "2", "3"]) {
+            const row = Option.getOrThrow(yield* collection.get(id))
+            expect(yield* raw(id)).toMatch(new RegExp(`^v${row.version}:`))
+          }
+        })
+      )
+    )
+
+    it.effect("the cache refuses every update and invalidation: a StaleCacheError, the rows committed", () =>
+      withHarness(({ users, collection, cacheFaults }) =>
+        Effect.gen(function* () {
+          yield* cacheFaults.failAlways("set", "invalidate")
+          const error = yield* Effect.flip(driveClock(users.setMany(batch("v1"))))
+          expect(error).toMatchObject({ _tag: "StaleCacheError", operation: "set" })
+          for (const id of ["1", "2", "3"]) {
+            expect(Option.getOrThrow(yield* collection.get(id)).value).toMatchObject({ name: `v1 ${id}` })
+          }
+        })
+      )
+    )
+
+    it.effect("inside WriteThrough.transaction: published after COMMIT, and not at all on rollback", () =>
+      withHarness(({ users, collection, raw }) =>
+        Effect.gen(function* () {
+          yield* Effect.flip(
+            WriteThrough.transaction(Effect.zipRight(users.setMany(batch("rolled back")), Effect.fail("boom")))
+          )
+          expect(yield* collection.get("1")).toEqual(Option.none())
+          expect(yield* raw("1")).toBeNull()
+          yield* WriteThrough.transaction(users.setMany(batch("committed")))
+          for (const id of ["1", "2", "3"]) {
+            const row = Option.getOrThrow(yield* collection.get(id))
+            expect(yield* raw(id)).toMatch(new RegExp(`^v${row.version}:`))
+          }
+        })
+      )
+    )
+  })
+
   // Under the live clock the bounds take a cheaper path than Effect.timeout (one fork and a timer):
   // the same contract, checked against real time.
   describe("bounds under the live clock", () => {

@@ -28,6 +28,7 @@ const racingStore = Layer.effect(
           get: (key) => Effect.zipLeft(collection.get(key), hold),
           getMany: (keys) => Effect.zipLeft(collection.getMany(keys), hold),
           put: (key, value) => Effect.zipLeft(collection.put(key, value), hold),
+          putMany: (entries) => Effect.zipLeft(collection.putMany(entries), hold),
           delete: (key) => Effect.zipLeft(collection.delete(key), hold)
         }))
     })

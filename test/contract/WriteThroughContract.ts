@@ -56,6 +56,71 @@ export const writeThroughContract = <R>(name: string, fixture: Fixture<R>) =>
       )
     )
 
+    describe("setMany", () => {
+      it.effect("writes every entry to the store and the cache; the last value of a repeated key wins", () =>
+        withUsers((users, collection) =>
+          Effect.gen(function* () {
+            const keys = [...Array.from({ length: 50 }, (_, i) => `k${i}`), ...hostileKeys]
+            yield* users.setMany([
+              ...keys.map((key) => [key, user(key, `first ${key}`)] as const),
+              ["k7", user("k7", "last")]
+            ])
+            for (const key of keys) {
+              const row = Option.getOrThrow(yield* collection.get(key))
+              expect(row.value).toMatchObject({ name: key === "k7" ? "last" : `first ${key}` })
+            }
+            // Served by the cache: a change behind the library's back is not seen.
+            yield* collection.put("k3", { id: "k3", name: "behind its back", email: "2@example.com" })
+            expect(Option.getOrThrow(yield* users.get("k3")).name).toBe("first k3")
+            expect(Option.getOrThrow(yield* users.get("k7")).name).toBe("last")
+            // A later set of one key is a later version, and wins.
+            yield* users.set("k3", user("k3", "set after"))
+            expect(Option.getOrThrow(yield* users.get("k3")).name).toBe("set after")
+          })
+        )
+      )
+
+      it.effect("one invalid entry refuses the whole batch before anything is written", () =>
+        withUsers((users, collection) =>
+          Effect.gen(function* () {
+            const error = yield* Effect.flip(
+              users.setMany([
+                ["a", user("a")],
+                ["b", { ...user("b"), email: "not an email" } as User]
+              ])
+            )
+            expect(error).toMatchObject({ _tag: "ValidationError", field: "value" })
+            expect(yield* collection.get("a")).toEqual(Option.none())
+            expect(yield* users.get("a")).toEqual(Option.none())
+            expect((yield* Effect.flip(users.setMany([["", user("x")]])))._tag).toBe("ValidationError")
+          })
+        )
+      )
+
+      it.effect("a batch over maxBatchSize (default 500) is refused before anything is written", () =>
+        withUsers((users, collection) =>
+          Effect.gen(function* () {
+            const entries = Array.from({ length: 501 }, (_, i) => [`k${i}`, user(`k${i}`)] as const)
+            const error = yield* Effect.flip(users.setMany(entries))
+            expect(error).toMatchObject({ _tag: "ValidationError" })
+            expect(error.message).toContain("maxBatchSize")
+            expect(yield* collection.get("k0")).toEqual(Option.none())
+            yield* users.setMany(entries.slice(0, 500))
+            expect(Option.isSome(yield* collection.get("k499"))).toBe(true)
+          })
+        )
+      )
+
+      it.effect("an empty batch writes nothing", () =>
+        withUsers((users) =>
+          Effect.gen(function* () {
+            yield* users.setMany([])
+            expect(yield* users.get("a")).toEqual(Option.none())
+          })
+        )
+      )
+    })
+
     it.effect("getMany answers in the keys' order from both tiers, fills the misses, and refuses a bad key", () =>
       withUsers((users, collection) =>
         Effect.gen(function* () {

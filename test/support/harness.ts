@@ -28,7 +28,7 @@ export const user = (id: string, name: string) => new User({ id, name, email: `$
 
 /** Runs `body` against a fresh table, a fresh key prefix and fresh fault injectors. */
 export const withHarness = <A, E>(
-  body: (harness: Harness) => Effect.Effect<A, E, Scope.Scope>,
+  body: (harness: Harness) => Effect.Effect<A, E, Scope.Scope | Store.Store>,
   options: HarnessOptions = {}
 ) => {
   const prefix = unique("fc")

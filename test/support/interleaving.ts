@@ -185,6 +185,22 @@ export const scheduledStore = (
                   ),
                   (version) => `committed ${describe(value)} v${version}`
                 ),
+              putMany: (entries) =>
+                step(
+                  s,
+                  recorder,
+                  "store",
+                  "put",
+                  entries[0]?.[0] ?? "",
+                  Effect.tap(collection.putMany(entries), (versions) =>
+                    Effect.sync(() => {
+                      for (const [key, value] of entries) {
+                        recorder.committed.push({ key, value: describe(value), version: versions.get(key)! })
+                      }
+                    })
+                  ),
+                  (versions) => `committed ${versions.size} rows`
+                ),
               delete: (key) =>
                 step(
                   s,
