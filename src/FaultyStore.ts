@@ -195,7 +195,8 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
             delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key))
           } satisfies Store.Collection
         }),
-      transaction
+      transaction,
+      inTransaction: store.inTransaction
     })
     const controls: Controls = {
       failNext: (times, ...operations) => Effect.sync(() => plan.arm("fail", times, operations)),

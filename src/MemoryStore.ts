@@ -119,6 +119,7 @@ export const make: Effect.Effect<Store.Service> = Effect.map(Effect.makeSemaphor
             )
         }
       }),
+    inTransaction: Effect.map(staged, (transaction) => transaction !== undefined),
     transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       Effect.flatMap(staged, (outer): Effect.Effect<A, E | StoreError, R> => {
         if (outer !== undefined) {

@@ -457,7 +457,11 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
           ) as Effect.Effect<A, E | StoreError, R>
       })
 
-    return Store.of({ collection, transaction })
+    return Store.of({
+      collection,
+      transaction,
+      inTransaction: Effect.map(Effect.serviceOption(SqlClient.TransactionConnection), Option.isSome)
+    })
   })
 
 /**

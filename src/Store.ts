@@ -149,6 +149,12 @@ export declare namespace Store {
      * the cache updates after the commit.
      */
     readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreError, R>
+    /**
+     * True when a read made now would run inside a database transaction (a bare
+     * `sql.withTransaction`, say), and so may see rows that are not committed, or an old snapshot:
+     * the write-through then neither fills the cache from it nor shares it with other readers.
+     */
+    readonly inTransaction: Effect.Effect<boolean>
   }
 }
 

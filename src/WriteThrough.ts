@@ -298,7 +298,8 @@ export const make = <K, A, I>(
     }
     const cache = yield* Cache
     const fields = encodedFields(options.value)
-    const collection = yield* (yield* Store).collection({ entity, fields, table: options.table })
+    const store = yield* Store
+    const collection = yield* store.collection({ entity, fields, table: options.table })
 
     const ttl = Duration.decode(options.ttl ?? "1 hour")
     const ttlJitter = options.ttlJitter ?? 0.1
@@ -794,6 +795,22 @@ export const make = <K, A, I>(
       fill: boolean,
       replacing?: Entry
     ): Effect.Effect<Option.Option<A>, StoreError> =>
+      Effect.flatMap(store.inTransaction, (inside) =>
+        inside
+          ? // The transaction's view: not for the cache, nor for readers outside it.
+            Effect.map(
+              storeRead(key),
+              Option.map((loaded) => loaded.value)
+            )
+          : readThroughCommitted(key, invokedAt, fill, replacing)
+      )
+
+    const readThroughCommitted = (
+      key: string,
+      invokedAt: number,
+      fill: boolean,
+      replacing?: Entry
+    ): Effect.Effect<Option.Option<A>, StoreError> =>
       Effect.flatMap(takeTicket, (ticket) =>
         Effect.flatMap(sharedRead(key, invokedAt), (loaded) => {
           if (Option.isNone(loaded)) return Effect.succeedNone
@@ -912,7 +929,8 @@ export const make = <K, A, I>(
                 ...(replacing === undefined ? {} : { replacing })
               })
             }
-            if (Either.isRight(cached)) yield* fillMany(ticket, loaded)
+            // A read inside a database transaction may see rows that are not committed: not for the cache.
+            if (Either.isRight(cached) && !(yield* store.inTransaction)) yield* fillMany(ticket, loaded)
           }
           return texts.map((key) => Option.fromNullable(found.get(key)))
         })

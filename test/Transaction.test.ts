@@ -742,6 +742,44 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
       )
     )
 
+    // A read there runs on the transaction's connection and may see what it has not committed.
+    it.effect("a read in a bare sql.withTransaction neither fills the cache nor is shared with readers outside", () =>
+      withTwo(({ rawUser, userRows, users }) =>
+        Effect.gen(function* () {
+          const sql = yield* SqlClient.SqlClient
+          yield* userRows.put("1", { id: "1", name: "committed", email: "1@example.com" })
+          const table = (yield* users.audit()).entity
+          const inside = yield* Deferred.make<void>()
+          const release = yield* Deferred.make<void>()
+          const tx = yield* Effect.fork(
+            Effect.either(
+              sql.withTransaction(
+                Effect.gen(function* () {
+                  yield* sql.unsafe(`UPDATE "${table}" SET name = 'uncommitted' WHERE id = '1'`).raw
+                  // The transaction's own view, from the store: and the cache is left alone.
+                  expect(nameOf(yield* users.get("1"))).toBe("uncommitted")
+                  expect(yield* users.getMany(["1"])).toEqual([
+                    Option.some(expect.objectContaining({ name: "uncommitted" }))
+                  ])
+                  expect(yield* rawUser("1")).toBeNull()
+                  yield* Deferred.succeed(inside, undefined)
+                  yield* Deferred.await(release)
+                  return yield* Effect.fail("roll back")
+                })
+              )
+            )
+          )
+          yield* Deferred.await(inside)
+          // A reader outside, meanwhile: the committed row, and it fills the cache with it.
+          expect(nameOf(yield* users.get("1"))).toBe("committed")
+          yield* Deferred.succeed(release, undefined)
+          yield* Fiber.join(tx)
+          expect(yield* rawUser("1")).toMatch(/"name":"committed"/)
+          expect(nameOf(yield* users.get("1"))).toBe("committed")
+        })
+      )
+    )
+
     it.effect("a write in a savepoint (sql.withTransaction inside the combinator) is refused", () =>
       withTwo(({ cacheFaults, rawUser, userRows, users }) =>
         Effect.gen(function* () {

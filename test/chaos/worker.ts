@@ -23,6 +23,7 @@ const racingStore = Layer.effect(
   Effect.map(Store.Store, (store) =>
     Store.Store.of({
       transaction: store.transaction,
+      inTransaction: store.inTransaction,
       collection: (target) =>
         Effect.map(store.collection(target), (collection) => ({
           get: (key) => Effect.zipLeft(collection.get(key), hold),

@@ -158,6 +158,7 @@ export const scheduledStore = (
         Store.Store,
         Store.Store.of({
           transaction: store.transaction,
+          inTransaction: store.inTransaction,
           collection: (target) =>
             Effect.map(store.collection(target), (collection) => ({
               getMany: collection.getMany,
