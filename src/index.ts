@@ -28,6 +28,11 @@ export * as Metrics from "./Metrics.js"
 export * as RedisCache from "./RedisCache.js"
 
 /**
+ * @since 0.2.0
+ */
+export * as RedisClusterCache from "./RedisClusterCache.js"
+
+/**
  * @since 0.1.0
  */
 export * as SqlStore from "./SqlStore.js"
