@@ -657,8 +657,10 @@ export const make = <K, A, I>(
               id,
               entity,
               key,
-              publish,
-              fence: Effect.tap(fenceKey("transaction", key), (invalidated) =>
+              // Run after the COMMIT in the combinator's uninterruptible region: detached, so that the
+              // cache call's bound can still interrupt it.
+              publish: detached(publish),
+              fence: Effect.tap(detached(fenceKey("transaction", key)), (invalidated) =>
                 Effect.zipRight(
                   metrics.transaction.inconsistent.increment,
                   Effect.logError("a transaction's outcome is unknown; the key was fenced in the cache").pipe(
@@ -1241,7 +1243,7 @@ export const transaction = <A, E, R>(
               let succeeded = false
               const body = Effect.locally(
                 Effect.tap(effect, () => {
-                  if (publications.failed) return Effect.fail(abortedByFailedWrite)
+                  if (publications.failed) return Effect.fail(abortedByFailedWrite())
                   succeeded = true
                   return Effect.void
                 }),
@@ -1266,13 +1268,14 @@ export const transaction = <A, E, R>(
   )
 
 // Failing the body makes the store roll back, whatever it would have done with the failed write.
-const abortedByFailedWrite = new StoreError({
-  entity: "*",
-  key: "",
-  operation: "transaction",
-  reason: "Transaction",
-  detail: "a write inside the transaction failed, so it cannot commit: it was rolled back and nothing was published"
-})
+const abortedByFailedWrite = () =>
+  new StoreError({
+    entity: "*",
+    key: "",
+    operation: "transaction",
+    reason: "Transaction",
+    detail: "a write inside the transaction failed, so it cannot commit: it was rolled back and nothing was published"
+  })
 
 const transactionAttributes = { operation: "transaction" }
 const transactionLatency = LabelledMetric.make(Metrics.latency as Metric.Metric<unknown, number, unknown>, [

@@ -803,6 +803,21 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
     )
   })
 
+  // The publication runs after the COMMIT where the caller cannot interrupt it: a hung cache must
+  // still be bounded by cacheTimeout there.
+  it.live("a hung cache after the COMMIT is bounded: a StaleCacheError, not a hang", () =>
+    withTwo(
+      ({ cacheFaults, userRows, users }) =>
+        Effect.gen(function* () {
+          yield* cacheFaults.hang("set", "invalidate")
+          const error = yield* Effect.flip(WriteThrough.transaction(users.set("1", user("1", "v1"))))
+          expect(error).toMatchObject({ _tag: "StaleCacheError", key: "1" })
+          expect(Option.getOrThrow(yield* userRows.get("1")).value).toMatchObject({ name: "v1" })
+        }),
+      { cacheTimeout: "100 millis", retry: Schedule.recurs(1) }
+    )
+  )
+
   describe("publishing after the COMMIT fails", () => {
     it.effect("update and invalidation both fail: StaleCacheError for the first key, after every key was tried", () =>
       withTwo(({ accountRows, accounts, cacheFaults, count, rawAccount, rawUser, userRows, users }) =>
