@@ -9,13 +9,12 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { Redis, type RedisOptions } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { Cache, CacheConnectionError, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
-import * as NearTier from "./internal/nearTier.js"
+import * as NearCache from "./internal/nearCache.js"
 import {
   acquireClient,
   displayUrl,
@@ -49,21 +48,27 @@ export interface Options {
    * A process reads its own writes at once; another process's write reaches it after the
    * announcement does (see the README for the measured bound).
    */
-  readonly near?:
-    | {
-        /** Default 10,000. */
-        readonly maxEntries?: number | undefined
-        /**
-         * A bound on an estimate of the entries' size (their strings and a fixed overhead each).
-         * The estimate is low: `npm run bench` measures the heap actually taken per entry
-         * (about 3.4 times the estimate for a 200-byte value), so size this bound, or
-         * `maxEntries`, with that in mind. Default 64 MiB.
-         */
-        readonly maxBytes?: number | undefined
-        /** How long an entry may stay without being read from Redis again. Default 1 minute. */
-        readonly ttl?: Duration.DurationInput | undefined
-      }
-    | undefined
+  readonly near?: NearTierOptions | undefined
+}
+
+/**
+ * The in-process tier's bounds.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface NearTierOptions {
+  /** Default 10,000. */
+  readonly maxEntries?: number | undefined
+  /**
+   * A bound on an estimate of the entries' size (their strings and a fixed overhead each).
+   * The estimate is low: `npm run bench` measures the heap actually taken per entry
+   * (about 3.4 times the estimate for a 200-byte value), so size this bound, or
+   * `maxEntries`, with that in mind. Default 64 MiB.
+   */
+  readonly maxBytes?: number | undefined
+  /** How long an entry may stay without being read from Redis again. Default 1 minute. */
+  readonly ttl?: Duration.DurationInput | undefined
 }
 
 /**
@@ -158,33 +163,10 @@ const makeWithStats = (
     })
 
     const keyPrefix = options.keyPrefix ?? ""
-    const near =
-      options.near === undefined
-        ? undefined
-        : NearTier.make({
-            maxEntries: options.near.maxEntries ?? 10_000,
-            maxBytes: options.near.maxBytes ?? 64 * 1024 * 1024,
-            ttlMillis: Duration.toMillis(options.near.ttl ?? "1 minute")
-          })
-    const channel = near === undefined ? "" : `${options.keyPrefix ?? ""}__wt_announcements`
-    if (near !== undefined) {
-      // While either connection is down, announcements may be missed: start the tier afresh.
-      redis.on("close", near.clear)
-      const subscriber = yield* Effect.acquireRelease(
-        Effect.sync(() => redis.duplicate()),
-        (subscriber) => Effect.sync(() => subscriber.disconnect())
-      )
-      subscriber.on("error", () => {})
-      subscriber.on("close", near.clear)
-      subscriber.on("message", (_channel: string, message: string) => {
-        const colon = message.indexOf(":")
-        if (colon > 0) near.announce(message.slice(colon + 1), Number(message.slice(0, colon)))
-      })
-      yield* Effect.tryPromise({
-        try: () => subscriber.connect().then(() => subscriber.subscribe(channel)),
-        catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
-      })
-    }
+    const near = options.near === undefined ? undefined : NearCache.make(options.near)
+    const channel = near === undefined ? "" : NearCache.channelOf(keyPrefix)
+    // While either connection is down, announcements may be missed: the tier starts afresh.
+    if (near !== undefined) yield* NearCache.listen(near, redis, channel, displayUrl(url), ["close"])
 
     const toOutcome = (written: number): WriteOutcome => (written === 1 ? "written" : "rejected")
 
@@ -208,16 +190,6 @@ const makeWithStats = (
       // Refused for its epoch: the reply names the current one, which later tickets carry.
       if (reply.startsWith("epoch:")) epoch = reply.slice("epoch:".length)
       return "outdated"
-    }
-
-    const remember = (key: string, entry: Entry | undefined) => {
-      if (near !== undefined && entry !== undefined) near.put(key, entry, Date.now())
-    }
-    // After a write this process could not vouch for, its own copy goes.
-    const settle = (key: string, entry: Entry, outcome: WriteOutcome) => {
-      if (near === undefined) return
-      if (outcome === "written") near.accept(key, entry, Date.now())
-      else near.drop(key)
     }
 
     const remote = Cache.of({
@@ -245,12 +217,7 @@ const makeWithStats = (
             }),
       set: (key, entry, options) =>
         Effect.tryPromise({
-          try: () =>
-            commands.wtSet(...setArguments(key, entry, options)).then((reply) => {
-              const outcome = toWriteOutcome(reply)
-              settle(key, entry, outcome)
-              return outcome
-            }),
+          try: () => commands.wtSet(...setArguments(key, entry, options)).then(toWriteOutcome),
           catch: fail("set", key)
         }),
       setMany: (items) =>
@@ -263,11 +230,9 @@ const makeWithStats = (
                 }
                 for (const { entry, key, options } of items) void pipeline.wtSet(...setArguments(key, entry, options))
                 const replies = (await pipeline.exec()) ?? []
-                return replies.map(([error, reply], i) => {
+                return replies.map(([error, reply]) => {
                   if (error !== null) throw error
-                  const outcome = toWriteOutcome(reply as string)
-                  settle(items[i]!.key, items[i]!.entry, outcome)
-                  return outcome
+                  return toWriteOutcome(reply as string)
                 })
               },
               catch: fail("setMany", items[0]!.key)
@@ -289,16 +254,17 @@ const makeWithStats = (
         }),
       invalidate: (key, version, ttl) =>
         Effect.tryPromise({
-          try: () => {
-            const tombstone = Entry.Tombstone({ version })
-            return commands
-              .wtInvalidate(key, String(version), RedisEntry.encode(tombstone), ttlMillis(ttl), channel, key)
-              .then((written) => {
-                const outcome = toOutcome(written)
-                settle(key, tombstone, outcome)
-                return outcome
-              })
-          },
+          try: () =>
+            commands
+              .wtInvalidate(
+                key,
+                String(version),
+                RedisEntry.encode(Entry.Tombstone({ version })),
+                ttlMillis(ttl),
+                channel,
+                key
+              )
+              .then(toOutcome),
           catch: fail("invalidate", key)
         })
     })
@@ -310,34 +276,7 @@ const makeWithStats = (
     }
     if (near === undefined) return [remote, stats] as const
 
-    const cache = Cache.of({
-      ...remote,
-      reusesEntries: true,
-      get: (key) =>
-        Effect.suspend(() => {
-          const local = near.get(key, Date.now())
-          return local !== undefined
-            ? Effect.succeedSome(local)
-            : Effect.tap(remote.get(key), (entry) => remember(key, entry._tag === "Some" ? entry.value : undefined))
-        }),
-      getMany: (keys) =>
-        Effect.suspend(() => {
-          const now = Date.now()
-          const locals = keys.map((key) => near.get(key, now))
-          const missing = keys.filter((_, i) => locals[i] === undefined)
-          if (missing.length === 0) return Effect.succeed(locals.map((entry) => Option.some(entry!)))
-          return Effect.map(remote.getMany(missing), (fetched) => {
-            let next = 0
-            return locals.map((entry, i) => {
-              if (entry !== undefined) return Option.some(entry)
-              const got = fetched[next++]!
-              if (got._tag === "Some") remember(keys[i]!, got.value)
-              return got
-            })
-          })
-        })
-    })
-    return [cache, stats] as const
+    return [NearCache.wrap(remote, near), stats] as const
   })
 
 /**

@@ -21,7 +21,9 @@ import type * as Scope from "effect/Scope"
 import { Cluster, type ClusterOptions, type RedisOptions } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { Cache, CacheConnectionError, Entry, type SetOptions, type WriteOutcome } from "./Cache.js"
+import type { NearTierOptions } from "./RedisCache.js"
 import * as HashSlot from "./internal/hashSlot.js"
+import * as NearCache from "./internal/nearCache.js"
 import {
   acquireClient,
   displayUrl,
@@ -60,6 +62,12 @@ export interface Options {
   readonly clockSkew?: Duration.DurationInput | undefined
   /** Further ioredis `Cluster` options; the ones above take precedence. */
   readonly cluster?: Omit<ClusterOptions, "redisOptions" | "lazyConnect" | "keyPrefix"> | undefined
+  /**
+   * The in-process tier, as `RedisCache`'s (off by default): every write announces its key and
+   * version on a channel, which the cluster carries to every node; a process drops its whole tier
+   * when a node fails, joins or leaves, since an announcement may have been lost with it.
+   */
+  readonly near?: NearTierOptions | undefined
   /** Options for each node's connection (a password, TLS...). */
   readonly redis?: Omit<RedisOptions, "keyPrefix" | "commandTimeout" | "lazyConnect" | "host" | "port"> | undefined
 }
@@ -171,6 +179,14 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
       })
     )
 
+    const near = options.near === undefined ? undefined : NearCache.make(options.near)
+    const channel = near === undefined ? "" : NearCache.channelOf(keyPrefix)
+    // A PUBLISH reaches every node over the cluster bus, unless its node fails first: any sign that
+    // a node failed, joined or left, on either connection, and the tier starts afresh.
+    if (near !== undefined) {
+      yield* NearCache.listen(near, cluster, channel, url, ["close", "node error", "+node", "-node"])
+    }
+
     const holder = randomUUID()
     const call = <A>(operation: string, key: string, run: () => Promise<A>) =>
       Effect.tryPromise({ try: () => within(run(), commandTimeout), catch: fail(operation, key) })
@@ -187,7 +203,7 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
           ticket === undefined ? "" : ticket.epoch,
           ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
           clockSkew,
-          "",
+          channel,
           key
         )
         .then((reply) => (reply === "written" || reply === "rejected" ? reply : "outdated"))
@@ -199,7 +215,7 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
         .nodes("master")
         .sort((a, b) => `${a.options.host}:${a.options.port}`.localeCompare(`${b.options.host}:${b.options.port}`))
 
-    return Cache.of({
+    const remote = Cache.of({
       selfBounded: true,
       reusesEntries: false,
       get: (key) =>
@@ -267,12 +283,13 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
               String(version),
               RedisEntry.encode(Entry.Tombstone({ version })),
               ttlMillis(ttl),
-              "",
+              channel,
               key
             )
             .then((written): WriteOutcome => (written === 1 ? "written" : "rejected"))
         )
     })
+    return near === undefined ? remote : NearCache.wrap(remote, near)
   })
 
 /**

@@ -110,6 +110,8 @@ const mgetCalls = (clients: ReadonlyArray<Redis>) =>
 
 cacheContract("RedisClusterCache", () => clusterCacheLayer("cc"))
 
+cacheContract("RedisClusterCache with the near tier", () => clusterCacheLayer("ccn", { near: {} }))
+
 writeThroughContract("RedisClusterCache + SqlStore (PostgreSQL)", {
   layer: () => Layer.merge(clusterCacheLayer("wt"), SqlStore.layer().pipe(Layer.provideMerge(PgLive))),
   table: Effect.map(usersTable, (name) => ({ name, primaryKey: "id" }))
@@ -468,6 +470,54 @@ describe("RedisClusterCache", () => {
       )
     },
     60_000
+  )
+})
+
+describe("RedisClusterCache with the near tier", () => {
+  // Two processes' caches on one prefix: B serves from its own memory, and hears of A's writes.
+  it.scopedLive("a write in one instance reaches another's near tier through the cluster's announcements", () =>
+    Effect.gen(function* () {
+      const keyPrefix = `${unique("near")}:`
+      const a = yield* buildCache(RedisClusterCache.layer({ nodes: nodes(), keyPrefix, near: {} }))
+      const b = yield* buildCache(RedisClusterCache.layer({ nodes: nodes(), keyPrefix, near: {} }))
+      const raw = yield* rawNodes
+      const slots = yield* slotsOfAll
+      // One key on each node: announcements from every node reach B's subscription, wherever it is.
+      for (const index of [0, 1, 2]) {
+        const key = keyOnClusterNode(slots, index, keyPrefix, `k${index}-`)
+        expect(yield* a.set(key, value(1, "v1"), { ttl })).toBe("written")
+        expect(yield* b.get(key)).toEqual(Option.some(value(1, "v1")))
+        // Behind the library's back: B does not see it, it serves its own copy.
+        yield* Effect.promise(() => raw[index]!.set(keyPrefix + key, "v9:behind its back"))
+        expect(yield* b.get(key)).toEqual(Option.some(value(1, "v1")))
+        // A's write is announced: B drops its copy and reads the new entry from the cluster.
+        expect(yield* a.set(key, value(10, "v10"), { ttl })).toBe("written")
+        yield* eventually(b.get(key), (got) => expect(got).toEqual(Option.some(value(10, "v10"))))
+      }
+    })
+  )
+
+  it.scopedLive(
+    "a node that fails empties the near tier: no copy outlives the node's memory",
+    () =>
+      Effect.gen(function* () {
+        const keyPrefix = `${unique("nearfail")}:`
+        const b = yield* buildCache(RedisClusterCache.layer({ nodes: nodes(), keyPrefix, near: {} }))
+        const slots = yield* slotsOfAll
+        const onRestarted = keyOnClusterNode(slots, 1, keyPrefix, "r-")
+        const onOther = keyOnClusterNode(slots, 0, keyPrefix, "o-")
+        expect(yield* b.set(onRestarted, value(1, "v1"), { ttl })).toBe("written")
+        expect(yield* b.set(onOther, value(1, "v1"), { ttl })).toBe("written")
+        const cluster = theCluster()
+        yield* cluster.kill(1)
+        yield* cluster.start(1)
+        yield* cluster.waitHealthy
+        // The node came back empty, and B's copy went with the tier: the entry is gone, not served from memory.
+        yield* eventually(b.get(onRestarted), (got) => expect(got).toEqual(Option.none()))
+        // The other node kept its entry; B reads it from there again.
+        expect(yield* b.get(onOther)).toEqual(Option.some(value(1, "v1")))
+      }).pipe(Effect.timeout("60 seconds")),
+    90_000
   )
 })
 

@@ -1,0 +1,107 @@
+// The in-process tier as a Cache in front of a remote one (RedisCache, RedisClusterCache): hits
+// served from process memory, kept up to date by the versions that every write announces on a
+// Redis channel from inside its guard script.
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import type { Cluster, Redis } from "ioredis"
+import { Cache, CacheConnectionError, Entry, type WriteOutcome } from "../Cache.js"
+import * as NearTier from "./nearTier.js"
+
+export interface Options {
+  readonly maxEntries?: number | undefined
+  readonly maxBytes?: number | undefined
+  readonly ttl?: Duration.DurationInput | undefined
+}
+
+export const make = (options: Options): NearTier.NearTier =>
+  NearTier.make({
+    maxEntries: options.maxEntries ?? 10_000,
+    maxBytes: options.maxBytes ?? 64 * 1024 * 1024,
+    ttlMillis: Duration.toMillis(options.ttl ?? "1 minute")
+  })
+
+/** The channel the guard scripts announce `<version>:<key>` on. */
+export const channelOf = (keyPrefix: string) => `${keyPrefix}__wt_announcements`
+
+/**
+ * Subscribes a connection of its own to the announcements. Whenever either connection may have
+ * missed one (it closed, or, in a cluster, a node failed, joined or left), the whole tier goes.
+ */
+export const listen = <C extends Redis | Cluster>(
+  near: NearTier.NearTier,
+  client: C,
+  channel: string,
+  url: string,
+  lossEvents: ReadonlyArray<string>
+): Effect.Effect<void, CacheConnectionError, Scope.Scope> =>
+  Effect.gen(function* () {
+    for (const event of lossEvents) client.on(event, near.clear)
+    const subscriber = yield* Effect.acquireRelease(
+      Effect.sync(() => client.duplicate() as C),
+      (subscriber) => Effect.sync(() => subscriber.disconnect())
+    )
+    subscriber.on("error", () => {})
+    for (const event of lossEvents) subscriber.on(event, near.clear)
+    subscriber.on("message", (_channel: string, message: string) => {
+      const colon = message.indexOf(":")
+      if (colon > 0) near.announce(message.slice(colon + 1), Number(message.slice(0, colon)))
+    })
+    yield* Effect.tryPromise({
+      try: async () => {
+        if (subscriber.status === "wait") await subscriber.connect()
+        await subscriber.subscribe(channel)
+      },
+      catch: (cause) => new CacheConnectionError({ url, cause })
+    })
+  })
+
+/**
+ * `remote` with the tier in front. A read it serves is its own; a write this process made is
+ * kept when the remote accepted it and forgotten otherwise (its floor stays).
+ */
+export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Service => {
+  const remember = (key: string, entry: Option.Option<Entry>) => {
+    if (Option.isSome(entry)) near.put(key, entry.value, Date.now())
+  }
+  // After a write this process could not vouch for, its own copy goes.
+  const settle = (key: string, entry: Entry, outcome: WriteOutcome) => {
+    if (outcome === "written") near.accept(key, entry, Date.now())
+    else near.drop(key)
+  }
+  return Cache.of({
+    ...remote,
+    reusesEntries: true,
+    get: (key) =>
+      Effect.suspend(() => {
+        const local = near.get(key, Date.now())
+        return local !== undefined
+          ? Effect.succeedSome(local)
+          : Effect.tap(remote.get(key), (entry) => remember(key, entry))
+      }),
+    getMany: (keys) =>
+      Effect.suspend(() => {
+        const now = Date.now()
+        const locals = keys.map((key) => near.get(key, now))
+        const missing = keys.filter((_, i) => locals[i] === undefined)
+        if (missing.length === 0) return Effect.succeed(locals.map((entry) => Option.some(entry!)))
+        return Effect.map(remote.getMany(missing), (fetched) => {
+          let next = 0
+          return locals.map((entry, i) => {
+            if (entry !== undefined) return Option.some(entry)
+            const got = fetched[next++]!
+            remember(keys[i]!, got)
+            return got
+          })
+        })
+      }),
+    set: (key, entry, options) => Effect.tap(remote.set(key, entry, options), (outcome) => settle(key, entry, outcome)),
+    setMany: (items) =>
+      Effect.tap(remote.setMany(items), (outcomes) =>
+        outcomes.forEach((outcome, i) => settle(items[i]!.key, items[i]!.entry, outcome))
+      ),
+    invalidate: (key, version, ttl) =>
+      Effect.tap(remote.invalidate(key, version, ttl), (outcome) => settle(key, Entry.Tombstone({ version }), outcome))
+  })
+}
