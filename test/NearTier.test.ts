@@ -51,6 +51,22 @@ describe("near tier", () => {
   })
 })
 
+describe("near tier: a process's own writes", () => {
+  it("an own write that settles after a newer one does not replace it; a repair does", () => {
+    const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+    // Redis applied 10, then 11; the replies settled in the other order.
+    tier.accept("k", value(11, "eleven"), 0, false)
+    tier.accept("k", value(10, "ten"), 0, false)
+    expect(tier.get("k", 0)).toEqual(value(11, "eleven"))
+    // A repair replaced an undecodable entry with a lower version: it stands.
+    tier.accept("k", value(5, "repaired"), 0, true)
+    expect(tier.get("k", 0)).toEqual(value(5, "repaired"))
+    // A tombstone of the same version as the value wins, as in the guard.
+    tier.accept("k", Cache.Entry.Tombstone({ version: 5 }), 0, false)
+    expect(tier.get("k", 0)).toEqual(Cache.Entry.Tombstone({ version: 5 }))
+  })
+})
+
 const nearLayer = (prefix: string, near: RedisCache.Options["near"] = {}) => redisCacheLayer(prefix, { near })
 
 cacheContract("RedisCache with the near tier", () => nearLayer(unique("near")))
@@ -81,6 +97,28 @@ describe("RedisCache with the near tier", () => {
       const got = yield* eventually(cache.get("k"), (entry) => Option.isSome(entry) && entry.value.version === 2)
       expect(got).toEqual(Option.some(value(2, "behind its back")))
       expect(yield* stats.entries).toBeGreaterThan(0)
+    })
+  )
+
+  // A pipelined setMany and a single set of one key, both accepted by Redis in that order: the
+  // pipeline's reply can settle last, and must not bring the older version back into the tier.
+  it.scopedLive("a process's own newer write is never replaced by its older one settling late", () =>
+    Effect.gen(function* () {
+      const prefix = unique("near")
+      const { cache } = yield* build(prefix)
+      for (let round = 0; round < 100; round++) {
+        const key = `k${round}`
+        const [many, single] = yield* Effect.all(
+          [
+            cache.setMany([{ key, entry: value(10, "ten"), options: { ttl } }]),
+            cache.set(key, value(11, "eleven"), { ttl })
+          ],
+          { concurrency: "unbounded" }
+        )
+        if (many[0] === "written" && single === "written") {
+          expect(yield* cache.get(key)).toEqual(Option.some(value(11, "eleven")))
+        }
+      }
     })
   )
 

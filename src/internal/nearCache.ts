@@ -66,8 +66,8 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Serv
     if (Option.isSome(entry)) near.put(key, entry.value, Date.now())
   }
   // After a write this process could not vouch for, its own copy goes.
-  const settle = (key: string, entry: Entry, outcome: WriteOutcome) => {
-    if (outcome === "written") near.accept(key, entry, Date.now())
+  const settle = (key: string, entry: Entry, outcome: WriteOutcome, replacing: boolean) => {
+    if (outcome === "written") near.accept(key, entry, Date.now(), replacing)
     else near.drop(key)
   }
   return Cache.of({
@@ -96,12 +96,20 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Serv
           })
         })
       }),
-    set: (key, entry, options) => Effect.tap(remote.set(key, entry, options), (outcome) => settle(key, entry, outcome)),
+    set: (key, entry, options) =>
+      Effect.tap(remote.set(key, entry, options), (outcome) =>
+        settle(key, entry, outcome, options.replacing !== undefined)
+      ),
     setMany: (items) =>
       Effect.tap(remote.setMany(items), (outcomes) =>
-        outcomes.forEach((outcome, i) => settle(items[i]!.key, items[i]!.entry, outcome))
+        outcomes.forEach((outcome, i) => {
+          const { entry, key, options } = items[i]!
+          settle(key, entry, outcome, options.replacing !== undefined)
+        })
       ),
     invalidate: (key, version, ttl) =>
-      Effect.tap(remote.invalidate(key, version, ttl), (outcome) => settle(key, Entry.Tombstone({ version }), outcome))
+      Effect.tap(remote.invalidate(key, version, ttl), (outcome) =>
+        settle(key, Entry.Tombstone({ version }), outcome, false)
+      )
   })
 }

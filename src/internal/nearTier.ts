@@ -19,8 +19,12 @@ export interface NearTier {
   readonly get: (key: string, now: number) => Entry | undefined
   /** Keeps an entry read from Redis, unless the tier knows of a newer version. */
   readonly put: (key: string, entry: Entry, now: number) => void
-  /** Keeps what Redis just accepted from this process, whatever the tier held (a repair may lower the version). */
-  readonly accept: (key: string, entry: Entry, now: number) => void
+  /**
+   * Keeps what Redis just accepted from this process. Replies may settle out of order (a pipeline's
+   * after a later single write's), so an entry older than the tier's stays out, unless the write
+   * was a repair (`replacing`), which may lower the version.
+   */
+  readonly accept: (key: string, entry: Entry, now: number, replacing: boolean) => void
   /** Another process wrote `version`: older local entries go, and none below it comes back. */
   readonly announce: (key: string, version: number) => void
   /** Forgets the key's entry but not its floor: a write this process could not vouch for. */
@@ -70,6 +74,14 @@ export const make = (options: {
     }
   }
 
+  // Whether `entry` may replace what the slot holds, by the guard's rules.
+  const newer = (slot: Slot | undefined, entry: Entry, now: number) => {
+    const current = slot?.entry !== undefined && slot.expiresAt > now ? slot.entry : undefined
+    return entry._tag === "Value"
+      ? VersionGuard.acceptsValue(current, entry.version, undefined)
+      : VersionGuard.acceptsTombstone(current, entry.version)
+  }
+
   return {
     get: (key, now) => {
       const slot = slots.get(key)
@@ -86,15 +98,10 @@ export const make = (options: {
       const slot = slots.get(key)
       const floor = slot?.floor ?? 0
       if (entry.version < floor) return
-      const current = slot?.entry !== undefined && slot.expiresAt > now ? slot.entry : undefined
-      const accepted =
-        entry._tag === "Value"
-          ? VersionGuard.acceptsValue(current, entry.version, undefined)
-          : VersionGuard.acceptsTombstone(current, entry.version)
-      if (!accepted) return
+      if (!newer(slot, entry, now)) return
       store(key, { entry, floor, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
     },
-    accept: (key, entry, now) => {
+    accept: (key, entry, now, replacing) => {
       const slot = slots.get(key)
       const floor = slot?.floor ?? 0
       // Below an announced version (a repair that lowered it): let reads ask Redis.
@@ -102,6 +109,7 @@ export const make = (options: {
         if (slot !== undefined) empty(key, slot)
         return
       }
+      if (!replacing && !newer(slot, entry, now)) return
       store(key, { entry, floor, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
     },
     announce: (key, version) => {
