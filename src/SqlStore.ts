@@ -18,7 +18,9 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -249,6 +251,39 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       } satisfies Layout
     })
 
+    // A transaction of the store's own. @effect/sql dies when its ROLLBACK fails (the connection is
+    // gone), and the death hides the failure that led to the ROLLBACK; yet nothing committed, the
+    // transaction having gone with its connection. Only a failing COMMIT leaves the outcome unknown:
+    // that stays a defect.
+    const ownTransaction = <A, E, R>(
+      effect: Effect.Effect<A, E, R>,
+      beginFailed: (cause: unknown) => StoreError
+    ): Effect.Effect<A, E | StoreError, R> =>
+      Effect.suspend(() => {
+        let began = false
+        let beforeCommit: Exit.Exit<A, E> | undefined
+        return sql
+          .withTransaction(
+            Effect.suspend(() => {
+              began = true
+              return effect
+            }).pipe(
+              Effect.onExit((exit) =>
+                Effect.sync(() => {
+                  beforeCommit = exit
+                })
+              )
+            )
+          )
+          .pipe(
+            Effect.catchAllCause((cause): Effect.Effect<A, E | StoreError> => {
+              if (!began) return Effect.fail(beginFailed(Cause.squash(cause)))
+              if (beforeCommit !== undefined && Exit.isFailure(beforeCommit)) return beforeCommit
+              return Effect.failCause(cause as Cause.Cause<E>)
+            })
+          )
+      })
+
     const collection = Effect.fnUntraced(function* (target: Target) {
       if (target.table === undefined) {
         yield* ensure(
@@ -375,28 +410,36 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
             [entries.map(([key]) => layout.lockName(key))]
           ).values
           const upsert = sql.unsafe(layout.putManySql(entries.length), layout.putManyParams(entries)).values
-          const write = Effect.zipRight(lockAll, upsert).pipe(
-            Effect.mapError(writeFailure("put", first)),
-            Effect.flatMap((results) =>
-              Effect.forEach(results, (row) =>
-                Effect.map(toVersion("put", String(row[0]), row[1]), (version) => [String(row[0]), version] as const)
-              )
-            ),
-            Effect.map((versions): ReadonlyMap<string, number> => new Map(versions))
-          )
+          const write = (failure: (error: SqlError) => StoreError | StoreOutcomeUnknownError) =>
+            Effect.zipRight(lockAll, upsert).pipe(
+              Effect.mapError(failure),
+              Effect.flatMap((results) =>
+                Effect.forEach(results, (row) =>
+                  Effect.map(toVersion("put", String(row[0]), row[1]), (version) => [String(row[0]), version] as const)
+                )
+              ),
+              Effect.map((versions): ReadonlyMap<string, number> => new Map(versions))
+            )
           return writable(
             "put",
             first,
             Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
               Option.isSome(transaction)
-                ? write
-                : sql
-                    .withTransaction(write)
-                    .pipe(
-                      Effect.mapError((error) =>
-                        error instanceof SqlError ? writeFailure("put", first)(error) : error
-                      )
-                    )
+                ? // The caller's transaction: a lost connection there is the caller's to judge.
+                  write(writeFailure("put", first))
+                : // One of our own: a statement that fails leaves nothing committed, whatever the reason.
+                  ownTransaction(
+                    write(readFailure("put", first)),
+                    (cause) =>
+                      new StoreError({
+                        entity,
+                        key: first,
+                        operation: "put",
+                        reason: "Unavailable",
+                        detail: "could not begin a transaction",
+                        cause
+                      })
+                  )
             )
           )
         },
@@ -425,36 +468,26 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
             )
           )
         }
-        let began = false
-        return sql
-          .withTransaction(
-            Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (own) => {
-              began = true
-              return Effect.locally(effect, currentStoreTransaction, Option.getOrUndefined(own)).pipe(
-                // After an error PostgreSQL aborts the transaction and answers its COMMIT with a ROLLBACK, not
-                // an error: a statement whose error `effect` caught would go unnoticed. One more statement
-                // tells, since in an aborted transaction it fails.
-                Effect.zipLeft(
-                  sql`SELECT 1`.pipe(
-                    Effect.mapError((cause) =>
-                      transactionError(
-                        "an earlier statement failed and aborted the transaction, so it cannot commit: it was rolled back",
-                        cause
-                      )
+        return ownTransaction(
+          Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (own) =>
+            Effect.locally(effect, currentStoreTransaction, Option.getOrUndefined(own)).pipe(
+              // After an error PostgreSQL aborts the transaction and answers its COMMIT with a ROLLBACK, not
+              // an error: a statement whose error `effect` caught would go unnoticed. One more statement
+              // tells, since in an aborted transaction it fails.
+              Effect.zipLeft(
+                sql`SELECT 1`.pipe(
+                  Effect.mapError((cause) =>
+                    transactionError(
+                      "checked before COMMIT, the transaction cannot commit (an earlier statement failed and aborted it, or its connection is gone): it was rolled back",
+                      cause
                     )
                   )
                 )
               )
-            })
-          )
-          .pipe(
-            // Before `began` only BEGIN (or taking a connection for it) can have failed; after it, a
-            // SqlError is the effect's own.
-            Effect.catchIf(
-              (error): error is SqlError => !began && error instanceof SqlError,
-              (error) => Effect.fail(transactionError("could not begin the transaction", error))
             )
-          ) as Effect.Effect<A, E | StoreError, R>
+          ),
+          (cause) => transactionError("could not begin the transaction", cause)
+        )
       })
 
     return Store.of({
