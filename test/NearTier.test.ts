@@ -58,12 +58,21 @@ describe("near tier: a process's own writes", () => {
     tier.accept("k", value(11, "eleven"), 0, false)
     tier.accept("k", value(10, "ten"), 0, false)
     expect(tier.get("k", 0)).toEqual(value(11, "eleven"))
-    // A repair replaced an undecodable entry with a lower version: it stands.
-    tier.accept("k", value(5, "repaired"), 0, true)
-    expect(tier.get("k", 0)).toEqual(value(5, "repaired"))
+    // A repair replaced an undecodable entry read from Redis with a lower version: it stands.
+    tier.put("r", value(50, "undecodable"), 0)
+    tier.accept("r", value(40, "repaired"), 0, true)
+    expect(tier.get("r", 0)).toEqual(value(40, "repaired"))
+    // A Redis read in flight since before an own write, answering after a later write of ours
+    // dropped the entry, does not bring the older version back.
+    tier.accept("j", value(20, "twenty"), 0, false)
+    tier.drop("j")
+    tier.put("j", value(19, "nineteen, read late"), 0)
+    expect(tier.get("j", 0)).toBeUndefined()
+    tier.put("j", value(21, "twenty-one"), 0)
+    expect(tier.get("j", 0)).toEqual(value(21, "twenty-one"))
     // A tombstone of the same version as the value wins, as in the guard.
-    tier.accept("k", Cache.Entry.Tombstone({ version: 5 }), 0, false)
-    expect(tier.get("k", 0)).toEqual(Cache.Entry.Tombstone({ version: 5 }))
+    tier.accept("r", Cache.Entry.Tombstone({ version: 40 }), 0, false)
+    expect(tier.get("r", 0)).toEqual(Cache.Entry.Tombstone({ version: 40 }))
   })
 })
 

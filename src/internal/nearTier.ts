@@ -104,13 +104,24 @@ export const make = (options: {
     accept: (key, entry, now, replacing) => {
       const slot = slots.get(key)
       const floor = slot?.floor ?? 0
-      // Below an announced version (a repair that lowered it): let reads ask Redis.
       if (entry.version < floor) {
-        if (slot !== undefined) empty(key, slot)
+        // A repair below a known version: let reads ask Redis. Another write: something newer is known.
+        if (replacing && slot !== undefined) empty(key, slot)
         return
       }
-      if (!replacing && !newer(slot, entry, now)) return
-      store(key, { entry, floor, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
+      if (replacing) {
+        store(key, { entry, floor, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
+        return
+      }
+      // What this process wrote is known to be in Redis: nothing older may come back, not even a
+      // Redis read that was in flight and answers after a later write of ours dropped the entry.
+      // A tombstone also outranks a value of its own version.
+      const raised = Math.max(floor, entry._tag === "Tombstone" ? entry.version + 1 : entry.version)
+      if (!newer(slot, entry, now)) {
+        if (slot !== undefined) slot.floor = Math.max(slot.floor, raised)
+        return
+      }
+      store(key, { entry, floor: raised, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
     },
     announce: (key, version) => {
       const slot = slots.get(key)
