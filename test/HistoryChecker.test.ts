@@ -118,6 +118,191 @@ describe("history checker", () => {
     expect(check(history, changes, withCache(null)).unconverged).toBe(0)
   })
 
+  it("a stale read superseded by a write or delete of the reader's own process is also counted as its own", () => {
+    const inProcess = (process: number, fields: Op) => ({ ...fields, process })
+    // Superseded by another process's write only: stale, not own.
+    const other = check(
+      [write("a", 0, 10), inProcess(1, write("b", 20, 30)), read("a", 40, 50)],
+      committed(["a", 1], ["b", 2]),
+      settled({ value: "b", version: 2 })
+    )
+    expect(other).toMatchObject({ staleReads: 1, ownStaleReads: 0 })
+    // By its own process's write, or delete; and none after its own write.
+    const own = check(
+      [write("a", 0, 10), write("b", 20, 30), read("a", 40, 50)],
+      committed(["a", 1], ["b", 2]),
+      settled({ value: "b", version: 2 })
+    )
+    expect(own).toMatchObject({ staleReads: 1, ownStaleReads: 1 })
+    expect(own.violations[0]?.detail).toContain("its own process's write b")
+    expect(own.violations[0]?.ownProcess).toBe(true)
+    expect(other.violations[0]?.ownProcess).toBeUndefined()
+    const ownDelete = check(
+      [inProcess(1, write("a", 0, 10)), remove(20, 30), read("a", 40, 50)],
+      committed(["a", 1], [null, 2]),
+      settled(null)
+    )
+    expect(ownDelete).toMatchObject({ staleReads: 1, ownStaleReads: 1 })
+    const ownNone = check(
+      [write("a", 0, 10), read(null, 20, 30)],
+      committed(["a", 1]),
+      settled({ value: "a", version: 1 })
+    )
+    expect(ownNone).toMatchObject({ staleReads: 1, ownStaleReads: 1 })
+    // None after another process's write, with a delete of any process possible since its own write: not own.
+    const noneOther = check(
+      [write("a", 0, 10), remove(12, 14, "unknown"), inProcess(1, write("b", 20, 30)), read(null, 40, 50)],
+      committed(["a", 1], [null, 2], ["b", 3]),
+      settled({ value: "b", version: 3 })
+    )
+    expect(noneOther).toMatchObject({ staleReads: 1, ownStaleReads: 0 })
+  })
+
+  it("a write that failed but is in the store's history is a committed failed write; unknown or uncommitted is not", () => {
+    const failed = check([write("a", 0, 10, "fail")], committed(["a", 1]), settled({ value: "a", version: 1 }))
+    expect(failed.committedFailedWrites).toBe(1)
+    expect(failed.violations[0]?.check).toBe("committed failed write")
+    expect(check([write("a", 0, 10, "fail")], committed(), settled(null)).committedFailedWrites).toBe(0)
+    expect(
+      check([write("a", 0, 10, "unknown")], committed(["a", 1]), settled({ value: "a", version: 1 }))
+        .committedFailedWrites
+    ).toBe(0)
+  })
+
+  describe("multi-key calls (setMany, transaction): one operation per key, with the call's times and outcome", () => {
+    const keyed = (
+      key: string,
+      kind: Op["kind"],
+      value: string | null,
+      invoke: number,
+      complete: number,
+      outcome: Op["outcome"] = "ok",
+      call?: { readonly id: string; readonly via: "setMany" | "transaction" }
+    ): Op =>
+      op({
+        key,
+        kind,
+        value,
+        invoke,
+        complete,
+        outcome,
+        ...(call === undefined ? {} : { call: call.id, via: call.via })
+      })
+    const batch = { id: "c1", via: "setMany" } as const
+    const txn = { id: "t1", via: "transaction" } as const
+    const twoKeys = (k: { value: string; version: number } | null, j: { value: string; version: number } | null) => ({
+      store: new Map([
+        ["k", k],
+        ["j", j]
+      ]),
+      cache: new Map([
+        ["k", null],
+        ["j", null]
+      ])
+    })
+    const changes = (...list: Array<[string, string | null, number]>): Array<Committed> =>
+      list.map(([key, value, version]) => ({ key, value, version }))
+
+    it("an acknowledged call supersedes every key's older value for reads that begin after it returned", () => {
+      const history = [
+        keyed("k", "write", "k1", 0, 10),
+        keyed("j", "write", "j1", 0, 10),
+        keyed("k", "write", "k2", 20, 30, "ok", batch),
+        keyed("j", "write", "j2", 20, 30, "ok", batch),
+        keyed("j", "read", "j1", 40, 50),
+        // Concurrent with the call: either value.
+        keyed("k", "read", "k1", 25, 35)
+      ]
+      const report = check(
+        history,
+        changes(["k", "k1", 1], ["j", "j1", 2], ["k", "k2", 3], ["j", "j2", 4]),
+        twoKeys({ value: "k2", version: 3 }, { value: "j2", version: 4 })
+      )
+      expect(report.staleReads).toBe(1)
+      expect(report.violations).toMatchObject([{ check: "stale read", key: "j" }])
+      expect(report.partialCalls).toBe(0)
+    })
+
+    it("a call that may have committed (StaleCacheError, InconsistentCacheError) makes no older read stale", () => {
+      const report = check(
+        [
+          keyed("k", "write", "k1", 0, 10),
+          keyed("k", "write", "k2", 20, 30, "unknown", batch),
+          keyed("j", "write", "j2", 20, 30, "unknown", batch),
+          keyed("k", "read", "k1", 40, 50),
+          keyed("j", "read", "j2", 40, 50)
+        ],
+        changes(["k", "k1", 1], ["k", "k2", 3], ["j", "j2", 4]),
+        twoKeys({ value: "k2", version: 3 }, { value: "j2", version: 4 })
+      )
+      expect(report).toMatchObject({ staleReads: 0, failedWriteReads: 0, lostWrites: 0, partialCalls: 0 })
+    })
+
+    it("a transaction's acknowledged delete supersedes the key's value; its failed write must not be read", () => {
+      const deleted = check(
+        [
+          keyed("k", "write", "k1", 0, 10),
+          keyed("k", "delete", null, 20, 30, "ok", txn),
+          keyed("j", "write", "j1", 20, 30, "ok", txn),
+          keyed("k", "read", "k1", 40, 50),
+          keyed("j", "read", "j1", 40, 50)
+        ],
+        changes(["k", "k1", 1], ["k", null, 2], ["j", "j1", 3]),
+        twoKeys(null, { value: "j1", version: 3 })
+      )
+      expect(deleted).toMatchObject({ staleReads: 1, failedWriteReads: 0, partialCalls: 0 })
+      const failed = check(
+        [
+          keyed("k", "delete", null, 20, 30, "fail", txn),
+          keyed("j", "write", "j1", 20, 30, "fail", txn),
+          keyed("j", "read", "j1", 40, 50)
+        ],
+        [],
+        twoKeys(null, null)
+      )
+      expect(failed).toMatchObject({ failedWriteReads: 1, committedFailedWrites: 0, partialCalls: 0 })
+    })
+
+    it("a call that committed some of its values but not all is partial, whatever it answered", () => {
+      for (const outcome of ["ok", "unknown", "fail"] as const) {
+        const report = check(
+          [keyed("k", "write", "k1", 0, 10, outcome, batch), keyed("j", "write", "j1", 0, 10, outcome, batch)],
+          changes(["k", "k1", 1]),
+          twoKeys({ value: "k1", version: 1 }, null)
+        )
+        expect(report.partialCalls, outcome).toBe(1)
+        expect(report.violations.find((v) => v.check === "partial call")?.detail).toContain("but not j=j1")
+      }
+      // All or none: not partial. Nor is a delete (it leaves no value to find) next to a committed write.
+      const all = check(
+        [keyed("k", "write", "k1", 0, 10, "unknown", batch), keyed("j", "write", "j1", 0, 10, "unknown", batch)],
+        changes(["k", "k1", 1], ["j", "j1", 2]),
+        twoKeys({ value: "k1", version: 1 }, { value: "j1", version: 2 })
+      )
+      const none = check(
+        [keyed("k", "write", "k1", 0, 10, "unknown", batch), keyed("j", "write", "j1", 0, 10, "unknown", batch)],
+        [],
+        twoKeys(null, null)
+      )
+      const withDelete = check(
+        [keyed("k", "write", "k1", 0, 10, "ok", txn), keyed("j", "delete", null, 0, 10, "ok", txn)],
+        changes(["k", "k1", 1]),
+        twoKeys({ value: "k1", version: 1 }, null)
+      )
+      expect([all.partialCalls, none.partialCalls, withDelete.partialCalls]).toEqual([0, 0, 0])
+      // Two calls, each all or nothing, are not one partial call.
+      const separate = check(
+        [
+          keyed("k", "write", "k1", 0, 10, "unknown", batch),
+          keyed("j", "write", "j1", 0, 10, "unknown", { id: "c2", via: "setMany" })
+        ],
+        changes(["k", "k1", 1]),
+        twoKeys({ value: "k1", version: 1 }, null)
+      )
+      expect(separate.partialCalls).toBe(0)
+    })
+  })
+
   it("reports consistency as nines", () => {
     const reads = Array.from({ length: 1000 }, (_, i) => read("b", 100 + i, 101 + i))
     const clean = check(

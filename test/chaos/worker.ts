@@ -1,8 +1,9 @@
-// One process of the chaos workload: many fibers doing get / set / delete on a few hot keys through
-// the library, each operation recorded with its invoke and complete times on the machine's
-// monotonic clock. Started by run.ts with its configuration as the only argument.
+// One process of the chaos workload: many fibers doing get / set / delete, and now and then a setMany
+// or a WriteThrough.transaction of a few sets and deletes, on a few hot keys through the library,
+// each operation recorded with its invoke and complete times on the machine's monotonic clock (a
+// multi-key call as one operation per key). Started by run.ts with its configuration as the only argument.
 import { PgClient } from "@effect/sql-pg"
-import { Cause, Effect, Exit, Layer, Option, Random, Redacted, Schedule, Schema } from "effect"
+import { Cause, Chunk, Effect, Exit, Layer, Option, Random, Redacted, Schedule, Schema } from "effect"
 import { writeFileSync } from "node:fs"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../../src/index.js"
 import type { Op, Outcome } from "./checker.js"
@@ -22,7 +23,8 @@ const racingStore = Layer.effect(
   Store.Store,
   Effect.map(Store.Store, (store) =>
     Store.Store.of({
-      transaction: store.transaction,
+      // Holds the transaction open, its keys locked, between its last write and its COMMIT.
+      transaction: (effect) => store.transaction(Effect.zipLeft(effect, hold)),
       inTransaction: store.inTransaction,
       collection: (target) =>
         Effect.map(store.collection(target), (collection) => ({
@@ -79,13 +81,76 @@ const layer = Layer.merge(
   )
 )
 
-const outcomeOf = (exit: Exit.Exit<unknown, { readonly _tag: string }>): { outcome: Outcome; error?: string } => {
+const outcomeOf = (
+  exit: Exit.Exit<unknown, { readonly _tag: string }>
+): { outcome: Outcome; error?: string; detail?: string } => {
   if (Exit.isSuccess(exit)) return { outcome: "ok" }
   const failure = Cause.failureOption(exit.cause)
-  if (Option.isNone(failure)) return { outcome: "unknown", error: "defect" }
+  if (Option.isNone(failure)) {
+    const squashed = Cause.squash(exit.cause)
+    return {
+      outcome: "unknown",
+      error: "defect",
+      detail: squashed instanceof Error ? squashed.message : String(squashed)
+    }
+  }
   const tag = failure.value._tag
+  const { cause, reason } = failure.value as { readonly reason?: unknown; readonly cause?: unknown }
+  // A StoreError's database error, if any: its SQLSTATE and message.
+  const database = (cause as { readonly cause?: { readonly code?: unknown; readonly message?: unknown } } | undefined)
+    ?.cause
   // Committed, but the library could not vouch for the cache; or the commit's outcome is unknown.
-  return { outcome: tag === "StaleCacheError" || tag === "InconsistentCacheError" ? "unknown" : "fail", error: tag }
+  return {
+    outcome: tag === "StaleCacheError" || tag === "InconsistentCacheError" ? "unknown" : "fail",
+    error: tag,
+    ...(typeof reason === "string"
+      ? {
+          detail:
+            database?.code === undefined ? reason : `${reason} ${String(database.code)} ${String(database.message)}`
+        }
+      : tag === "InconsistentCacheError"
+        ? { detail: `cause: ${causeOf(cause)}` }
+        : {})
+  }
+}
+
+const causeOf = (cause: unknown): string =>
+  typeof cause === "object" && cause !== null && "_tag" in cause
+    ? String(cause._tag)
+    : cause instanceof Error
+      ? cause.message
+      : String(cause)
+
+// A value PostgreSQL refuses to store in text (invalid byte sequence), though the library takes it.
+const poison = (value: string) => `${value}\u0000`
+
+const describe = (error: { readonly _tag: string }): string => {
+  const { reason } = error as { readonly reason?: unknown }
+  return typeof reason === "string" ? `${error._tag} (${reason})` : error._tag
+}
+
+// One key's outcome of a call that wrote several. The call answers for all of them at once: a
+// success acknowledges every key, a StoreError means none was written, a StaleCacheError that all
+// were committed but not vouched for. An InconsistentCacheError lists the keys whose outcome is
+// unknown; a key of the call it does not list is taken as unknown too (the safe side for the
+// checker), and marked, as the error should have listed it.
+const keyOutcomeOf = (
+  exit: Exit.Exit<unknown, { readonly _tag: string }>,
+  key: string
+): { outcome: Outcome; error?: string; detail?: string } => {
+  const result = outcomeOf(exit)
+  if (result.error !== "InconsistentCacheError" || Exit.isSuccess(exit)) return result
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isNone(failure)) return result
+  const error = failure.value as unknown as {
+    readonly key: string
+    readonly keys?: ReadonlyArray<{ readonly entity: string; readonly key: string }> | undefined
+  }
+  const listed =
+    error.keys === undefined
+      ? error.key === key
+      : error.keys.some((listedKey) => listedKey.entity === config.table && listedKey.key === key)
+  return listed ? result : { outcome: "unknown", error: "InconsistentCacheError (key not listed)" }
 }
 
 const program = Effect.gen(function* () {
@@ -112,14 +177,20 @@ const program = Effect.gen(function* () {
         const key = config.keys[yield* Random.nextIntBetween(0, config.keys.length)]!
         const roll = yield* Random.next
         const invoke = monotonicMicros()
+        const nextValue = () => `p${config.process}.f${fiberId}.${++counter}`
+        // A few distinct keys, in random order.
+        const pickKeys = (min: number, max: number) =>
+          Effect.flatMap(Random.nextIntBetween(min, max + 1), (count) =>
+            Effect.map(Random.shuffle(config.keys), (keys) => Chunk.toReadonlyArray(keys).slice(0, count))
+          )
         if (roll < 0.6) {
           const exit = yield* Effect.exit(users.get(key))
           const complete = monotonicMicros()
           const { outcome, error } = outcomeOf(exit)
           const value = Exit.isSuccess(exit) ? Option.getOrNull(Option.map(exit.value, (row) => row.payload)) : null
           ops.push({ process: config.process, key, kind: "read", value, invoke, complete, outcome, error })
-        } else if (roll < 0.9) {
-          const value = `p${config.process}.f${fiberId}.${++counter}`
+        } else if (roll < 0.84) {
+          const value = nextValue()
           const exit = yield* Effect.exit(users.set(key, { id: key, payload: value }))
           ops.push({
             process: config.process,
@@ -130,7 +201,7 @@ const program = Effect.gen(function* () {
             complete: monotonicMicros(),
             ...outcomeOf(exit)
           })
-        } else {
+        } else if (roll < 0.92) {
           const exit = yield* Effect.exit(users.delete(key))
           ops.push({
             process: config.process,
@@ -141,6 +212,115 @@ const program = Effect.gen(function* () {
             complete: monotonicMicros(),
             ...outcomeOf(exit)
           })
+        } else if (roll < 0.96) {
+          // Two to four keys in one setMany. One in ten carries a value the database refuses (a NUL
+          // in text): the whole batch must fail, none of its keys written.
+          const poisoned = (yield* Random.next) < 0.1
+          const keys = yield* pickKeys(2, 4)
+          const entries = keys.map(
+            (key, i) => [key, poisoned && i === keys.length - 1 ? poison(nextValue()) : nextValue()] as const
+          )
+          const call = `p${config.process}.f${fiberId}.setMany${++counter}${poisoned ? ".poisoned" : ""}`
+          const start = monotonicMicros()
+          const exit = yield* Effect.exit(users.setMany(entries.map(([key, payload]) => [key, { id: key, payload }])))
+          const complete = monotonicMicros()
+          for (const [key, value] of entries) {
+            ops.push({
+              process: config.process,
+              key,
+              kind: "write",
+              value,
+              invoke: start,
+              complete,
+              ...keyOutcomeOf(exit, key),
+              call,
+              via: "setMany"
+            })
+          }
+        } else {
+          // Two or three sets and deletes of distinct keys in one transaction, in the order setMany
+          // locks keys (as an application avoiding deadlocks would: one costs a second of every
+          // writer of those keys). One in ten has a set the database refuses; in half of all the body
+          // catches its writes' failures. Either way a failed write keeps the transaction from committing.
+          const keys = [...(yield* pickKeys(2, 3))].sort()
+          const poisoned = (yield* Random.next) < 0.1 ? yield* Random.nextIntBetween(0, keys.length) : -1
+          const steps = yield* Effect.forEach(keys, (key, i) =>
+            Effect.map(Random.next, (r) =>
+              i === poisoned
+                ? { key, kind: "write" as const, value: poison(nextValue()) }
+                : r < 0.7
+                  ? { key, kind: "write" as const, value: nextValue() }
+                  : { key, kind: "delete" as const, value: null }
+            )
+          )
+          const catching = (yield* Random.next) < 0.5
+          const call = `p${config.process}.f${fiberId}.transaction${++counter}${catching ? ".catching" : ""}${
+            poisoned >= 0 ? ".poisoned" : ""
+          }`
+          // What the body saw, which the transaction's answer may not tell: a body that never ran (BEGIN
+          // failed) or failed never reaches COMMIT, so nothing of it committed, whatever the ROLLBACK
+          // after it did.
+          let bodyRan = false
+          let bodyFailed: string | undefined
+          const caught: Array<string> = []
+          const body = Effect.forEach(
+            steps,
+            (step) => {
+              const write =
+                step.kind === "write"
+                  ? users.set(step.key, { id: step.key, payload: step.value })
+                  : users.delete(step.key)
+              return catching
+                ? Effect.catchAll(write, (error) =>
+                    Effect.sync(() => void caught.push(`${step.key}: ${describe(error)}`))
+                  )
+                : write
+            },
+            { discard: true }
+          ).pipe(
+            (run) =>
+              Effect.suspend(() => {
+                bodyRan = true
+                return run
+              }),
+            Effect.tapErrorCause((cause) =>
+              Effect.sync(() => {
+                bodyFailed = Option.match(Cause.failureOption(cause), {
+                  onNone: () => "a defect",
+                  onSome: describe
+                })
+              })
+            )
+          )
+          const start = monotonicMicros()
+          const exit = yield* Effect.exit(WriteThrough.transaction(body))
+          const complete = monotonicMicros()
+          const seen = [
+            ...(bodyRan ? [] : ["the body never ran"]),
+            ...(bodyFailed === undefined ? [] : [`the body failed with ${bodyFailed}`]),
+            ...(caught.length === 0 ? [] : [`the body caught ${caught.join("; ")}`])
+          ].join("; ")
+          for (const step of steps) {
+            const result = keyOutcomeOf(exit, step.key)
+            // A defect after a body that never ran (BEGIN failed), failed, or caught a failed write is
+            // the ROLLBACK's: such a transaction must not commit (the checker then tells if it did).
+            const rolledBack =
+              result.error === "defect" &&
+              (!bodyRan || (bodyFailed !== undefined && bodyFailed !== "a defect") || caught.length > 0)
+            ops.push({
+              process: config.process,
+              key: step.key,
+              kind: step.kind,
+              value: step.value,
+              invoke: start,
+              complete,
+              ...result,
+              ...(rolledBack ? { outcome: "fail" as const } : {}),
+              ...(seen === "" ? {} : { detail: `${result.detail ?? ""} (${seen})` }),
+              call,
+              via: "transaction"
+            })
+          }
         }
       }
     })
