@@ -357,7 +357,7 @@ export const make = <K, A, I>(
     }
     const observed = <X, E, R>(
       operation: Operation,
-      build: (outcome: (outcome: string) => void) => Effect.Effect<X, E, R>
+      build: (outcome: (outcome: string) => void, fiber: Fiber.RuntimeFiber<unknown, unknown>) => Effect.Effect<X, E, R>
     ): Effect.Effect<X, E, R> =>
       OperationSpan.observe(`WriteThrough.${operation}`, spanAttributes[operation], metrics[operation].latency, build)
     const spanAttributes = {
@@ -977,13 +977,12 @@ export const make = <K, A, I>(
           })
 
     const get = (key: K): Effect.Effect<Option.Option<A>, ReadError> =>
-      observed("get", (outcome) =>
-        Effect.flatMap(checkKey(key), (text) =>
-          Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
-            publications === undefined ? getOutsideTransaction(text, outcome) : getInTransaction(publications, text)
-          )
+      observed("get", (outcome, fiber) => {
+        const publications = fiber.getFiberRef(currentPublications)
+        return Effect.flatMap(checkKey(key), (text) =>
+          publications === undefined ? getOutsideTransaction(text, outcome) : getInTransaction(publications, text)
         )
-      )
+      })
 
     const getOutsideTransaction = (
       text: string,

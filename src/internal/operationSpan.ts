@@ -2,6 +2,7 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import type { Labelled } from "./labelledMetric.js"
 import * as Option from "effect/Option"
 
@@ -43,17 +44,24 @@ export const observe = <X, E, R>(
   name: string,
   attributes: Readonly<Record<string, string>>,
   latency: Labelled<number> | undefined,
-  build: (outcome: (outcome: string) => void) => Effect.Effect<X, E, R>
+  build: (outcome: (outcome: string) => void, fiber: Fiber.RuntimeFiber<unknown, unknown>) => Effect.Effect<X, E, R>
 ): Effect.Effect<X, E, R> =>
-  Effect.tracerWith((tracer) => {
+  Effect.withFiberRuntime<X, E, R>((fiber) => {
     const started = performance.now()
     const record = () => latency?.unsafeUpdate(performance.now() - started)
-    if (tracer === nativeTracer) {
+    if (fiber.currentTracer === nativeTracer) {
+      // One frame, where Effect.onExit takes several: this is on every cache hit.
       return latency === undefined
-        ? build(noOutcome)
-        : Effect.onExit(build(noOutcome), () => {
-            record()
-            return Effect.void
+        ? build(noOutcome, fiber)
+        : Effect.matchCauseEffect(build(noOutcome, fiber), {
+            onFailure: (cause) => {
+              record()
+              return Effect.failCause(cause)
+            },
+            onSuccess: (value) => {
+              record()
+              return Effect.succeed(value)
+            }
           })
     }
     let outcome = "ok"
@@ -63,7 +71,7 @@ export const observe = <X, E, R>(
           Effect.withParentSpan(
             build((named) => {
               outcome = named
-            }),
+            }, fiber),
             span
           )
         ),
