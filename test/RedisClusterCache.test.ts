@@ -106,6 +106,25 @@ const mgetCalls = (clients: ReadonlyArray<Redis>) =>
     )
   )
 
+/** A users entity in a table of its own, with the Cache it runs on and its rows straight from PostgreSQL. */
+const usersOnTheCluster = (cacheTimeout: Duration.DurationInput) =>
+  Effect.gen(function* () {
+    const table = yield* usersTable
+    const users = yield* WriteThrough.make({
+      entity: table,
+      key: Schema.String,
+      value: User,
+      table: { name: table, primaryKey: "id" },
+      cacheTimeout
+    })
+    const collection = yield* (yield* Store.Store).collection({
+      entity: table,
+      fields: ["id", "name", "email"],
+      table: { name: table, primaryKey: "id" }
+    })
+    return { table, users, collection, cache: yield* Cache.Cache }
+  })
+
 // --- The shared contracts -------------------------------------------------------------
 
 cacheContract("RedisClusterCache", () => clusterCacheLayer("cc"))
@@ -233,22 +252,9 @@ describe("RedisClusterCache", () => {
       return Effect.gen(function* () {
         const cluster = theCluster()
         yield* cluster.waitHealthy
-        const table = yield* usersTable
-        const users = yield* WriteThrough.make({
-          entity: table,
-          key: Schema.String,
-          value: User,
-          table: { name: table, primaryKey: "id" },
-          // The fill is held on purpose while the node restarts.
-          cacheTimeout: "30 seconds"
-        })
-        const cache = yield* Cache.Cache
+        // The fill is held on purpose while the node restarts.
+        const { cache, collection, table, users } = yield* usersOnTheCluster("30 seconds")
         const faults = yield* FaultyCache.FaultyCache
-        const collection = yield* (yield* Store.Store).collection({
-          entity: table,
-          fields: ["id", "name", "email"],
-          table: { name: table, primaryKey: "id" }
-        })
         const key = keyOnClusterNode(yield* slotsOfAll, 1, `${keyPrefix}${table}:`, "held-")
         const cacheKey = `${table}:${key}`
         const named = (name: string) => new User({ id: key, name, email: `${key}@example.com` })
@@ -292,20 +298,7 @@ describe("RedisClusterCache", () => {
       return Effect.gen(function* () {
         const cluster = theCluster()
         yield* cluster.waitHealthy
-        const table = yield* usersTable
-        const users = yield* WriteThrough.make({
-          entity: table,
-          key: Schema.String,
-          value: User,
-          table: { name: table, primaryKey: "id" },
-          cacheTimeout: "300 millis"
-        })
-        const cache = yield* Cache.Cache
-        const collection = yield* (yield* Store.Store).collection({
-          entity: table,
-          fields: ["id", "name", "email"],
-          table: { name: table, primaryKey: "id" }
-        })
+        const { cache, collection, table, users } = yield* usersOnTheCluster("300 millis")
         const cacheKey = (key: string) => `${table}:${key}`
 
         // 4 writers, each owning one key on each node.

@@ -585,6 +585,26 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
     ).pipe(Effect.map(Context.get(SqlClient.SqlClient)))
 
     // After a backend was killed a pooled connection may still be the dead one: one retry, on Unavailable only.
+    // Ends the transaction's own backend (found from inside it), from the admin pool outside it, and
+    // waits until it is gone: the transaction's next statement or its COMMIT meets a dead connection.
+    const terminateOwnBackend = (sql: SqlClient.SqlClient, admin: SqlClient.SqlClient) =>
+      Effect.gen(function* () {
+        const [[pid]] = yield* sql.unsafe("SELECT pg_backend_pid()").values
+        // Outside the transaction: its connection tag must not leak to the admin client.
+        yield* admin.unsafe("SELECT pg_terminate_backend($1)", [pid]).values.pipe(
+          Effect.zipRight(
+            admin.unsafe("SELECT count(*)::int FROM pg_stat_activity WHERE pid = $1", [pid]).values.pipe(
+              Effect.filterOrFail((rows) => rows[0]![0] === 0),
+              Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.intersect(Schedule.recurs(500))))
+            )
+          ),
+          Effect.mapInputContext((context: Context.Context<never>) =>
+            Context.omit(SqlClient.TransactionConnection)(context)
+          ),
+          Effect.orDie
+        )
+      })
+
     const recovered = <A, E extends { readonly _tag: string }>(read: Effect.Effect<A, E>) =>
       read.pipe(
         Effect.retry({
@@ -612,21 +632,7 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
                 Effect.gen(function* () {
                   yield* users.set("1", user("1", "v2"))
                   yield* accounts.set("a1", account("a1", "ada", 20))
-                  // Inside the transaction: its own connection's backend.
-                  const [[pid]] = yield* sql.unsafe("SELECT pg_backend_pid()").values
-                  // On the admin pool, outside the transaction (its connection tag must not leak to the admin client).
-                  yield* admin.unsafe("SELECT pg_terminate_backend($1)", [pid]).values.pipe(
-                    Effect.zipRight(
-                      admin.unsafe("SELECT count(*)::int FROM pg_stat_activity WHERE pid = $1", [pid]).values.pipe(
-                        Effect.filterOrFail((rows) => rows[0]![0] === 0),
-                        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.intersect(Schedule.recurs(500))))
-                      )
-                    ),
-                    Effect.mapInputContext((context: Context.Context<never>) =>
-                      Context.omit(SqlClient.TransactionConnection)(context)
-                    ),
-                    Effect.orDie
-                  )
+                  yield* terminateOwnBackend(sql, admin)
                 })
               )
             )
@@ -656,19 +662,7 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
             WriteThrough.transaction(
               Effect.gen(function* () {
                 yield* users.set("1", user("1", "v2"))
-                const [[pid]] = yield* sql.unsafe("SELECT pg_backend_pid()").values
-                yield* admin.unsafe("SELECT pg_terminate_backend($1)", [pid]).values.pipe(
-                  Effect.zipRight(
-                    admin.unsafe("SELECT count(*)::int FROM pg_stat_activity WHERE pid = $1", [pid]).values.pipe(
-                      Effect.filterOrFail((rows) => rows[0]![0] === 0),
-                      Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.intersect(Schedule.recurs(500))))
-                    )
-                  ),
-                  Effect.mapInputContext((context: Context.Context<never>) =>
-                    Context.omit(SqlClient.TransactionConnection)(context)
-                  ),
-                  Effect.orDie
-                )
+                yield* terminateOwnBackend(sql, admin)
                 yield* accounts.set("a1", account("a1", "ada", 20))
               })
             )
