@@ -291,6 +291,44 @@ describe("settings from configuration (WriteThrough.settings, Service.layerConfi
       "RETRY_TIMES, RETRY_BASE and RETRY_WITHIN go together"
     ]
   ]
+  it.effect("on Redis and PostgreSQL: USERS_TTL sets the lifetime of the entry Redis holds", () =>
+    Effect.gen(function* () {
+      const table = yield* usersTable
+      const prefix = unique("cfg")
+      class TableUsers extends WriteThrough.Service<TableUsers>()("app/ConfiguredTableUsers", {
+        key: Schema.String,
+        value: User,
+        table: { name: table, primaryKey: "id" },
+        ttl: "10 minutes"
+      }) {}
+      const redis = yield* rawRedis
+      yield* Effect.gen(function* () {
+        const users = yield* TableUsers
+        yield* users.set("1", ada)
+        const ttl = yield* Effect.promise(() => redis.pttl(`${prefix}:${table}:1`))
+        // 90 seconds, no jitter: not the 10 minutes in code, nor the default hour.
+        expect(ttl).toBeGreaterThan(80_000)
+        expect(ttl).toBeLessThanOrEqual(90_000)
+      }).pipe(
+        Effect.provide(
+          TableUsers.layerConfig(Config.nested(WriteThrough.settings, "USERS")).pipe(
+            Layer.provide(redisCacheLayer(prefix)),
+            Layer.provide(SqlStore.layer())
+          )
+        ),
+        Effect.withConfigProvider(
+          ConfigProvider.fromMap(
+            new Map([
+              ["USERS_TTL", "90 seconds"],
+              ["USERS_TTL_JITTER", "0"]
+            ]),
+            { pathDelim: "_" }
+          )
+        )
+      )
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
   for (const [label, entries, named] of refused) {
     it.effect(`${label} fails the layer with a ConfigError naming it`, () =>
       Effect.gen(function* () {
