@@ -34,6 +34,22 @@ export const degradedReads = counter(
   "write_through_degraded_reads",
   "reads served by the store because the cache failed or timed out"
 )
+/** @since 0.2.0 @category metrics */
+export const cacheFills = counter(
+  "write_through_cache_fills",
+  "entries written into the cache by reads that missed (refused fills, say for a newer version there, not counted)"
+)
+/**
+ * Tagged with the cache call that failed (`get`, `getMany`, `set`, `setMany`, `invalidate`, `lease`,
+ * `scan`) as `operation`, rather than the public operation that made it.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const cacheErrors = counter(
+  "write_through_cache_errors",
+  "cache calls that failed or timed out (each retry counts), by cache call"
+)
 /** @since 0.1.0 @category metrics */
 export const fillFailures = counter(
   "write_through_fill_failures",

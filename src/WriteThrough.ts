@@ -334,6 +334,7 @@ export const make = <K, A, I>(
         corrupt: tags(Metrics.corruptEntries),
         degraded: tags(Metrics.degradedReads),
         fillFailures: tags(Metrics.fillFailures),
+        fills: tags(Metrics.cacheFills),
         fallbacks: tags(Metrics.invalidationFallbacks),
         stale: tags(Metrics.staleWrites),
         inconsistent: tags(Metrics.inconsistentWrites),
@@ -429,10 +430,27 @@ export const make = <K, A, I>(
     }
 
     // A timeout costs a fiber per call: only for a cache that does not bound its calls itself.
+    // Counted by the cache call that failed: built once per call name.
+    const cacheErrors = new Map<string, ReturnType<typeof LabelledMetric.counter>>()
+    const countCacheError = (operation: string) => {
+      let counter = cacheErrors.get(operation)
+      if (counter === undefined) {
+        counter = LabelledMetric.counter(Metrics.cacheErrors, [
+          ["entity", entity],
+          ["operation", operation]
+        ])
+        cacheErrors.set(operation, counter)
+      }
+      return counter.increment
+    }
     const boundCache = cache.selfBounded
-      ? <X>(_operation: string, _key: string, effect: Effect.Effect<X, CacheError>) => effect
+      ? <X>(operation: string, _key: string, effect: Effect.Effect<X, CacheError>) =>
+          Effect.tapError(effect, () => countCacheError(operation))
       : <X>(operation: string, key: string, effect: Effect.Effect<X, CacheError>) =>
-          Deadline.timeoutFail(effect, cacheTimeout, () => new CacheError({ operation, key, reason: "Timeout" }))
+          Effect.tapError(
+            Deadline.timeoutFail(effect, cacheTimeout, () => new CacheError({ operation, key, reason: "Timeout" })),
+            () => countCacheError(operation)
+          )
 
     const ttlWithJitter = Effect.map(Random.next, (r) => Duration.times(ttl, 1 + r * ttlJitter))
 
@@ -825,6 +843,7 @@ export const make = <K, A, I>(
             Effect.flatMap((entryTtl) =>
               boundCache("set", key, cache.set(prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
             ),
+            Effect.flatMap((outcome) => (outcome === "written" ? metrics.get.fills.increment : Effect.void)),
             Effect.catchAll(() => metrics.get.fillFailures.increment),
             Effect.as(value)
           )
@@ -873,6 +892,9 @@ export const make = <K, A, I>(
         return items.length === 0
           ? Effect.void
           : boundCache("setMany", loaded[0]!.key, cache.setMany(items)).pipe(
+              Effect.flatMap((outcomes) =>
+                metrics.getMany.fills.incrementBy(outcomes.filter((outcome) => outcome === "written").length)
+              ),
               Effect.catchAll(() => metrics.getMany.fillFailures.incrementBy(items.length)),
               Effect.asVoid
             )

@@ -380,6 +380,24 @@ describe("failure contract", () => {
     )
   )
 
+  it.effect("metrics: a miss's fill counts as a fill, and each failed cache call as a cache error of its call", () =>
+    withHarness(({ entity, users, collection, cacheFaults, count }) =>
+      Effect.gen(function* () {
+        yield* collection.put("1", { id: "1", name: "v1", email: "1@example.com" })
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v1")
+        expect(yield* count(Metrics.cacheFills)).toBe(1)
+        expect(yield* count(Metrics.cacheErrors)).toBe(0)
+        yield* cacheFaults.failNext(2, "set")
+        yield* driveClock(users.set("1", user("1", "v2")))
+        expect(yield* Metrics.total(Metrics.cacheErrors, { entity, operation: "set" })).toBe(2)
+        yield* cacheFaults.failNext(1, "get")
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+        expect(yield* Metrics.total(Metrics.cacheErrors, { entity, operation: "get" })).toBe(1)
+      })
+    )
+  )
+
   describe("setMany", () => {
     const batch = (names: string) => ["1", "2", "3"].map((id) => [id, user(id, `${names} ${id}`)] as const)
 
