@@ -533,5 +533,46 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
         afterRound: () => ({ storeQueries: worst })
       }
     }
+  },
+  {
+    case: "lib: 1000 concurrent reads, cold key, 3 instances",
+    kind: sequential,
+    ops: 1,
+    warmup: 1,
+    unit: "1000 reads",
+    baseline: null,
+    target: extraAtMost("storeQueries", 1),
+    note:
+      "three library instances (each its own Redis connection, lease holder and single flight, as three processes have) " +
+      "read one cold key 1000 times between them; storeQueries: store reads of all three per burst, worst burst",
+    setup: async (fx) => {
+      const instances = await Promise.all(
+        [0, 1, 2].map(() =>
+          buildLibrary({ table: fx.table, keyPrefix: `${fx.runId}:wt:`, versionSequence: fx.versionSequence })
+        )
+      )
+      const storeGets = () => instances.reduce((sum, instance) => sum + instance.storeGets(), 0)
+      let worst = 0
+      return {
+        op: async (i) => {
+          // The second half of the cold keys: the single-instance case above reads the first half.
+          const key = fresh(fx.keys.cold, Math.floor(fx.keys.cold.length / 2) + i, "lib: cold key, 3 instances")
+          const before = storeGets()
+          const found = await Promise.all(
+            Array.from({ length: 1000 }, (_, j) => {
+              const { run, users } = instances[j % 3]!
+              return run(users.get(key))
+            })
+          )
+          if (!found.every(Option.isSome)) throw new Error(`expected 1000 values of ${key}`)
+          worst = Math.max(worst, storeGets() - before)
+        },
+        beforeRound: () => {
+          worst = 0
+        },
+        afterRound: () => ({ storeQueries: worst }),
+        teardown: () => Promise.all(instances.map((instance) => instance.dispose())).then(() => undefined)
+      }
+    }
   }
 ]

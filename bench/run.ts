@@ -54,7 +54,8 @@ const main = async (): Promise<number> => {
     writeKeys: 1000,
     // Each miss case reads fresh keys: at most missMaxOps a round, a tenth more to warm up, and calibration's.
     missKeys: Math.ceil(rounds * missMaxOps * 1.1) + 2 * missMaxOps,
-    coldKeys: rounds * 10,
+    // Two stampede cases, each reading fresh keys from its own half.
+    coldKeys: rounds * 20,
     log
   })
   let failed = false
