@@ -134,6 +134,31 @@ const hundredWrites =
     await fx.library.run(write(fx.library.users, entries))
   }
 
+// 1000 reads at once of a key in no cache, spread over the instances; the worst burst's store reads,
+// summed over the instances. Each op reads a fresh cold key from `offset` on.
+const coldStampede = (fx: Fixture, instances: ReadonlyArray<Library>, offset: number): Runner => {
+  const storeGets = () => instances.reduce((sum, instance) => sum + instance.storeGets(), 0)
+  let worst = 0
+  return {
+    op: async (i) => {
+      const key = fresh(fx.keys.cold, offset + i, "lib: cold key")
+      const before = storeGets()
+      const found = await Promise.all(
+        Array.from({ length: 1000 }, (_, j) => {
+          const { run, users } = instances[j % instances.length]!
+          return run(users.get(key))
+        })
+      )
+      if (!found.every(Option.isSome)) throw new Error(`expected 1000 values of ${key}`)
+      worst = Math.max(worst, storeGets() - before)
+    },
+    beforeRound: () => {
+      worst = 0
+    },
+    afterRound: () => ({ storeQueries: worst })
+  }
+}
+
 // The library with RedisCache's in-process tier on, warmed: every get is served in process.
 const nearHits = async (fx: Fixture): Promise<Runner> => {
   const library = await buildLibrary({
@@ -516,23 +541,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     baseline: null,
     target: extraAtMost("storeQueries", 1),
     note: "1000 runPromise(users.get) at once on a key in no cache; storeQueries: store reads per burst, worst burst",
-    setup: async (fx) => {
-      const { run, storeGets, users } = fx.library
-      let worst = 0
-      return {
-        op: async (i) => {
-          const key = fresh(fx.keys.cold, i, "lib: cold key")
-          const before = storeGets()
-          const found = await Promise.all(Array.from({ length: 1000 }, () => run(users.get(key))))
-          if (!found.every(Option.isSome)) throw new Error(`expected 1000 values of ${key}`)
-          worst = Math.max(worst, storeGets() - before)
-        },
-        beforeRound: () => {
-          worst = 0
-        },
-        afterRound: () => ({ storeQueries: worst })
-      }
-    }
+    setup: async (fx) => coldStampede(fx, [fx.library], 0)
   },
   {
     case: "lib: 1000 concurrent reads, cold key, 3 instances",
@@ -551,26 +560,9 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
           buildLibrary({ table: fx.table, keyPrefix: `${fx.runId}:wt:`, versionSequence: fx.versionSequence })
         )
       )
-      const storeGets = () => instances.reduce((sum, instance) => sum + instance.storeGets(), 0)
-      let worst = 0
+      // The second half of the cold keys: the single-instance case reads the first half.
       return {
-        op: async (i) => {
-          // The second half of the cold keys: the single-instance case above reads the first half.
-          const key = fresh(fx.keys.cold, Math.floor(fx.keys.cold.length / 2) + i, "lib: cold key, 3 instances")
-          const before = storeGets()
-          const found = await Promise.all(
-            Array.from({ length: 1000 }, (_, j) => {
-              const { run, users } = instances[j % 3]!
-              return run(users.get(key))
-            })
-          )
-          if (!found.every(Option.isSome)) throw new Error(`expected 1000 values of ${key}`)
-          worst = Math.max(worst, storeGets() - before)
-        },
-        beforeRound: () => {
-          worst = 0
-        },
-        afterRound: () => ({ storeQueries: worst }),
+        ...coldStampede(fx, instances, Math.floor(fx.keys.cold.length / 2)),
         teardown: () => Promise.all(instances.map((instance) => instance.dispose())).then(() => undefined)
       }
     }

@@ -16,11 +16,10 @@ import {
   Redacted,
   Schedule
 } from "effect"
-import type * as Scope from "effect/Scope"
 import { createServer } from "node:net"
 import { SqlStore, Store } from "../src/index.js"
 import { storeContract, user, userFields } from "./contract/StoreContract.js"
-import { applicationName, databaseUrl, PgLive, scopedTable, unique } from "./support/services.js"
+import { adminClient, applicationName, databaseUrl, PgLive, scopedTable, unique } from "./support/services.js"
 
 const StoreLive = SqlStore.layer().pipe(Layer.provideMerge(PgLive))
 
@@ -53,16 +52,6 @@ const schemaFailure = (target: Store.Target) =>
     expect(error).toMatchObject({ _tag: "StoreError", reason: "Schema", entity: target.entity, operation: "prepare" })
     return error
   })
-
-/** A second connection pool, with an application name of its own, for locking and terminating. */
-const adminClient: Effect.Effect<SqlClient.SqlClient, unknown, Scope.Scope> = Layer.build(
-  PgClient.layer({
-    url: Redacted.make(databaseUrl),
-    applicationName: `${applicationName}-admin`,
-    connectTimeout: Duration.seconds(5),
-    maxConnections: 2
-  })
-).pipe(Effect.map(Context.get(SqlClient.SqlClient)))
 
 /**
  * The pids of the library's backends (found by application name) that wait on a lock

@@ -1,23 +1,8 @@
 // WriteThrough.transaction against the real Redis and Postgres (and once in memory): one SQL transaction
 // for the writes of several entities, whose cache updates wait for the COMMIT.
-import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import {
-  Cause,
-  Context,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  Layer,
-  Metric,
-  Option,
-  Redacted,
-  Schedule,
-  Schema
-} from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Schedule, Schema } from "effect"
 import type * as Scope from "effect/Scope"
 import type { Redis } from "ioredis"
 import {
@@ -33,16 +18,7 @@ import {
 import { FaultyCache, FaultyStore } from "../src/testing.js"
 import { User } from "./contract/WriteThroughContract.js"
 import { driveClock, user } from "./support/harness.js"
-import {
-  applicationName,
-  databaseUrl,
-  PgLive,
-  rawRedis,
-  redisCacheLayer,
-  scopedTable,
-  unique,
-  usersTable
-} from "./support/services.js"
+import { adminClient, PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
 
 class Account extends Schema.Class<Account>("Account")({
   id: Schema.String,
@@ -574,17 +550,6 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
       )
     )
 
-    // A second pool, with an application name of its own, to kill the transaction's backend from outside.
-    const adminClient = Layer.build(
-      PgClient.layer({
-        url: Redacted.make(databaseUrl),
-        applicationName: `${applicationName}-admin`,
-        connectTimeout: Duration.seconds(5),
-        maxConnections: 1
-      })
-    ).pipe(Effect.map(Context.get(SqlClient.SqlClient)))
-
-    // After a backend was killed a pooled connection may still be the dead one: one retry, on Unavailable only.
     // Ends the transaction's own backend (found from inside it), from the admin pool outside it, and
     // waits until it is gone: the transaction's next statement or its COMMIT meets a dead connection.
     const terminateOwnBackend = (sql: SqlClient.SqlClient, admin: SqlClient.SqlClient) =>
@@ -605,6 +570,7 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
         )
       })
 
+    // After a backend was killed a pooled connection may still be the dead one: one retry, on Unavailable only.
     const recovered = <A, E extends { readonly _tag: string }>(read: Effect.Effect<A, E>) =>
       read.pipe(
         Effect.retry({

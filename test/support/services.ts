@@ -1,7 +1,7 @@
 // The real services the suites run against, and per-test isolation on them.
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Duration, Effect, Layer, Redacted } from "effect"
+import { Context, Duration, Effect, Layer, Redacted } from "effect"
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { RedisCache } from "../../src/index.js"
@@ -27,6 +27,16 @@ export const PgLive = PgClient.layer({
       new Error(`PostgreSQL at ${databaseUrl} is not reachable (start it or set DATABASE_URL): ${error.message}`)
   )
 )
+
+/** A second connection pool, with an application name of its own, for locking and terminating the library's backends. */
+export const adminClient = Layer.build(
+  PgClient.layer({
+    url: Redacted.make(databaseUrl),
+    applicationName: `${applicationName}-admin`,
+    connectTimeout: Duration.seconds(5),
+    maxConnections: 2
+  })
+).pipe(Effect.map(Context.get(SqlClient.SqlClient)))
 
 /** Deletes every key under a test's prefix from the shared Redis (SCAN, never KEYS). */
 export const dropPrefix = (prefix: string) =>
