@@ -239,6 +239,30 @@ describe("RedisCache", () => {
     }
   })
 
+  it.scoped("an entry in the wire format without a TTL is read, but any write replaces it and restores the TTL", () =>
+    Effect.gen(function* () {
+      const redis = yield* rawRedis
+      const { cache, redisKey } = yield* prefixedCache("foreign")
+      for (const [key, raw] of [
+        ["v", "v9007199254740991:from elsewhere"],
+        ["t", "t9007199254740991:"]
+      ] as const) {
+        yield* Effect.promise(() => redis.set(redisKey(key), raw))
+        expect(Option.map(yield* cache.get(key), (entry) => entry.version)).toEqual(Option.some(9007199254740991))
+      }
+      expect(yield* cache.set("v", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
+      expect(yield* cache.get("v")).toEqual(Option.some(value(1, "one")))
+      expect(yield* cache.invalidate("t", 2, Duration.minutes(1))).toBe("written")
+      expect(yield* cache.get("t")).toEqual(Option.some(tombstone(2)))
+      for (const key of ["v", "t"]) {
+        expect(yield* Effect.promise(() => redis.pttl(redisKey(key)))).toBeGreaterThan(0)
+      }
+      // With a TTL, the same foreign entry outranks lower versions, as any entry does.
+      yield* Effect.promise(() => redis.set(redisKey("v"), "v9007199254740991:from elsewhere", "PX", 60_000))
+      expect(yield* cache.set("v", value(3, "three"), { ttl: Duration.minutes(1) })).toBe("rejected")
+    })
+  )
+
   describe("key prefixes", () => {
     it.scoped("two caches with different prefixes do not see each other's keys", () =>
       Effect.gen(function* () {

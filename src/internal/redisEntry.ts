@@ -22,13 +22,16 @@ export const decode = (raw: string | null): Option.Option<Entry> => {
 }
 
 // Both scripts read the current entry, compare versions and write, atomically.
-// A key of another type or an unparseable string counts as absent.
+// A key of another type or an unparseable string counts as absent. So does an entry without a TTL:
+// the library never writes one, and a foreign entry with a high version and no TTL would otherwise
+// outrank every write and never expire.
 const readCurrent = `
 local cur = redis.pcall('GET', KEYS[1])
 local kind, ver = nil, nil
 if type(cur) == 'string' then
   kind, ver = string.match(cur, '^([vt])(%d+):')
   if ver and #ver <= 16 and tonumber(ver) <= 9007199254740991 then ver = tonumber(ver) else kind = nil end
+  if kind and redis.call('PTTL', KEYS[1]) == -1 then kind = nil end
 end
 `
 
