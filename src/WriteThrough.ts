@@ -30,9 +30,11 @@ import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
 import type * as Scope from "effect/Scope"
 import { Cache, CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "./Cache.js"
+import * as CacheNamespace from "./internal/cacheNamespace.js"
 import * as Deadline from "./internal/deadline.js"
 import * as LabelledMetric from "./internal/labelledMetric.js"
 import * as OperationSpan from "./internal/operationSpan.js"
+import { findUnstorableString } from "./internal/storableValue.js"
 import { currentPublications, type DeferredUpdate, type Publications } from "./internal/transactionContext.js"
 import * as Metrics from "./Metrics.js"
 import { Store, StoreError, type StoreOutcomeUnknownError, type Table } from "./Store.js"
@@ -49,7 +51,11 @@ export interface Options<K, A, I> {
   readonly key: Schema.Schema<K, string>
   /** The value's schema. Its encoded form is what the store holds and, as JSON, what the cache holds. */
   readonly value: Schema.Schema<A, I>
-  /** The entity's name: the cache namespace and the name in errors. Default the table's name, else the service id. */
+  /**
+   * The entity's name: the cache namespace and the name in errors. Default the table's name,
+   * qualified by its schema when one is given (`archive.users`), else the service id. Two entities
+   * on one `Cache` must have distinct names: building the second one fails, naming both.
+   */
   readonly entity?: string | undefined
   /** A real table to map the value's fields onto; absent, the store's generic key/JSON table. */
   readonly table?: Table | undefined
@@ -291,12 +297,32 @@ const describeKey = (key: unknown): string => {
 export const make = <K, A, I>(
   options: Options<K, A, I> & { readonly entity: string }
 ): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store | Scope.Scope> =>
+  makeOwned(options, describeOwner(options))
+
+const describeOwner = (options: { readonly entity: string; readonly table?: Table | undefined }, service?: string) =>
+  [
+    service === undefined ? undefined : `service ${JSON.stringify(service)}`,
+    `entity ${JSON.stringify(options.entity)}`,
+    options.table === undefined ? undefined : `(table ${qualifiedTableName(options.table)})`
+  ]
+    .filter((part) => part !== undefined)
+    .join(" ")
+
+const qualifiedTableName = (table: Table): string =>
+  table.schema === undefined ? table.name : `${table.schema}.${table.name}`
+
+const makeOwned = <K, A, I>(
+  options: Options<K, A, I> & { readonly entity: string },
+  owner: string
+): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store | Scope.Scope> =>
   Effect.gen(function* () {
     const entity = options.entity
     if (!entityPattern.test(entity)) {
       return yield* Effect.dieMessage(`WriteThrough: entity ${JSON.stringify(entity)} must match ${entityPattern}`)
     }
     const cache = yield* Cache
+    const prefix = `${entity}:`
+    yield* CacheNamespace.claim(cache, prefix, owner)
     const fields = encodedFields(options.value)
     const store = yield* Store
     const collection = yield* store.collection({ entity, fields, table: options.table })
@@ -318,7 +344,6 @@ export const make = <K, A, I>(
             wait: Duration.toMillis(options.lease?.wait ?? "250 millis"),
             poll: Duration.decode(options.lease?.poll ?? "5 millis")
           }
-    const prefix = `${entity}:`
     // Tagged once per operation, not per call.
     const metricsOf = (operation: Operation) => {
       const labels = [
@@ -421,6 +446,10 @@ export const make = <K, A, I>(
             `field ${keyField} is ${JSON.stringify(inValue)}, but the key is ${JSON.stringify(key)}`
           )
         }
+      }
+      const unstorable = findUnstorableString(encoded.right)
+      if (unstorable !== undefined) {
+        return invalid(key, "value", `${unstorable}, which the store cannot hold as given`)
       }
       try {
         return Either.right({ encoded: encoded.right, payload: JSON.stringify(encoded.right) })
@@ -1367,13 +1396,14 @@ export interface ServiceClass<Self, Id extends string, K, A> extends Context.Tag
 export const Service =
   <Self = never>() =>
   <const Id extends string, K, A, I>(id: Id, options: Options<K, A, I>): ServiceClass<Self, Id, K, A> => {
-    const entity = options.entity ?? options.table?.name ?? id
+    const entity = options.entity ?? (options.table === undefined ? id : qualifiedTableName(options.table))
+    const owner = describeOwner({ entity, table: options.table }, id)
     const Tag = Context.Tag(id)<Self, WriteThrough<K, A>>()
-    const layer = Layer.scoped(Tag, make({ ...options, entity }))
+    const layer = Layer.scoped(Tag, makeOwned({ ...options, entity }, owner))
     const layerConfig = (config: Config.Config<Settings> = settings) =>
       Layer.scoped(
         Tag,
-        Effect.flatMap(config, (configured) => make({ ...options, ...configured, entity }))
+        Effect.flatMap(config, (configured) => makeOwned({ ...options, ...configured, entity }, owner))
       )
     return Object.assign(Tag, { Default: layer, layerConfig, entity }) as unknown as ServiceClass<Self, Id, K, A>
   }

@@ -9,7 +9,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Schedule, Schema, TestContext } from "effect"
 import fc from "fast-check"
-import { MemoryCache, MemoryStore, Store, WriteThrough } from "../src/index.js"
+import { Cache, MemoryCache, MemoryStore, Store, WriteThrough } from "../src/index.js"
 import { check, type Committed, type FinalState, type Op, type Report } from "./chaos/checker.js"
 import {
   act,
@@ -191,7 +191,13 @@ const finalState = (keys: ReadonlyArray<string>) =>
     return { store, cache: cached } satisfies FinalState
   })
 
-const makeUsers = WriteThrough.make({ entity, key: Schema.String, value: Item, retry: Schedule.recurs(1) })
+// Each simulated process gets a Cache service of its own over the shared tier, as separate processes
+// would: one Cache refuses a second owner of an entity's namespace.
+const makeUsers = Effect.flatMap(Cache.Cache, (shared) =>
+  WriteThrough.make({ entity, key: Schema.String, value: Item, retry: Schedule.recurs(1) }).pipe(
+    Effect.provideService(Cache.Cache, Cache.Cache.of({ ...shared }))
+  )
+)
 
 /** Runs the workload under the scheduler: the prelude one step at a time, then every fiber at once. */
 const runWorkload = async (s: Stepper, w: Workload, cache: CacheKind, recorder = makeRecorder()) => {

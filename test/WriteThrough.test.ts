@@ -1,6 +1,19 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Config, ConfigError, ConfigProvider, Effect, Fiber, Layer, Option, Schema, TestClock, Tracer } from "effect"
+import {
+  Cause,
+  Config,
+  ConfigError,
+  ConfigProvider,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Schema,
+  TestClock,
+  Tracer
+} from "effect"
 import { Cache, MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { FaultyCache } from "../src/testing.js"
 import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
@@ -338,4 +351,105 @@ describe("settings from configuration (WriteThrough.settings, Service.layerConfi
       })
     )
   }
+})
+
+describe("entity namespaces", () => {
+  // Same-named tables in two schemas; the value says which one it came from.
+  const twoSchemas = Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const schema = unique("archive")
+    const table = unique("h_users")
+    const ddl = (qualified: string) =>
+      `CREATE TABLE ${qualified} (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, version bigint NOT NULL)`
+    const run = (statements: ReadonlyArray<string>) =>
+      Effect.forEach(statements, (statement) => sql.unsafe(statement).raw, { discard: true })
+    yield* Effect.acquireRelease(
+      run([`CREATE SCHEMA "${schema}"`, ddl(`"${table}"`), ddl(`"${schema}"."${table}"`)]),
+      () => run([`DROP SCHEMA "${schema}" CASCADE`, `DROP TABLE IF EXISTS "${table}"`]).pipe(Effect.orDie)
+    )
+    class Live extends WriteThrough.Service<Live>()("app/LiveUsers", {
+      key: Schema.String,
+      value: User,
+      table: { name: table, primaryKey: "id" }
+    }) {}
+    class Archived extends WriteThrough.Service<Archived>()("app/ArchivedUsers", {
+      key: Schema.String,
+      value: User,
+      table: { name: table, schema, primaryKey: "id" }
+    }) {}
+    return { schema, table, Live, Archived }
+  })
+
+  it.effect("same-named tables in two schemas get distinct namespaces, on Redis and PostgreSQL", () =>
+    Effect.gen(function* () {
+      const { Archived, Live, schema, table } = yield* twoSchemas
+      expect(Live.entity).toBe(table)
+      expect(Archived.entity).toBe(`${schema}.${table}`)
+      yield* Effect.gen(function* () {
+        const live = yield* Live
+        const archived = yield* Archived
+        yield* live.set("c1", new User({ id: "c1", name: "LIVE", email: "l@example.com" }))
+        yield* archived.set("c1", new User({ id: "c1", name: "ARCHIVED", email: "a@example.com" }))
+        expect(Option.getOrThrow(yield* live.get("c1")).name).toBe("LIVE")
+        expect(Option.getOrThrow(yield* archived.get("c1")).name).toBe("ARCHIVED")
+        yield* archived.delete("c1")
+        expect(Option.getOrThrow(yield* live.get("c1")).name).toBe("LIVE")
+        expect(yield* archived.get("c1")).toEqual(Option.none())
+      }).pipe(
+        Effect.provide(
+          Layer.mergeAll(Live.Default, Archived.Default).pipe(
+            Layer.provide(redisCacheLayer()),
+            Layer.provide(SqlStore.layer())
+          )
+        )
+      )
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
+  it.effect("two entities that would share a namespace on one Cache fail when built, naming both", () =>
+    Effect.gen(function* () {
+      const { Archived, Live, table } = yield* twoSchemas
+      // Named alike on purpose: what the default used to do with a schema.
+      class Clash extends WriteThrough.Service<Clash>()("app/Clash", {
+        key: Schema.String,
+        value: User,
+        entity: table,
+        table: { name: table, schema: "public", primaryKey: "id" }
+      }) {}
+      const cache = redisCacheLayer()
+      const exit = yield* Layer.build(Layer.mergeAll(Live.Default, Clash.Default)).pipe(
+        Effect.provide(Layer.merge(cache, SqlStore.layer())),
+        Effect.scoped,
+        Effect.exit
+      )
+      expect(exit._tag).toBe("Failure")
+      const message = String(Exit.isFailure(exit) ? Cause.squash(exit.cause) : "")
+      expect(message).toContain(`service "app/LiveUsers" entity "${table}" (table ${table})`)
+      expect(message).toContain(`service "app/Clash" entity "${table}" (table public.${table})`)
+      expect(message).toContain("give one of them a distinct `entity`")
+      // Distinct names on one cache build; the namespace is free again once a layer is released.
+      yield* Layer.build(Layer.mergeAll(Live.Default, Archived.Default)).pipe(
+        Effect.provide(Layer.merge(cache, SqlStore.layer())),
+        Effect.scoped
+      )
+      const shared = yield* Layer.build(cache)
+      for (let round = 0; round < 2; round++) {
+        yield* Layer.build(Live.Default).pipe(
+          Effect.provide(Layer.merge(Layer.succeedContext(shared), SqlStore.layer())),
+          Effect.scoped
+        )
+      }
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
+  it.effect("an unstorable string deep in a value is named by its path", () =>
+    Effect.gen(function* () {
+      const Tagged = Schema.Struct({ id: Schema.String, tags: Schema.Array(Schema.Struct({ label: Schema.String })) })
+      const tagged = yield* WriteThrough.make({ entity: unique("tagged"), key: Schema.String, value: Tagged })
+      const error = yield* Effect.flip(tagged.set("t", { id: "t", tags: [{ label: "ok" }, { label: "x\u0000" }] }))
+      expect(error).toMatchObject({ _tag: "ValidationError", field: "value" })
+      expect(error.message).toContain("tags[1].label holds a NUL character")
+      expect(yield* tagged.get("t")).toEqual(Option.none())
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(redisCacheLayer(), SqlStore.layer())), Effect.provide(PgLive))
+  )
 })

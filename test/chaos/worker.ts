@@ -7,7 +7,7 @@ import { Cause, Chunk, Effect, Exit, Layer, Option, Random, Redacted, Schedule, 
 import { writeFileSync } from "node:fs"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../../src/index.js"
 import type { Op, Outcome } from "./checker.js"
-import { monotonicMicros, naiveRedisCache, type WorkerConfig } from "./workload.js"
+import { monotonicMicros, naiveRedisCache, refusedPayload, type WorkerConfig } from "./workload.js"
 
 const config = JSON.parse(process.argv[2]!) as WorkerConfig
 
@@ -121,9 +121,6 @@ const causeOf = (cause: unknown): string =>
       ? cause.message
       : String(cause)
 
-// A value PostgreSQL refuses to store in text (invalid byte sequence), though the library takes it.
-const poison = (value: string) => `${value}\u0000`
-
 const describe = (error: { readonly _tag: string }): string => {
   const { reason } = error as { readonly reason?: unknown }
   return typeof reason === "string" ? `${error._tag} (${reason})` : error._tag
@@ -213,12 +210,12 @@ const program = Effect.gen(function* () {
             ...outcomeOf(exit)
           })
         } else if (roll < 0.96) {
-          // Two to four keys in one setMany. One in ten carries a value the database refuses (a NUL
-          // in text): the whole batch must fail, none of its keys written.
+          // Two to four keys in one setMany. One in ten carries a value the database refuses (its
+          // CHECK): the whole batch must fail, none of its keys written.
           const poisoned = (yield* Random.next) < 0.1
           const keys = yield* pickKeys(2, 4)
           const entries = keys.map(
-            (key, i) => [key, poisoned && i === keys.length - 1 ? poison(nextValue()) : nextValue()] as const
+            (key, i) => [key, poisoned && i === keys.length - 1 ? refusedPayload(nextValue()) : nextValue()] as const
           )
           const call = `p${config.process}.f${fiberId}.setMany${++counter}${poisoned ? ".poisoned" : ""}`
           const start = monotonicMicros()
@@ -247,7 +244,7 @@ const program = Effect.gen(function* () {
           const steps = yield* Effect.forEach(keys, (key, i) =>
             Effect.map(Random.next, (r) =>
               i === poisoned
-                ? { key, kind: "write" as const, value: poison(nextValue()) }
+                ? { key, kind: "write" as const, value: refusedPayload(nextValue()) }
                 : r < 0.7
                   ? { key, kind: "write" as const, value: nextValue() }
                   : { key, kind: "delete" as const, value: null }

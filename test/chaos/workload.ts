@@ -28,14 +28,22 @@ export interface WorkerConfig {
 
 export const historyTable = (table: string) => `${table}_history`
 
+const refusedMarker = "!refused"
+
+/** A payload the library takes and the workload's table refuses (a CHECK violation): the store's statement fails. */
+export const refusedPayload = (value: string): string => `${value}${refusedMarker}`
+
 /** The workload's table, and a history of every committed change written by a trigger in the same transaction. */
 export const createTables = (table: string) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const history = historyTable(table)
     yield* sql.unsafe(`CREATE SEQUENCE IF NOT EXISTS effect_write_through_version`).raw
-    yield* sql.unsafe(`CREATE TABLE "${table}" (id text PRIMARY KEY, payload text NOT NULL, version bigint NOT NULL)`)
-      .raw
+    // The check lets the workload write values the library takes and the database refuses (refusedPayload).
+    yield* sql.unsafe(
+      `CREATE TABLE "${table}" (id text PRIMARY KEY, payload text NOT NULL CHECK (payload NOT LIKE '%${refusedMarker}'), ` +
+        `version bigint NOT NULL)`
+    ).raw
     yield* sql.unsafe(`CREATE TABLE "${history}" (key text NOT NULL, value text, version bigint NOT NULL)`).raw
     // A delete's version is drawn here under the same per-key lock the store's own statement holds,
     // so it falls in the key's commit order like the version the store returns.

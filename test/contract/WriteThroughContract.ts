@@ -235,6 +235,50 @@ export const writeThroughContract = <R>(name: string, fixture: Fixture<R>) =>
       )
     )
 
+    describe("a value the store cannot hold as given is refused before any I/O", () => {
+      // PostgreSQL's text cannot hold a NUL; a lone surrogate has no UTF-8 form and would be stored as U+FFFD.
+      const unstorable = [
+        ["a lone surrogate", "a\ud800b", "name holds an unpaired surrogate"],
+        ["a trailing lone surrogate", "ab\udc00", "name holds an unpaired surrogate"],
+        ["a NUL character", "a\u0000b", "name holds a NUL character"]
+      ] as const
+      for (const [label, name, detail] of unstorable) {
+        it.effect(`${label}: in set, setMany and a transaction, with nothing written`, () =>
+          withUsers((users, collection) =>
+            Effect.gen(function* () {
+              const bad = { ...user("7"), name } as User
+              const refusals = [
+                yield* Effect.flip(users.set("7", bad)),
+                yield* Effect.flip(
+                  users.setMany([
+                    ["6", user("6")],
+                    ["7", bad]
+                  ])
+                ),
+                yield* Effect.flip(
+                  WriteThrough.transaction(Effect.zipRight(users.set("6", user("6")), users.set("7", bad)))
+                )
+              ]
+              for (const error of refusals) {
+                expect(error).toMatchObject({ _tag: "ValidationError", field: "value", key: '"7"' })
+                expect(error.message).toContain(detail)
+              }
+              for (const key of ["6", "7"]) {
+                expect(yield* collection.get(key)).toEqual(Option.none())
+                expect(yield* users.get(key)).toEqual(Option.none())
+              }
+              // A well-formed pair and other non-ASCII text are not refused.
+              yield* users.set("7", user("7", "a\ud83c\udf89b ünï"))
+              expect(Option.getOrThrow(yield* users.get("7")).name).toBe("a\ud83c\udf89b ünï")
+              expect(Option.map(yield* collection.get("7"), (row) => row.value)).toEqual(
+                Option.some({ id: "7", name: "a\ud83c\udf89b ünï", email: "1@example.com" })
+              )
+            })
+          )
+        )
+      }
+    })
+
     it.effect("a value whose primary key field disagrees with the key is refused before any write", () =>
       withUsers((users, collection) =>
         Effect.gen(function* () {
