@@ -45,17 +45,191 @@ const quote = (identifier: string): string => `"${identifier.replace(/"/g, '""')
 const qualified = (schema: string | undefined, name: string): string =>
   schema === undefined ? quote(name) : `${quote(schema)}.${quote(name)}`
 
+/** The fields of node-postgres's `DatabaseError` that a `StoreError` may repeat. */
+interface PgError {
+  readonly code: string
+  readonly message: string
+  readonly routine?: unknown
+  readonly schema?: unknown
+  readonly table?: unknown
+  readonly column?: unknown
+  readonly dataType?: unknown
+  readonly constraint?: unknown
+}
+
+// @effect/sql-pg wraps the driver's error in a SqlError; a begin that failed may come bare.
+const pgError = (failure: unknown): PgError | undefined => {
+  const error = failure instanceof SqlError ? failure.cause : failure
+  if (typeof error !== "object" || error === null) return undefined
+  const { code, message } = error as { code?: unknown; message?: unknown }
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && typeof message === "string"
+    ? (error as PgError)
+    : undefined
+}
+
 // A SQLSTATE from the server means the statement was refused and rolled back,
 // except for the classes that also mean the connection went away mid-statement.
-const sqlState = (error: SqlError): string | undefined => {
-  const code = (error.cause as { code?: unknown } | undefined)?.code
-  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) ? code : undefined
+const sqlState = (error: SqlError): string | undefined => pgError(error)?.code
+
+const namedFields = ["constraint", "schema", "table", "column", "dataType"] as const
+
+/**
+ * PostgreSQL's message with its values redacted, by the rule `StoreError.databaseMessage` documents.
+ * PostgreSQL quotes names and values alike and does not escape a quote inside a value, so once a
+ * quoted text is not a name it reported, nothing up to the last quote can be trusted to be a name.
+ */
+const redactValues = (message: string, names: ReadonlySet<string>): string => {
+  let redacted = message
+  let open = message.indexOf('"')
+  while (open >= 0) {
+    const close = message.indexOf('"', open + 1)
+    if (close < 0 || !names.has(message.slice(open + 1, close))) {
+      redacted = `${message.slice(0, open)}"…"${message.slice(message.lastIndexOf('"') + 1)}`
+      break
+    }
+    open = message.indexOf('"', close + 1)
+  }
+  // The bytes of an invalid encoding are bytes of the value.
+  return redacted.replace(/\b0x[0-9A-Fa-f]{2}(?: 0x[0-9A-Fa-f]{2})*\b/g, "0x…")
+}
+
+/**
+ * The fields of a `StoreError` about a failure of the database: what PostgreSQL reported, without
+ * the values of the statement, and the failure itself as `cause`.
+ */
+const databaseFailure = (
+  failure: unknown
+): Pick<StoreError, "cause" | "sqlState" | "databaseMessage" | (typeof namedFields)[number]> => {
+  if (failure === undefined) return {}
+  const error = pgError(failure)
+  if (error === undefined) return { cause: failure }
+  const reported: Partial<Record<(typeof namedFields)[number], string>> = {}
+  for (const field of namedFields) {
+    const name = error[field]
+    if (typeof name === "string") reported[field] = name
+  }
+  // Class 22's messages quote the offending value, whatever names the error carries.
+  const names = new Set(error.code.startsWith("22") ? [] : Object.values(reported))
+  return {
+    cause: failure,
+    sqlState: error.code,
+    ...(error.routine === "exec_stmt_raise" ? {} : { databaseMessage: redactValues(error.message, names) }),
+    ...reported
+  }
 }
 
 const connectionLost = (state: string | undefined): boolean =>
   state === undefined || state.startsWith("08") || state.startsWith("57P")
 
 const neverSent = (error: SqlError): boolean => error.message.startsWith("Failed to acquire connection")
+
+/** How an entity maps onto its table, as the schema check compares it with the table. */
+interface Mapping {
+  /** The table's quoted, schema-qualified name. */
+  readonly table: string
+  readonly keyColumn: string
+  readonly valueColumns: ReadonlyArray<string>
+  readonly versionColumn: string
+  /** The SQL expression drawing a version from the store's sequence. */
+  readonly nextVersion: string
+}
+
+/** A column of the table, as information_schema describes it. */
+interface ColumnFacts {
+  readonly type: string
+  readonly identity: boolean
+}
+
+/** A unique index of the table, as `ON CONFLICT (key)` sees it. */
+interface UniqueIndex {
+  readonly primary: boolean
+  /** On the key column alone, valid, not partial, not deferrable: an arbiter `ON CONFLICT (key)` can use. */
+  readonly arbiter: boolean
+  /** The deferrable constraint behind it, when `ON CONFLICT (key)` would pick it as an arbiter and then refuse it. */
+  readonly refusedArbiter: string | undefined
+}
+
+/** One way the table does not fit the entity, and the `ALTER TABLE` actions that make it fit. */
+interface Misfit {
+  readonly problem: string
+  readonly actions: ReadonlyArray<string>
+}
+
+// The store only knows the fields' names, not their types: text holds what a field encodes to
+// when that is a string, the common case, and says so.
+const valueColumnType = "text"
+const valueColumnTypeNote = `a column added for a value field is ${valueColumnType}, which holds a field that encodes to a string: give another type to one that does not`
+
+const missingColumns = (
+  mapping: Mapping,
+  columns: ReadonlyMap<string, ColumnFacts>,
+  indexes: ReadonlyArray<UniqueIndex>
+): Misfit | undefined => {
+  const missing = [mapping.keyColumn, ...mapping.valueColumns].filter((column) => !columns.has(column))
+  if (missing.length === 0) return undefined
+  // A second PRIMARY KEY would be refused; a UNIQUE key column serves ON CONFLICT as well.
+  const keyConstraint = indexes.some((index) => index.primary) ? "UNIQUE" : "PRIMARY KEY"
+  return {
+    problem: `table ${mapping.table} has no column ${missing.map(quote).join(", ")}`,
+    actions: missing.map((column) =>
+      column === mapping.keyColumn
+        ? `ADD COLUMN ${quote(column)} text ${keyConstraint}`
+        : `ADD COLUMN ${quote(column)} ${valueColumnType}`
+    )
+  }
+}
+
+const versionMisfit = (mapping: Mapping, columns: ReadonlyMap<string, ColumnFacts>): Misfit | undefined => {
+  const column = columns.get(mapping.versionColumn)
+  const version = quote(mapping.versionColumn)
+  const problem = `table ${mapping.table} needs a bigint version column ${version}`
+  if (column === undefined) {
+    return { problem, actions: [`ADD COLUMN ${version} bigint NOT NULL DEFAULT ${mapping.nextVersion}`] }
+  }
+  if (column.type === "bigint") return undefined
+  // Casting would keep versions the sequence did not draw: one above the sequence would outrank
+  // every later write of its key in the cache. Each row draws a fresh one instead, as ADD COLUMN's
+  // default does; the old default (an identity's included) would not survive the change of type.
+  return {
+    problem: `${problem} (it is ${column.type}; the change gives every row a fresh version from the sequence)`,
+    actions: [
+      `ALTER COLUMN ${version} ${column.identity ? "DROP IDENTITY" : "DROP DEFAULT"}`,
+      `ALTER COLUMN ${version} TYPE bigint USING ${mapping.nextVersion}`,
+      `ALTER COLUMN ${version} SET DEFAULT ${mapping.nextVersion}`,
+      `ALTER COLUMN ${version} SET NOT NULL`
+    ]
+  }
+}
+
+const keyMisfit = (
+  mapping: Mapping,
+  columns: ReadonlyMap<string, ColumnFacts>,
+  indexes: ReadonlyArray<UniqueIndex>
+): Misfit | undefined => {
+  // A missing key column is added with its constraint.
+  if (!columns.has(mapping.keyColumn)) return undefined
+  const refused = indexes.flatMap((index) => (index.refusedArbiter === undefined ? [] : [index.refusedArbiter]))
+  const usable = indexes.some((index) => index.arbiter)
+  if (usable && refused.length === 0) return undefined
+  const key = quote(mapping.keyColumn)
+  const primaryKept = indexes.some((index) => index.primary && index.refusedArbiter === undefined)
+  return {
+    problem: usable
+      ? `column ${key} of ${mapping.table} has a deferrable unique constraint on it alone (${refused.map(quote).join(", ")}), which ON CONFLICT refuses`
+      : `column ${key} of ${mapping.table} must be a primary key or have a unique index on it alone, neither partial nor deferrable`,
+    actions: [
+      ...refused.map((constraint) => `DROP CONSTRAINT ${quote(constraint)}`),
+      ...(usable ? [] : [primaryKept ? `ADD UNIQUE (${key})` : `ADD PRIMARY KEY (${key})`])
+    ]
+  }
+}
+
+const createTable = (mapping: Mapping): string =>
+  `CREATE TABLE ${mapping.table} (${[
+    `${quote(mapping.keyColumn)} text PRIMARY KEY`,
+    ...mapping.valueColumns.map((column) => `${quote(column)} ${valueColumnType}`),
+    `${quote(mapping.versionColumn)} bigint NOT NULL DEFAULT ${mapping.nextVersion}`
+  ].join(", ")})`
 
 interface Layout {
   readonly selectSql: string
@@ -114,7 +288,17 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
         operation: "prepare",
         reason: cause !== undefined && (neverSent(cause) || connectionLost(sqlState(cause))) ? "Unavailable" : "Schema",
         detail,
-        cause
+        ...databaseFailure(cause)
+      })
+
+    const misfitError = (entity: string, problems: ReadonlyArray<string>, suggestedDdl: string) =>
+      new StoreError({
+        entity,
+        key: "",
+        operation: "prepare",
+        reason: "Schema",
+        detail: `${problems.join("; ")}; fix it with: ${suggestedDdl}`,
+        suggestedDdl
       })
 
     // Concurrent first runs may race on creating the same object; the loser sees a unique violation.
@@ -155,6 +339,31 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       }
     }
 
+    // Every unique index, not only a usable one: ON CONFLICT (key) takes each valid one on the key
+    // alone as its arbiter, and refuses the statement when one of them is deferrable.
+    const uniqueIndexes = (table: string, keyColumn: string) => {
+      const onKeyAlone = `k.attname IS NOT NULL AND i.indpred IS NULL AND i.indisvalid`
+      return sql
+        .unsafe(
+          `SELECT i.indisprimary, ${onKeyAlone} AND i.indimmediate, ` +
+            `CASE WHEN ${onKeyAlone} AND NOT i.indimmediate THEN c.conname END FROM pg_index i ` +
+            `LEFT JOIN pg_attribute k ON i.indnkeyatts = 1 AND k.attrelid = i.indrelid AND k.attnum = i.indkey[0] ` +
+            `AND k.attname = $2 ` +
+            `LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u') ` +
+            `WHERE i.indrelid = $1::regclass AND i.indisunique`,
+          [table, keyColumn]
+        )
+        .values.pipe(
+          Effect.map((rows) =>
+            rows.map((row): UniqueIndex => ({
+              primary: row[0] === true,
+              arbiter: row[1] === true,
+              refusedArbiter: row[2] === null ? undefined : String(row[2])
+            }))
+          )
+        )
+    }
+
     const tableLayout = Effect.fnUntraced(function* (target: Target) {
       const table = target.table!
       const fields = target.fields
@@ -163,48 +372,49 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       }
       const columnOf = (field: string) => table.columns?.[field] ?? field
       const versionColumn = table.versionColumn ?? "version"
+      const name = qualified(table.schema, table.name)
+      const keyField = fields.find((field) => columnOf(field) === table.primaryKey)
+      const valueFields = fields.filter((field) => field !== keyField)
+      const mapping: Mapping = {
+        table: name,
+        keyColumn: table.primaryKey,
+        valueColumns: valueFields.map(columnOf),
+        versionColumn,
+        nextVersion
+      }
+      const inspectionFailed = (cause: SqlError) => schemaError(target.entity, `could not inspect ${name}`, cause)
       const rows = yield* sql
         .unsafe(
-          `SELECT column_name, data_type FROM information_schema.columns ` +
+          `SELECT column_name, data_type, is_identity FROM information_schema.columns ` +
             `WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2`,
           [table.schema ?? null, table.name]
         )
-        .values.pipe(Effect.mapError((cause) => schemaError(target.entity, `could not inspect ${table.name}`, cause)))
-      const name = qualified(table.schema, table.name)
+        .values.pipe(Effect.mapError(inspectionFailed))
       if (rows.length === 0) {
-        return yield* schemaError(target.entity, `table ${name} does not exist`)
-      }
-      const types = new Map(rows.map((row) => [String(row[0]), String(row[1])]))
-      const missing = [table.primaryKey, ...fields.map(columnOf)].filter((column) => !types.has(column))
-      if (missing.length > 0) {
-        return yield* schemaError(target.entity, `table ${name} has no column ${missing.map(quote).join(", ")}`)
-      }
-      if (types.get(versionColumn) !== "bigint") {
-        return yield* schemaError(
+        return yield* misfitError(
           target.entity,
-          `table ${name} needs a bigint version column ${quote(versionColumn)}` +
-            (types.has(versionColumn) ? ` (it is ${types.get(versionColumn)})` : "") +
-            `; add it with: ALTER TABLE ${name} ADD COLUMN ${quote(versionColumn)} bigint NOT NULL DEFAULT ${nextVersion}`
+          [`table ${name} does not exist`, ...(mapping.valueColumns.length > 0 ? [valueColumnTypeNote] : [])],
+          createTable(mapping)
         )
       }
-      const unique = yield* sql
-        .unsafe(
-          `SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] ` +
-            // Only an index ON CONFLICT can use as its arbiter: not partial, not deferrable.
-            `WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2 ` +
-            `AND i.indpred IS NULL AND i.indimmediate`,
-          [name, table.primaryKey]
-        )
-        .values.pipe(Effect.mapError((cause) => schemaError(target.entity, `could not inspect ${name}`, cause)))
-      if (unique.length === 0) {
-        return yield* schemaError(
+      const columns = new Map(
+        rows.map((row) => [String(row[0]), { type: String(row[1]), identity: row[2] === "YES" }] as const)
+      )
+      const indexes = yield* uniqueIndexes(name, table.primaryKey).pipe(Effect.mapError(inspectionFailed))
+      const misfits = [
+        missingColumns(mapping, columns, indexes),
+        versionMisfit(mapping, columns),
+        keyMisfit(mapping, columns, indexes)
+      ].filter((misfit) => misfit !== undefined)
+      if (misfits.length > 0) {
+        const addsValueColumn = mapping.valueColumns.some((column) => !columns.has(column))
+        return yield* misfitError(
           target.entity,
-          `column ${quote(table.primaryKey)} of ${name} must be a primary key or have a unique index on it alone, neither partial nor deferrable`
+          [...misfits.map((misfit) => misfit.problem), ...(addsValueColumn ? [valueColumnTypeNote] : [])],
+          `ALTER TABLE ${name} ${misfits.flatMap((misfit) => misfit.actions).join(", ")}`
         )
       }
 
-      const keyField = fields.find((field) => columnOf(field) === table.primaryKey)
-      const valueFields = fields.filter((field) => field !== keyField)
       const pk = quote(table.primaryKey)
       const version = quote(versionColumn)
       const selected = fields.map((field) => quote(columnOf(field)))
@@ -300,7 +510,7 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
           key,
           operation,
           reason: neverSent(error) || connectionLost(sqlState(error)) ? "Unavailable" : "Rejected",
-          cause: error
+          ...databaseFailure(error)
         })
 
       const writeFailure = (operation: string, key: string) => (error: SqlError) => {
@@ -311,7 +521,7 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
               key,
               operation,
               reason: neverSent(error) ? "Unavailable" : "Rejected",
-              cause: error
+              ...databaseFailure(error)
             })
           : new StoreOutcomeUnknownError({ entity, key, operation, cause: error })
       }
@@ -437,7 +647,7 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
                         operation: "put",
                         reason: "Unavailable",
                         detail: "could not begin a transaction",
-                        cause
+                        ...databaseFailure(cause)
                       })
                   )
             )
@@ -456,7 +666,14 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
     })
 
     const transactionError = (detail: string, cause?: unknown) =>
-      new StoreError({ entity: "*", key: "", operation: "transaction", reason: "Transaction", detail, cause })
+      new StoreError({
+        entity: "*",
+        key: "",
+        operation: "transaction",
+        reason: "Transaction",
+        detail,
+        ...databaseFailure(cause)
+      })
 
     const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | StoreError, R> =>
       Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (outer) => {

@@ -56,6 +56,13 @@ export interface Row {
 /**
  * The store failed, and a write did not happen.
  *
+ * When PostgreSQL refused a statement, `sqlState`, `databaseMessage` and the names PostgreSQL gives
+ * (`constraint`, `schema`, `table`, `column`, `dataType`) say why, and the message ends with them, as in
+ * `store put failed (Rejected) for users "k1": PostgreSQL 22001 value too long for type character varying(5)`.
+ * None of them holds a value that was written or looked up: `SqlStore` leaves out PostgreSQL's
+ * detail (`Key (email)=(a@b) already exists`) and redacts the literals its message quotes (see
+ * `databaseMessage`). Only `cause` keeps the driver's error whole.
+ *
  * @since 0.1.0
  * @category errors
  */
@@ -73,11 +80,82 @@ export class StoreError extends Data.TaggedError("StoreError")<{
    */
   readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Transaction" | "Injected"
   readonly detail?: string | undefined
+  /**
+   * PostgreSQL's SQLSTATE, when the database reported the failure: `22001` a value too long,
+   * `22P02` a value of the wrong syntax, `23502` a NOT NULL, `23505` a unique, `23514` a check
+   * constraint violated, `25P02` an aborted transaction, ...
+   *
+   * @since 0.2.0
+   */
+  readonly sqlState?: string | undefined
+  /**
+   * PostgreSQL's primary message, without the values in it. PostgreSQL double-quotes names and
+   * values alike, and does not escape a quote inside a value; so a quoted text is kept only when
+   * it is exactly a name the same error reports in `schema`, `table`, `column`, `dataType` or
+   * `constraint`, and from the first quoted text that is not, up to the message's last double
+   * quote, everything becomes `"…"`. In class 22 (data exceptions, whose messages quote the
+   * offending value) no quoted text is kept. Bytes written as `0x..` (an invalid encoding's)
+   * become `0x…`. Absent when a PL/pgSQL `RAISE` wrote the message, in a function or trigger: its
+   * text is whatever its author put in it, values included. PostgreSQL's `detail`, `hint` and
+   * `where` are never repeated.
+   *
+   * @since 0.2.0
+   */
+  readonly databaseMessage?: string | undefined
+  /**
+   * The constraint PostgreSQL names as violated (a unique, check, foreign key or exclusion constraint).
+   *
+   * @since 0.2.0
+   */
+  readonly constraint?: string | undefined
+  /**
+   * The schema of the table (or type) PostgreSQL names in the error.
+   *
+   * @since 0.2.0
+   */
+  readonly schema?: string | undefined
+  /**
+   * The table PostgreSQL names in the error.
+   *
+   * @since 0.2.0
+   */
+  readonly table?: string | undefined
+  /**
+   * The column PostgreSQL names in the error, for example the one a NOT NULL violation is about.
+   *
+   * @since 0.2.0
+   */
+  readonly column?: string | undefined
+  /**
+   * The data type PostgreSQL names in the error, for example the domain whose constraint failed.
+   *
+   * @since 0.2.0
+   */
+  readonly dataType?: string | undefined
+  /**
+   * With reason `Schema`: the statement that makes the table fit the entity (it is also the end of
+   * the message). Review it before running it.
+   *
+   * @since 0.2.0
+   */
+  readonly suggestedDdl?: string | undefined
+  /**
+   * What failed underneath, unredacted: for a database failure, `@effect/sql`'s `SqlError` around
+   * the driver's error, whose `detail` and `where` may hold the values written or looked up. Do
+   * not log it where values must not go.
+   */
   readonly cause?: unknown
 }> {
   override get message(): string {
+    const reported =
+      this.sqlState === undefined
+        ? undefined
+        : this.databaseMessage === undefined
+          ? `PostgreSQL ${this.sqlState}`
+          : `PostgreSQL ${this.sqlState} ${this.databaseMessage}`
+    const explanation = [this.detail, reported].filter((part) => part !== undefined).join(": ")
     return `store ${this.operation} failed (${this.reason}) for ${this.entity} ${JSON.stringify(this.key)}${
-      this.detail === undefined ? "" : `: ${this.detail}`
+      explanation === "" ? "" : `: ${explanation}`
     }`
   }
 }

@@ -16,6 +16,7 @@ import {
   Redacted,
   Schedule
 } from "effect"
+import { randomUUID } from "node:crypto"
 import { createServer } from "node:net"
 import { SqlStore, Store } from "../src/index.js"
 import { storeContract, user, userFields } from "./contract/StoreContract.js"
@@ -51,6 +52,29 @@ const schemaFailure = (target: Store.Target) =>
     expect(error).toBeInstanceOf(Store.StoreError)
     expect(error).toMatchObject({ _tag: "StoreError", reason: "Schema", entity: target.entity, operation: "prepare" })
     return error
+  })
+
+/** The store's default version sequence, and the expression its suggested DDL draws versions with. */
+const sequence = `"effect_write_through_version"`
+const nextVersion = `nextval('${sequence}')`
+
+/**
+ * Preparing `target` fails with a Schema error suggesting exactly `ddl`; running `ddl` makes the
+ * table fit: preparing it then succeeds, and an insert and an update (ON CONFLICT) of `value` work.
+ */
+const fixedBySuggestion = (target: Store.Target, ddl: string, value: Record<string, unknown> = user("fits", "Ada")) =>
+  Effect.gen(function* () {
+    const error = yield* schemaFailure(target)
+    expect(error.suggestedDdl).toBe(ddl)
+    expect(error.message.endsWith(`; fix it with: ${ddl}`)).toBe(true)
+    yield* exec(ddl)
+    const store = yield* Store.Store
+    const collection = yield* store.collection(target)
+    const inserted = yield* collection.put("fits", value)
+    const updated = yield* collection.put("fits", value)
+    expect(updated).toBeGreaterThan(inserted)
+    expect(yield* collection.get("fits")).toEqual(Option.some({ version: updated, value }))
+    return { error, collection }
   })
 
 /**
@@ -137,100 +161,221 @@ storeContract("SqlStore, generic mode", {
 
 describe("SqlStore", () => {
   describe("schema checks when a collection is prepared", () => {
-    it.live("a table without the version column fails with the DDL to add it; running that DDL fixes it", () =>
+    it.live("a table without the version column: the DDL adds it, and existing rows get a version", () =>
       Effect.gen(function* () {
         const table = yield* scopedTable((t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, email text)`)
         yield* exec(`INSERT INTO ${quote(table)} (id, name, email) VALUES ('old', 'Old', 'old@example.com')`)
-        const error = yield* schemaFailure(tableTarget(table))
-        expect(error.message).toContain(`"version"`)
-        const ddl = `ALTER TABLE ${quote(table)} ADD COLUMN "version" bigint NOT NULL DEFAULT nextval('"effect_write_through_version"')`
-        expect(error.message).toContain(ddl)
-        expect(error.message.endsWith(ddl)).toBe(true)
-
-        yield* exec(ddl)
-        const store = yield* Store.Store
-        const users = yield* store.collection(tableTarget(table))
-        // The existing row got a version from the DDL's default.
+        const { error, collection: users } = yield* fixedBySuggestion(
+          tableTarget(table),
+          `ALTER TABLE ${quote(table)} ADD COLUMN "version" bigint NOT NULL DEFAULT ${nextVersion}`
+        )
+        expect(error.message).toContain(`table ${quote(table)} needs a bigint version column "version"`)
         const old = Option.getOrThrow(yield* users.get("old"))
         expect(old.value).toEqual(user("old", "Old", "old@example.com"))
         expect(old.version).toBeGreaterThan(0)
         const version = yield* users.put("old", user("old", "Renewed", "old@example.com"))
         expect(version).toBeGreaterThan(old.version)
-        expect(yield* users.get("old")).toEqual(
-          Option.some({ version, value: user("old", "Renewed", "old@example.com") })
-        )
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
 
-    it.live("a missing table fails naming the table", () =>
+    const wrongVersionTypes = [
+      { type: "integer", column: "version integer", stored: "2000000000", dropDefault: "DROP DEFAULT" },
+      { type: "numeric", column: "version numeric", stored: "12.5", dropDefault: "DROP DEFAULT" },
+      { type: "text", column: "version text DEFAULT 'none'", stored: "'not a number'", dropDefault: "DROP DEFAULT" },
+      {
+        type: "integer",
+        column: "version integer GENERATED ALWAYS AS IDENTITY",
+        stored: undefined,
+        dropDefault: "DROP IDENTITY"
+      }
+    ] as const
+    for (const { type, column, stored, dropDefault } of wrongVersionTypes) {
+      it.live(`a version column "${column}": the DDL makes it bigint, each row with a fresh version`, () =>
+        Effect.gen(function* () {
+          const table = yield* scopedTable(
+            (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, email text, ${column})`
+          )
+          yield* stored === undefined
+            ? exec(`INSERT INTO ${quote(table)} (id, name, email) VALUES ('old', 'Old', 'old@example.com')`)
+            : exec(
+                `INSERT INTO ${quote(table)} (id, name, email, version) VALUES ('old', 'Old', 'old@example.com', ${stored})`
+              )
+          const { error, collection: users } = yield* fixedBySuggestion(
+            tableTarget(table),
+            `ALTER TABLE ${quote(table)} ALTER COLUMN "version" ${dropDefault}, ` +
+              `ALTER COLUMN "version" TYPE bigint USING ${nextVersion}, ` +
+              `ALTER COLUMN "version" SET DEFAULT ${nextVersion}, ALTER COLUMN "version" SET NOT NULL`
+          )
+          expect(error.message).toContain(`needs a bigint version column "version" (it is ${type};`)
+          // The old row's version was drawn from the store's sequence, so every later write outranks it.
+          const old = Option.getOrThrow(yield* users.get("old"))
+          expect(old.value).toEqual(user("old", "Old", "old@example.com"))
+          expect(old.version).toBeGreaterThan(0)
+          expect(old.version).toBeLessThanOrEqual(Number((yield* exec(`SELECT last_value FROM ${sequence}`))[0]![0]))
+          expect(yield* users.put("old", user("old", "Renewed"))).toBeGreaterThan(old.version)
+          expect(
+            yield* exec(
+              `SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'version'`,
+              [table]
+            )
+          ).toEqual([["bigint"]])
+        }).pipe(Effect.scoped, Effect.provide(StoreLive))
+      )
+    }
+
+    it.live("a missing table: the DDL creates it", () =>
       Effect.gen(function* () {
         const table = unique("missing")
-        const error = yield* schemaFailure(tableTarget(table))
+        yield* Effect.addFinalizer(() => exec(`DROP TABLE IF EXISTS ${quote(table)}`).pipe(Effect.orDie))
+        const { error } = yield* fixedBySuggestion(
+          tableTarget(table),
+          `CREATE TABLE ${quote(table)} ("id" text PRIMARY KEY, "name" text, "email" text, ` +
+            `"version" bigint NOT NULL DEFAULT ${nextVersion})`
+        )
         expect(error.message).toContain(`table "${table}" does not exist`)
-      }).pipe(Effect.provide(StoreLive))
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
 
-    it.live("a missing value column fails naming the column", () =>
+    it.live("a missing value column: the DDL adds it as text, and says text is for a string field", () =>
       Effect.gen(function* () {
         const table = yield* scopedTable(
           (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, version bigint)`
         )
-        const error = yield* schemaFailure(tableTarget(table))
-        expect(error.message).toContain(`table "${table}" has no column "email"`)
-      }).pipe(Effect.scoped, Effect.provide(StoreLive))
-    )
-
-    it.live("a missing primary key column fails naming the column", () =>
-      Effect.gen(function* () {
-        const table = yield* scopedTable(usersDdl)
-        const error = yield* schemaFailure(tableTarget(table, { primaryKey: "user_id" }))
-        expect(error.message).toContain(`table "${table}" has no column "user_id"`)
-      }).pipe(Effect.scoped, Effect.provide(StoreLive))
-    )
-
-    it.live("a version column of the wrong type fails naming the column and its type", () =>
-      Effect.gen(function* () {
-        const table = yield* scopedTable(
-          (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text, email text, version integer)`
+        const { error } = yield* fixedBySuggestion(
+          tableTarget(table),
+          `ALTER TABLE ${quote(table)} ADD COLUMN "email" text`
         )
-        const error = yield* schemaFailure(tableTarget(table))
-        expect(error.message).toContain(`needs a bigint version column "version" (it is integer)`)
+        expect(error.message).toContain(`table "${table}" has no column "email"`)
+        expect(error.message).toContain(
+          `a column added for a value field is text, which holds a field that encodes to a string`
+        )
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
 
-    it.live("a primary key column without a unique index on it alone fails", () =>
+    it.live("a missing key column: the DDL adds it as UNIQUE beside a primary key, else as the primary key", () =>
       Effect.gen(function* () {
-        const noIndex = yield* scopedTable(
+        const withPrimaryKey = yield* scopedTable(usersDdl)
+        const beside = yield* fixedBySuggestion(
+          tableTarget(withPrimaryKey, { primaryKey: "user_id" }),
+          `ALTER TABLE ${quote(withPrimaryKey)} ADD COLUMN "user_id" text UNIQUE`
+        )
+        expect(beside.error.message).toContain(`table "${withPrimaryKey}" has no column "user_id"`)
+
+        const withoutPrimaryKey = yield* scopedTable(
           (t) => `CREATE TABLE ${quote(t)} (id text, name text, email text, version bigint)`
         )
-        const noIndexError = yield* schemaFailure(tableTarget(noIndex))
-        expect(noIndexError.message).toContain(
-          `column "id" of "${noIndex}" must be a primary key or have a unique index on it alone`
+        yield* fixedBySuggestion(
+          tableTarget(withoutPrimaryKey, { primaryKey: "user_id" }),
+          `ALTER TABLE ${quote(withoutPrimaryKey)} ADD COLUMN "user_id" text PRIMARY KEY`
         )
-        const composite = yield* scopedTable(
-          (t) => `CREATE TABLE ${quote(t)} (id text, name text, email text, version bigint, PRIMARY KEY (id, name))`
-        )
-        const compositeError = yield* schemaFailure(tableTarget(composite))
-        expect(compositeError.message).toContain(`column "id" of "${composite}" must be a primary key`)
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
 
-    it.live("a partial unique index or a deferrable primary key is refused: ON CONFLICT cannot use them", () =>
-      Effect.gen(function* () {
-        const partial = yield* scopedTable(
-          (t) =>
-            `CREATE TABLE ${quote(t)} (id text, name text, email text, version bigint); ` +
-            `CREATE UNIQUE INDEX ON ${quote(t)} (id) WHERE id <> ''`
-        )
-        const deferrable = yield* scopedTable(
-          (t) => `CREATE TABLE ${quote(t)} (id text PRIMARY KEY DEFERRABLE, name text, email text, version bigint)`
-        )
-        for (const table of [partial, deferrable]) {
-          const error = yield* schemaFailure(tableTarget(table))
+    const keysOnConflictCannotUse: ReadonlyArray<{
+      readonly defect: string
+      readonly columns: string
+      readonly index?: (table: string) => string
+      readonly fix: (table: string) => string
+    }> = [
+      {
+        defect: "no unique index",
+        columns: "id text, name text, email text, version bigint",
+        fix: () => `ADD PRIMARY KEY ("id")`
+      },
+      {
+        defect: "a composite primary key",
+        columns: "id text, name text, email text, version bigint, PRIMARY KEY (id, name)",
+        fix: () => `ADD UNIQUE ("id")`
+      },
+      {
+        defect: "a partial unique index",
+        columns: "id text, name text, email text, version bigint",
+        index: (t) => `CREATE UNIQUE INDEX ON ${quote(t)} (id) WHERE id <> ''`,
+        fix: () => `ADD PRIMARY KEY ("id")`
+      },
+      {
+        defect: "a deferrable primary key",
+        columns: "id text PRIMARY KEY DEFERRABLE, name text, email text, version bigint",
+        fix: (t) => `DROP CONSTRAINT ${quote(`${t}_pkey`)}, ADD PRIMARY KEY ("id")`
+      }
+    ]
+    for (const { defect, columns, index, fix } of keysOnConflictCannotUse) {
+      it.live(`a key column with ${defect}: the DDL gives it a key ON CONFLICT can use`, () =>
+        Effect.gen(function* () {
+          const table = yield* scopedTable((t) => `CREATE TABLE ${quote(t)} (${columns})`)
+          if (index !== undefined) yield* exec(index(table))
+          const { error } = yield* fixedBySuggestion(tableTarget(table), `ALTER TABLE ${quote(table)} ${fix(table)}`)
           expect(error.message).toContain(
             `column "id" of "${table}" must be a primary key or have a unique index on it alone, neither partial nor deferrable`
           )
-        }
+        }).pipe(Effect.scoped, Effect.provide(StoreLive))
+      )
+    }
+
+    it.live("a deferrable unique constraint beside the primary key is refused, since ON CONFLICT refuses it", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) =>
+            `CREATE TABLE ${quote(t)} (id text PRIMARY KEY, name text, email text, version bigint, UNIQUE (id) DEFERRABLE)`
+        )
+        // What the check prevents: every upsert failing.
+        const refused = yield* Effect.flip(
+          exec(`INSERT INTO ${quote(table)} (id) VALUES ('1') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name`)
+        )
+        expect(refused.cause).toMatchObject({ code: "55000" })
+        const { error } = yield* fixedBySuggestion(
+          tableTarget(table),
+          `ALTER TABLE ${quote(table)} DROP CONSTRAINT ${quote(`${table}_id_key`)}`
+        )
+        expect(error.message).toContain(
+          `column "id" of "${table}" has a deferrable unique constraint on it alone ("${table}_id_key"), which ON CONFLICT refuses`
+        )
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("several mismatches at once: one statement fixes them all", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable((t) => `CREATE TABLE ${quote(t)} (id text, name text)`)
+        const { error } = yield* fixedBySuggestion(
+          tableTarget(table),
+          `ALTER TABLE ${quote(table)} ADD COLUMN "email" text, ` +
+            `ADD COLUMN "version" bigint NOT NULL DEFAULT ${nextVersion}, ADD PRIMARY KEY ("id")`
+        )
+        expect(error.message).toContain(`table "${table}" has no column "email"`)
+        expect(error.message).toContain(`table "${table}" needs a bigint version column "version"`)
+        expect(error.message).toContain(`column "id" of "${table}" must be a primary key`)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("the DDL names the table with its schema and quotes every identifier", () =>
+      Effect.gen(function* () {
+        const schema = unique(`wt "sch'ema`)
+        yield* scopedRelation(
+          schema,
+          `CREATE SCHEMA ${quote(schema)}`,
+          `DROP SCHEMA IF EXISTS ${quote(schema)} CASCADE`
+        )
+        const table = unique(`we"ird ta'ble`)
+        const qualifiedTable = `${quote(schema)}.${quote(table)}`
+        yield* exec(`CREATE TABLE ${qualifiedTable} ("user id" text PRIMARY KEY DEFERRABLE, name text)`)
+        const { error } = yield* fixedBySuggestion(
+          {
+            entity: table,
+            fields: ["user id", "name", "email"],
+            table: {
+              name: table,
+              schema,
+              primaryKey: "user id",
+              versionColumn: `row "version"`,
+              columns: { email: `e-mail "address"` }
+            }
+          },
+          `ALTER TABLE ${qualifiedTable} ADD COLUMN "e-mail ""address""" text, ` +
+            `ADD COLUMN "row ""version""" bigint NOT NULL DEFAULT ${nextVersion}, ` +
+            `DROP CONSTRAINT ${quote(`${table}_pkey`)}, ADD PRIMARY KEY ("user id")`,
+          { "user id": "fits", name: "Ada", email: "ada@example.com" }
+        )
+        expect(error.message).toContain(`table ${qualifiedTable} has no column "e-mail ""address"""`)
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
 
@@ -649,6 +794,259 @@ describe("SqlStore", () => {
         expect(error).toBeInstanceOf(Store.StoreError)
         expect(error).toMatchObject({ _tag: "StoreError", reason: "Unavailable", operation: "get", key: "k" })
         expect(yield* recovered(users.get("k"))).toEqual(Option.some({ version, value: user("k", "before") }))
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+
+  describe("what PostgreSQL says when it refuses a statement, without the values", () => {
+    const refusalFields = ["id", "short", "count", "note", "payload", "required", "positive", "email"]
+    const refusalsTable = scopedTable(
+      (t) =>
+        `CREATE TABLE ${quote(t)} (id text PRIMARY KEY, short varchar(5), count integer, note text, payload jsonb, ` +
+        `required text NOT NULL, positive integer CHECK (positive > 0), email text UNIQUE, version bigint)`,
+      "refusals"
+    )
+    const acceptable = { short: "ok", count: 1, note: "n", payload: null, required: "r", positive: 1, email: null }
+    /** A value that is a secret of this test alone: it must reach PostgreSQL and come back nowhere. */
+    const secret = () => `secret_${randomUUID().replaceAll("-", "")}`
+
+    /** The StoreError a refused call fails with; anything else fails the test. */
+    const refusal = <A, R>(call: Effect.Effect<A, Store.StoreError | Store.StoreOutcomeUnknownError, R>) =>
+      Effect.flip(call).pipe(
+        Effect.orDie,
+        Effect.filterOrDieMessage(
+          (error): error is Store.StoreError => error instanceof Store.StoreError,
+          "expected a StoreError"
+        )
+      )
+
+    /**
+     * The marker is in nothing the error says: not its message, nor String(error), nor any field
+     * but `cause`, which keeps the driver's error as it was.
+     */
+    const expectUnsaid = (error: Store.StoreError, marker: string) => {
+      const { cause: _cause, ...fields } = error
+      for (const said of [error.message, String(error), JSON.stringify(fields)]) expect(said).not.toContain(marker)
+    }
+
+    /** What the driver's error says, in full: PostgreSQL's message, detail and context. */
+    const unredacted = (error: Store.StoreError) => {
+      const pg = (error.cause as { cause?: { message?: string; detail?: string; where?: string } }).cause
+      return [pg?.message, pg?.detail, pg?.where].join("\n")
+    }
+
+    const refusals: ReadonlyArray<{
+      readonly what: string
+      readonly value: (marker: string, table: string) => Record<string, unknown>
+      readonly sqlState: string
+      readonly databaseMessage: (table: string) => string
+      readonly names?: (table: string) => Partial<Store.StoreError>
+      /** Whether PostgreSQL's own message, detail or context repeats the value. */
+      readonly repeated: boolean
+    }> = [
+      {
+        what: "a string too long for varchar(5)",
+        value: (marker) => ({ short: marker }),
+        sqlState: "22001",
+        databaseMessage: () => "value too long for type character varying(5)",
+        repeated: false
+      },
+      {
+        what: "a string into an integer column",
+        value: (marker) => ({ count: marker }),
+        sqlState: "22P02",
+        databaseMessage: () => `invalid input syntax for type integer: "…"`,
+        repeated: true
+      },
+      {
+        what: "a string with double quotes into an integer column",
+        value: (marker) => ({ count: `x" ${marker} "y` }),
+        sqlState: "22P02",
+        databaseMessage: () => `invalid input syntax for type integer: "…"`,
+        repeated: true
+      },
+      {
+        what: "a number out of an integer's range",
+        value: (marker) => ({ count: marker }),
+        sqlState: "22003",
+        databaseMessage: () => `value "…" is out of range for type integer`,
+        repeated: true
+      },
+      {
+        what: "a NUL byte in text",
+        value: (marker) => ({ note: `${marker}\u0000` }),
+        sqlState: "22021",
+        databaseMessage: () => `invalid byte sequence for encoding "…": 0x…`,
+        repeated: false
+      },
+      {
+        what: "a string that is not JSON into jsonb",
+        value: (marker) => ({ payload: marker }),
+        sqlState: "22P02",
+        databaseMessage: () => "invalid input syntax for type json",
+        repeated: true
+      },
+      {
+        what: "a NOT NULL violation",
+        value: (marker) => ({ required: null, note: marker }),
+        sqlState: "23502",
+        databaseMessage: (t) => `null value in column "required" of relation "${t}" violates not-null constraint`,
+        names: (t) => ({ schema: "public", table: t, column: "required" }),
+        repeated: true
+      },
+      {
+        what: "a check constraint violation",
+        value: (marker) => ({ positive: -1, note: marker }),
+        sqlState: "23514",
+        databaseMessage: (t) => `new row for relation "${t}" violates check constraint "${t}_positive_check"`,
+        names: (t) => ({ schema: "public", table: t, constraint: `${t}_positive_check` }),
+        repeated: true
+      },
+      {
+        what: "a unique violation on another column",
+        value: (marker) => ({ email: marker }),
+        sqlState: "23505",
+        databaseMessage: (t) => `duplicate key value violates unique constraint "${t}_email_key"`,
+        names: (t) => ({ schema: "public", table: t, constraint: `${t}_email_key` }),
+        repeated: true
+      }
+    ]
+    for (const { what, value, sqlState, databaseMessage, names, repeated } of refusals) {
+      it.live(`${what}: PostgreSQL's SQLSTATE, names and message, its values redacted`, () =>
+        Effect.gen(function* () {
+          const table = yield* refusalsTable
+          const target = { entity: table, fields: refusalFields, table: { name: table, primaryKey: "id" } }
+          const store = yield* Store.Store
+          const rows = yield* store.collection(target)
+          // A number, unique all the same, for the column that only takes numbers.
+          const marker = sqlState === "22003" ? `9${BigInt(`0x${randomUUID().slice(0, 8)}`)}000000000` : secret()
+          // Another row with the marker as its email: the unique violation's case repeats it.
+          yield* rows.put("other", { id: "other", ...acceptable, email: marker })
+
+          const error = yield* refusal(rows.put("k", { id: "k", ...acceptable, ...value(marker, table) }))
+          expect(error).toBeInstanceOf(Store.StoreError)
+          expect(error).toMatchObject({
+            _tag: "StoreError",
+            reason: "Rejected",
+            operation: "put",
+            key: "k",
+            sqlState,
+            databaseMessage: databaseMessage(table),
+            ...names?.(table)
+          })
+          expect(error.message).toBe(
+            `store put failed (Rejected) for ${table} "k": PostgreSQL ${sqlState} ${databaseMessage(table)}`
+          )
+          expectUnsaid(error, marker)
+          // The marker did reach PostgreSQL: without the redaction it would be in the error.
+          expect(unredacted(error).includes(marker)).toBe(repeated)
+          expect(yield* rows.get("k")).toEqual(Option.none())
+        }).pipe(Effect.scoped, Effect.provide(StoreLive))
+      )
+    }
+
+    it.live("a trigger's RAISE: its message is left out, since its author may have put any value in it", () =>
+      Effect.gen(function* () {
+        const table = yield* refusalsTable
+        const refuse = unique("refuse")
+        yield* scopedRelation(
+          refuse,
+          `CREATE FUNCTION ${quote(refuse)}() RETURNS trigger LANGUAGE plpgsql AS ` +
+            `$$ BEGIN RAISE EXCEPTION 'refused note %', NEW.note; END $$`,
+          `DROP FUNCTION IF EXISTS ${quote(refuse)}() CASCADE`
+        )
+        yield* exec(
+          `CREATE TRIGGER ${quote(refuse)} BEFORE INSERT ON ${quote(table)} FOR EACH ROW EXECUTE FUNCTION ${quote(refuse)}()`
+        )
+        const store = yield* Store.Store
+        const rows = yield* store.collection({
+          entity: table,
+          fields: refusalFields,
+          table: { name: table, primaryKey: "id" }
+        })
+        const marker = secret()
+        const error = yield* refusal(rows.put("k", { id: "k", ...acceptable, note: marker }))
+        expect(error).toMatchObject({ _tag: "StoreError", reason: "Rejected", sqlState: "P0001" })
+        expect(error.databaseMessage).toBeUndefined()
+        expect(error.message).toBe(`store put failed (Rejected) for ${table} "k": PostgreSQL P0001`)
+        expectUnsaid(error, marker)
+        expect(unredacted(error)).toContain(marker)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("putMany, get, getMany and delete report what PostgreSQL said the same way", () =>
+      Effect.gen(function* () {
+        const table = yield* refusalsTable
+        const store = yield* Store.Store
+        const rows = yield* store.collection({
+          entity: table,
+          fields: refusalFields,
+          table: { name: table, primaryKey: "id" }
+        })
+        const marker = secret()
+        const batch = yield* refusal(
+          rows.putMany([
+            ["a", { id: "a", ...acceptable }],
+            ["b", { id: "b", ...acceptable, count: marker }]
+          ])
+        )
+        expect(batch).toMatchObject({
+          reason: "Rejected",
+          operation: "put",
+          sqlState: "22P02",
+          databaseMessage: `invalid input syntax for type integer: "…"`
+        })
+        expectUnsaid(batch, marker)
+        expect(unredacted(batch)).toContain(marker)
+        expect(yield* rows.getMany(["a", "b"])).toEqual(new Map())
+
+        // An integer key column refuses a key that is not a number, whatever the statement.
+        const numbered = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id integer PRIMARY KEY, name text, email text, version bigint)`
+        )
+        const users = yield* store.collection(tableTarget(numbered))
+        const refused = {
+          reason: "Rejected",
+          key: "not a number",
+          sqlState: "22P02",
+          databaseMessage: `invalid input syntax for type integer: "…"`
+        }
+        expect(yield* Effect.flip(users.get("not a number"))).toMatchObject({ ...refused, operation: "get" })
+        expect(yield* Effect.flip(users.getMany(["not a number"]))).toMatchObject({ ...refused, operation: "get" })
+        expect(yield* refusal(users.delete("not a number"))).toMatchObject({ ...refused, operation: "delete" })
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a transaction found aborted before COMMIT reports PostgreSQL's 25P02", () =>
+      Effect.gen(function* () {
+        const table = yield* refusalsTable
+        const store = yield* Store.Store
+        const rows = yield* store.collection({
+          entity: table,
+          fields: refusalFields,
+          table: { name: table, primaryKey: "id" }
+        })
+        const marker = secret()
+        const error = yield* Effect.flip(
+          store.transaction(
+            // The body catches the refusal and goes on, as a body may.
+            refusal(rows.put("k", { id: "k", ...acceptable, count: marker })).pipe(
+              Effect.tap((refused) => Effect.sync(() => expectUnsaid(refused, marker))),
+              Effect.asVoid
+            )
+          )
+        )
+        expect(error).toMatchObject({
+          _tag: "StoreError",
+          reason: "Transaction",
+          operation: "transaction",
+          sqlState: "25P02",
+          databaseMessage: "current transaction is aborted, commands ignored until end of transaction block"
+        })
+        expect(error.message).toContain(
+          "it was rolled back: PostgreSQL 25P02 current transaction is aborted, commands ignored until end of transaction block"
+        )
+        expect(yield* rows.get("k")).toEqual(Option.none())
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
   })
