@@ -3,6 +3,7 @@
 // It needs PostgreSQL and Redis at DATABASE_URL and REDIS_URL (defaults postgres://postgres@127.0.0.1:5432/test and
 // redis://127.0.0.1:6379). It writes a few users to its own table, `example_audit_users`, then plays another
 // client that writes to Redis behind the library's back, and runs the audit before and after repairing.
+import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Config, Console, Effect, Layer, Option, Redacted, Schema } from "effect"
@@ -78,7 +79,6 @@ const program = Effect.gen(function* () {
   yield* Console.log(`get "2" -> ${Option.match(fresh, { onNone: () => "none", onSome: (user) => user.name })}`)
 })
 
-Effect.runPromise(program.pipe(Effect.provide(UsersLive))).catch((error) => {
-  console.error("audit example failed:", error)
-  process.exitCode = 1
-})
+// runMain reports a failure and sets the exit code; on SIGINT or SIGTERM it interrupts the program, so that the
+// layers still close their connections.
+NodeRuntime.runMain(program.pipe(Effect.provide(UsersLive)))

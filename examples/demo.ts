@@ -5,9 +5,10 @@
 // cache them in Redis:
 //
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 npm start
+import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Console, Effect, Layer, Metric, Option, Redacted, Schema } from "effect"
+import { Cause, Console, Effect, Layer, Metric, Option, Redacted, Schema } from "effect"
 import { MemoryCache, MemoryStore, Metrics, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 
 // The value: what the database row holds and, as JSON, what the cache holds.
@@ -110,9 +111,10 @@ const main = Effect.gen(function* () {
     const cause: unknown = error.cause
     const detail = cause instanceof Error && !error.message.includes(cause.message) ? ` (${cause.message})` : ""
     return Console.error(`demo failed: ${error.message}${detail}`)
-  })
+  }),
+  Effect.tapDefect((cause) => Console.error(`demo failed: ${Cause.pretty(cause)}`))
 )
 
-Effect.runPromise(main).catch(() => {
-  process.exitCode = 1
-})
+// runMain runs the program and sets the exit code (1 on a failure); on SIGINT or SIGTERM it interrupts the program,
+// so that the layers still close their connections. Failures are printed above, so its own report is off.
+NodeRuntime.runMain(main, { disableErrorReporting: true })

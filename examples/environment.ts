@@ -1,9 +1,10 @@
 // The layers the examples run on: PostgreSQL when DATABASE_URL is set (tables of the run's own, dropped at the end)
 // else MemoryStore; Redis when REDIS_URL is set (keys under a prefix of the run's own, deleted at the end) else
 // MemoryCache. Each run is named at random, so nothing it writes meets another program's data.
+import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Console, Effect, Layer, Redacted } from "effect"
+import { Cause, Console, Effect, Layer, Redacted } from "effect"
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { type Cache, MemoryCache, MemoryStore, RedisCache, SqlStore, type Store } from "../src/index.js"
@@ -71,17 +72,21 @@ export const describeEnvironment = (keyPrefix: string, tables: ReadonlyArray<Exa
     )
   ])
 
-/** Runs an example's main effect; a failure is printed with its cause, and the exit code set. */
+/**
+ * Runs an example's main effect with `NodeRuntime.runMain`: a failure is printed with its cause and the exit code set
+ * to 1; SIGINT or SIGTERM interrupts it, so that the layers still drop their tables and keys and close their
+ * connections.
+ */
 export const runExample = <A, E>(main: Effect.Effect<A, E>) =>
-  Effect.runPromise(
+  NodeRuntime.runMain(
     main.pipe(
       Effect.tapError((error) => {
         const { cause, message } = error as { readonly message?: unknown; readonly cause?: unknown }
         const text = typeof message === "string" ? message : String(error)
         const detail = cause instanceof Error && !text.includes(cause.message) ? ` (${cause.message})` : ""
         return Console.error(`example failed: ${text}${detail}`)
-      })
-    )
-  ).catch(() => {
-    process.exitCode = 1
-  })
+      }),
+      Effect.tapDefect((cause) => Console.error(`example failed: ${Cause.pretty(cause)}`))
+    ),
+    { disableErrorReporting: true }
+  )

@@ -2,6 +2,7 @@
 //
 // Swap the production layers for MemoryCache and MemoryStore, then put FaultyCache / FaultyStore over them
 // to make the cache or the database fail exactly when the test wants. No services needed.
+import { NodeRuntime } from "@effect/platform-node"
 import { Console, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import { MemoryCache, MemoryStore, WriteThrough } from "../src/index.js"
 import { FaultyCache, FaultyStore } from "../src/testing.js"
@@ -80,7 +81,5 @@ const program = Effect.gen(function* () {
   yield* Console.log(`          get "2" -> ${show(yield* users.get("2"))} (it did commit)`)
 })
 
-Effect.runPromise(program.pipe(Effect.provide(TestLayer))).catch((error) => {
-  console.error(String(error))
-  process.exitCode = 1
-})
+// runMain reports a failure (such as the unexpected outcome above) and exits with code 1.
+NodeRuntime.runMain(program.pipe(Effect.provide(TestLayer)))

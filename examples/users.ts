@@ -2,9 +2,10 @@
 //
 // It needs both services, at DATABASE_URL and REDIS_URL (defaults postgres://postgres@127.0.0.1:5432/test and
 // redis://127.0.0.1:6379), and creates its table, `example_users`, if it is missing.
+import { NodeRuntime } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Config, Console, Effect, Equal, Layer, Option, Redacted, Schema } from "effect"
+import { Cause, Config, Console, Effect, Equal, Layer, Option, Redacted, Schema } from "effect"
 import { RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 
 class User extends Schema.Class<User>("User")({
@@ -106,9 +107,10 @@ const main = program.pipe(
     const cause: unknown = "cause" in error ? error.cause : undefined
     const detail = cause instanceof Error && !error.message.includes(cause.message) ? ` (${cause.message})` : ""
     return Console.error(`example failed: ${error.message}${detail}`)
-  })
+  }),
+  Effect.tapDefect((cause) => Console.error(`example failed: ${Cause.pretty(cause)}`))
 )
 
-Effect.runPromise(main).catch(() => {
-  process.exitCode = 1
-})
+// runMain sets the exit code (1 on a failure) and, on SIGINT or SIGTERM, interrupts the program so that the layers
+// still close the pool and the connection. Failures are printed above, so its own report is off.
+NodeRuntime.runMain(main, { disableErrorReporting: true })
