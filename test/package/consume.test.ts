@@ -8,7 +8,7 @@ import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { basename, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { readmeModules } from "../readme/blocks.js"
@@ -106,6 +106,8 @@ describe("the packed package in a fresh consumer project", () => {
       expect(listed).toContain(`package/dist/${file}`)
     }
     expect(listed.filter((file) => file.startsWith("package/test/"))).toEqual([])
+    // The README tells a newcomer the tarball's name, until the package is on the registry.
+    expect(readme).toContain(basename(tarball))
     const installed = JSON.parse(
       readFileSync(join(consumer, "node_modules/effect-write-through/package.json"), "utf8")
     ) as { readonly type: string; readonly peerDependencies: Record<string, string> }
