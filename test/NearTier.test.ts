@@ -3,7 +3,8 @@
 // and a dropped subscription.
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
-import { Cache, RedisCache } from "../src/index.js"
+import { Cache, MemoryCache, RedisCache } from "../src/index.js"
+import * as NearCache from "../src/internal/nearCache.js"
 import * as NearTier from "../src/internal/nearTier.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { rawRedis, redisCacheLayer, unique } from "./support/services.js"
@@ -74,6 +75,42 @@ describe("near tier: a process's own writes", () => {
     tier.accept("r", Cache.Entry.Tombstone({ version: 40 }), 0, false)
     expect(tier.get("r", 0)).toEqual(Cache.Entry.Tombstone({ version: 40 }))
   })
+
+  it("an own write Redis refused as outranked keeps an older own write, settling later, out (found by the chaos workload)", () => {
+    const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+    // Redis applied our pipelined 10, then another process's 12, and refused our 11; the replies
+    // settled 11 (refused) before 10, and the announcement of 12 had not arrived yet.
+    tier.outranked("k", value(11, "eleven"))
+    tier.accept("k", value(10, "ten"), 0, false)
+    expect(tier.get("k", 0)).toBeUndefined()
+    tier.put("k", value(10, "ten, read late"), 0)
+    expect(tier.get("k", 0)).toBeUndefined()
+    tier.put("k", value(12, "twelve"), 0)
+    expect(tier.get("k", 0)).toEqual(value(12, "twelve"))
+    // A refused tombstone outranks values of its own version; an entry at or above the floor stays.
+    tier.put("t", value(7, "seven"), 0)
+    tier.outranked("t", Cache.Entry.Tombstone({ version: 7 }))
+    expect(tier.get("t", 0)).toBeUndefined()
+    tier.put("u", value(9, "nine"), 0)
+    tier.outranked("u", value(8, "eight"))
+    expect(tier.get("u", 0)).toEqual(value(9, "nine"))
+  })
+})
+
+describe("near tier in front of a remote cache", () => {
+  it.effect("a write the remote refused raises the floor, so an older write's reply settling later is not served", () =>
+    Effect.gen(function* () {
+      const memory = yield* MemoryCache.make()
+      // A pipelined write of ours whose reply says written, settling after a later write's refusal.
+      const remote = Cache.Cache.of({ ...memory, setMany: (items) => Effect.succeed(items.map(() => "written")) })
+      const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+      const cache = NearCache.wrap(remote, tier)
+      yield* memory.set("k", value(12, "twelve, another process's"), { ttl })
+      expect(yield* cache.set("k", value(11, "eleven"), { ttl })).toBe("rejected")
+      yield* cache.setMany([{ key: "k", entry: value(10, "ten"), options: { ttl } }])
+      expect(yield* cache.get("k")).toEqual(Option.some(value(12, "twelve, another process's")))
+    })
+  )
 })
 
 const nearLayer = (prefix: string, near: RedisCache.Options["near"] = {}) => redisCacheLayer(prefix, { near })

@@ -65,9 +65,11 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Serv
   const remember = (key: string, entry: Option.Option<Entry>) => {
     if (Option.isSome(entry)) near.put(key, entry.value, Date.now())
   }
-  // After a write this process could not vouch for, its own copy goes.
+  // A refused write still tells what Redis holds at least; after one this process could not vouch
+  // for (outdated), its own copy goes.
   const settle = (key: string, entry: Entry, outcome: WriteOutcome, replacing: boolean) => {
     if (outcome === "written") near.accept(key, entry, Date.now(), replacing)
+    else if (outcome === "rejected") near.outranked(key, entry)
     else near.drop(key)
   }
   return Cache.of({

@@ -27,6 +27,12 @@ export interface NearTier {
   readonly accept: (key: string, entry: Entry, now: number, replacing: boolean) => void
   /** Another process wrote `version`: older local entries go, and none below it comes back. */
   readonly announce: (key: string, version: number) => void
+  /**
+   * Redis refused a write of this process because it holds the entry's version or a newer one (a
+   * write of another process, whose announcement may still be on its way): as `announce`, so that
+   * an older write of ours whose reply settles later, or a late read, cannot put an older version back.
+   */
+  readonly outranked: (key: string, entry: Entry) => void
   /** Forgets the key's entry but not its floor: a write this process could not vouch for. */
   readonly drop: (key: string) => void
   /** Forgets everything: announcements may have been missed. */
@@ -34,6 +40,10 @@ export interface NearTier {
   readonly size: () => number
   readonly bytes: () => number
 }
+
+// The lowest version that may still be served once `entry` is known to be in Redis, or outranked
+// there: a tombstone also outranks a value of its own version.
+const floorOf = (entry: Entry) => (entry._tag === "Tombstone" ? entry.version + 1 : entry.version)
 
 // UTF-16 strings, plus the slot and map overhead, roughly.
 const estimate = (key: string, entry: Entry | undefined) =>
@@ -82,6 +92,16 @@ export const make = (options: {
       : VersionGuard.acceptsTombstone(current, entry.version)
   }
 
+  const raiseFloor = (key: string, version: number) => {
+    const slot = slots.get(key)
+    if (slot === undefined) {
+      store(key, { entry: undefined, floor: version, bytes: estimate(key, undefined), expiresAt: 0 })
+      return
+    }
+    slot.floor = Math.max(slot.floor, version)
+    if (slot.entry !== undefined && slot.entry.version < slot.floor) empty(key, slot)
+  }
+
   return {
     get: (key, now) => {
       const slot = slots.get(key)
@@ -115,23 +135,15 @@ export const make = (options: {
       }
       // What this process wrote is known to be in Redis: nothing older may come back, not even a
       // Redis read that was in flight and answers after a later write of ours dropped the entry.
-      // A tombstone also outranks a value of its own version.
-      const raised = Math.max(floor, entry._tag === "Tombstone" ? entry.version + 1 : entry.version)
+      const raised = Math.max(floor, floorOf(entry))
       if (!newer(slot, entry, now)) {
         if (slot !== undefined) slot.floor = Math.max(slot.floor, raised)
         return
       }
       store(key, { entry, floor: raised, bytes: estimate(key, entry), expiresAt: now + options.ttlMillis })
     },
-    announce: (key, version) => {
-      const slot = slots.get(key)
-      if (slot === undefined) {
-        store(key, { entry: undefined, floor: version, bytes: estimate(key, undefined), expiresAt: 0 })
-        return
-      }
-      slot.floor = Math.max(slot.floor, version)
-      if (slot.entry !== undefined && slot.entry.version < slot.floor) empty(key, slot)
-    },
+    announce: (key, version) => raiseFloor(key, version),
+    outranked: (key, entry) => raiseFloor(key, floorOf(entry)),
     drop: (key) => {
       const slot = slots.get(key)
       if (slot !== undefined) empty(key, slot)
