@@ -1,0 +1,357 @@
+// The read path, top to bottom: `get` and `getMany` try the cache; a miss reads the store (one
+// read per key shared by concurrent readers, one reader per key across processes holding a
+// lease) and fills the cache under a ticket taken before the read. Inside WriteThrough.transaction
+// or a bare SQL transaction, reads never fill the cache.
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as FiberId from "effect/FiberId"
+import * as Option from "effect/Option"
+import { Entry, type Ticket } from "../../Cache.js"
+import { StoreError } from "../../Store.js"
+import type { ReadError } from "../../WriteThrough.js"
+import * as Deadline from "../deadline.js"
+import type { Entity, Lease, Loaded } from "./entity.js"
+import { currentPublications, type Publications } from "./transaction.js"
+
+type Outcome = (outcome: "hit" | "miss" | "degraded") => void
+
+export const get = <K, A, I>(entity: Entity<K, A, I>, key: K): Effect.Effect<Option.Option<A>, ReadError> =>
+  entity.observed("get", (outcome, fiber) => {
+    const publications = fiber.getFiberRef(currentPublications)
+    return Effect.flatMap(entity.codec.checkKey(key), (text) =>
+      publications === undefined
+        ? getOutsideTransaction(entity, text, outcome)
+        : getInTransaction(entity, publications, text)
+    )
+  })
+
+const getOutsideTransaction = <K, A, I>(
+  entity: Entity<K, A, I>,
+  text: string,
+  outcome: Outcome
+): Effect.Effect<Option.Option<A>, ReadError> => {
+  const { metrics } = entity
+  const invokedAt = ++entity.flights.time
+  return Effect.flatMap(
+    Effect.either(entity.boundCache("get", text, entity.cache.get(entity.prefix + text))),
+    (cached) => {
+      if (Either.isLeft(cached)) {
+        outcome("degraded")
+        return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, false))
+      }
+      const entry = cached.right
+      if (Option.isSome(entry) && entry.value._tag === "Value") {
+        const decoded = entity.codec.decodeEntry(entry.value)
+        if (Either.isRight(decoded)) {
+          outcome("hit")
+          return Effect.as(metrics.get.hits.increment, Option.some(decoded.right))
+        }
+        outcome("miss")
+        return Effect.zipRight(metrics.get.corrupt.increment, readThrough(entity, text, invokedAt, true, entry.value))
+      }
+      outcome("miss")
+      return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, true))
+    }
+  )
+}
+
+// Inside WriteThrough.transaction a read never fills the cache (the store may answer with the
+// transaction's own uncommitted rows), and a key the transaction wrote is read from the store.
+const getInTransaction = <K, A, I>(
+  entity: Entity<K, A, I>,
+  publications: Publications,
+  key: string
+): Effect.Effect<Option.Option<A>, ReadError> =>
+  publications.updates.has(entity.prefix + key)
+    ? storeValue(entity, key)
+    : Effect.flatMap(Effect.either(entity.boundCache("get", key, entity.cache.get(entity.prefix + key))), (cached) => {
+        if (Either.isRight(cached) && Option.isSome(cached.right) && cached.right.value._tag === "Value") {
+          const decoded = entity.codec.decodeEntry(cached.right.value)
+          if (Either.isRight(decoded)) return Effect.succeedSome(decoded.right)
+        }
+        return storeValue(entity, key)
+      })
+
+// Reads the store and, unless the cache just failed, fills it under a ticket taken before the
+// read; `replacing` is an entry that failed to decode.
+const readThrough = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string,
+  invokedAt: number,
+  fill: boolean,
+  replacing?: Entry
+): Effect.Effect<Option.Option<A>, StoreError> =>
+  Effect.flatMap(entity.store.inTransaction, (inside) =>
+    inside
+      ? // The transaction's view: not for the cache, nor for readers outside it.
+        storeValue(entity, key)
+      : Effect.flatMap(entity.takeTicket, (ticket) =>
+          Effect.flatMap(sharedRead(entity, key, invokedAt), (loaded) =>
+            Option.isNone(loaded) || !fill || loaded.value.cached === true
+              ? Effect.succeed(Option.map(loaded, (row) => row.value))
+              : Effect.as(fillOne(entity, key, loaded.value, ticket, replacing), Option.some(loaded.value.value))
+          )
+        )
+  )
+
+const fillOne = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string,
+  loaded: Loaded<A>,
+  ticket: Ticket,
+  replacing: Entry | undefined
+): Effect.Effect<void> => {
+  const encoded = entity.codec.encodeValue(loaded.value)
+  if (Either.isLeft(encoded)) return Effect.void
+  const entry = Entry.Value({ version: loaded.version, payload: JSON.stringify(encoded.right) })
+  return entity.ttlWithJitter.pipe(
+    Effect.flatMap((entryTtl) =>
+      entity.boundCache("set", key, entity.cache.set(entity.prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
+    ),
+    Effect.flatMap((outcome) => (outcome === "written" ? entity.metrics.get.fills.increment : Effect.void)),
+    Effect.catchAll(() => entity.metrics.get.fillFailures.increment)
+  )
+}
+
+// Single flight: concurrent misses of one key share one store read, but a reader joins only a
+// read sent after it was invoked. One sent earlier may predate a write (from this process or
+// any other) that was acknowledged before the reader began, and would hand it an older value.
+// Times are logical: a counter, advanced as readers begin and as loads start.
+const sharedRead = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string,
+  invokedAt: number
+): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
+  Effect.suspend(() => {
+    const { loads } = entity.flights
+    const current = loads.get(key)
+    if (current !== undefined && current.sentAt > invokedAt) {
+      // A load whose reader was interrupted tells the others nothing: they read for themselves.
+      return Effect.catchAllCause(Deferred.await(current.result), (cause) =>
+        Cause.isInterruptedOnly(cause) ? storeRead(entity, key) : Effect.failCause(cause)
+      )
+    }
+    const load = {
+      sentAt: ++entity.flights.time,
+      result: Deferred.unsafeMake<Option.Option<Loaded<A>>, StoreError>(FiberId.none)
+    }
+    loads.set(key, load)
+    return Effect.onExit(leasedRead(entity, key), (exit) => {
+      if (loads.get(key) === load) loads.delete(key)
+      return Deferred.done(load.result, exit)
+    })
+  })
+
+// The lease's holder reads the store; the others wait for its fill, within bounds. Whatever
+// shows up in the cache after a write was acknowledged is at least as new as that write (the
+// guard saw to it), so a waiter may take it.
+const leasedRead = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string
+): Effect.Effect<Option.Option<Loaded<A>>, StoreError> => {
+  const { lease } = entity.settings
+  return lease === undefined
+    ? storeRead(entity, key)
+    : entity.boundCache("lease", key, entity.cache.lease(entity.prefix + key, lease.ttl)).pipe(
+        Effect.orElseSucceed(() => true),
+        Effect.flatMap((granted) => (granted ? storeRead(entity, key) : awaitFill(entity, key, lease)))
+      )
+}
+
+const awaitFill = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string,
+  { poll, wait }: Lease
+): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
+  Effect.gen(function* () {
+    yield* entity.metrics.get.leaseWaits.increment
+    const giveUpAt = (yield* Clock.currentTimeMillis) + wait
+    while ((yield* Clock.currentTimeMillis) < giveUpAt) {
+      yield* Effect.sleep(poll)
+      const cached = yield* Effect.either(entity.boundCache("get", key, entity.cache.get(entity.prefix + key)))
+      if (Either.isLeft(cached) || Option.isNone(cached.right)) continue
+      const entry = cached.right.value
+      if (entry._tag === "Tombstone") break
+      const decoded = entity.codec.decodeEntry(entry)
+      if (Either.isLeft(decoded)) break
+      return Option.some({ version: entry.version, value: decoded.right, cached: true })
+    }
+    return yield* storeRead(entity, key)
+  })
+
+const storeValue = <K, A, I>(entity: Entity<K, A, I>, key: string): Effect.Effect<Option.Option<A>, StoreError> =>
+  Effect.map(
+    storeRead(entity, key),
+    Option.map((loaded) => loaded.value)
+  )
+
+const storeRead = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string
+): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
+  Deadline.timeoutFail(entity.collection.get(key), entity.settings.storeTimeout, () =>
+    storeReadTimeout(entity, key)
+  ).pipe(
+    Effect.flatMap((row) => {
+      if (Option.isNone(row)) return Effect.succeedNone
+      const decoded = entity.codec.decodeRow(key, row.value.value)
+      return Either.isRight(decoded)
+        ? Effect.succeed(Option.some({ version: row.value.version, value: decoded.right }))
+        : Effect.fail(decoded.left)
+    })
+  )
+
+const storeReadTimeout = <K, A, I>(entity: Entity<K, A, I>, key: string) =>
+  new StoreError({
+    entity: entity.name,
+    key,
+    operation: "get",
+    reason: "Timeout",
+    detail: `no answer within ${Duration.format(entity.settings.storeTimeout)}`
+  })
+
+/** Many keys: one cache round trip, one store query for the misses, one pipelined fill. */
+export const getMany = <K, A, I>(
+  entity: Entity<K, A, I>,
+  keys: Iterable<K>
+): Effect.Effect<ReadonlyArray<Option.Option<A>>, ReadError> =>
+  entity.observed("getMany", (outcome) =>
+    Effect.gen(function* () {
+      const texts: Array<string> = []
+      for (const key of keys) texts.push(yield* entity.codec.checkKey(key))
+      const unique = [...new Set(texts)]
+      if (unique.length === 0) return []
+      const ticket = yield* entity.takeTicket
+      const cached = yield* Effect.either(
+        entity.boundCache("getMany", unique[0]!, entity.cache.getMany(unique.map((key) => entity.prefix + key)))
+      )
+      const { found, misses } = Either.isLeft(cached)
+        ? yield* allMissed(entity, unique, outcome)
+        : yield* sortCached(entity, unique, cached.right, outcome)
+      if (misses.length > 0) {
+        const loaded = yield* loadMisses(entity, misses, found)
+        // A read inside a database transaction may see rows that are not committed: not for the cache.
+        if (Either.isRight(cached) && !(yield* entity.store.inTransaction)) yield* fillMany(entity, ticket, loaded)
+      }
+      return texts.map((key) => Option.fromNullable(found.get(key)))
+    })
+  )
+
+interface Miss {
+  readonly key: string
+  /** An entry that failed to decode: a fill may replace it whatever its version. */
+  readonly replacing?: Entry
+}
+
+interface Sorted<A> {
+  readonly found: Map<string, A>
+  readonly misses: Array<Miss>
+}
+
+const allMissed = <K, A, I>(
+  entity: Entity<K, A, I>,
+  keys: ReadonlyArray<string>,
+  outcome: (outcome: string) => void
+): Effect.Effect<Sorted<A>> => {
+  outcome("degraded")
+  return Effect.as(entity.metrics.getMany.degraded.incrementBy(keys.length), {
+    found: new Map(),
+    misses: keys.map((key) => ({ key }))
+  })
+}
+
+const sortCached = <K, A, I>(
+  entity: Entity<K, A, I>,
+  keys: ReadonlyArray<string>,
+  entries: ReadonlyArray<Option.Option<Entry>>,
+  outcome: (outcome: string) => void
+): Effect.Effect<Sorted<A>> => {
+  const found = new Map<string, A>()
+  const misses: Array<Miss> = []
+  keys.forEach((key, i) => {
+    const entry = entries[i]!
+    if (Option.isSome(entry) && entry.value._tag === "Value") {
+      const decoded = entity.codec.decodeEntry(entry.value)
+      if (Either.isRight(decoded)) return void found.set(key, decoded.right)
+      misses.push({ key, replacing: entry.value })
+    } else {
+      misses.push({ key })
+    }
+  })
+  // "hit" only when every key was served by the cache.
+  outcome(misses.length === 0 ? "hit" : "miss")
+  return Effect.as(
+    Effect.zipRight(
+      entity.metrics.getMany.hits.incrementBy(found.size),
+      entity.metrics.getMany.misses.incrementBy(misses.length)
+    ),
+    { found, misses }
+  )
+}
+
+interface LoadedKey<A> extends Loaded<A> {
+  readonly key: string
+  readonly replacing?: Entry
+}
+
+// One store query for the misses; what it found joins `found`.
+const loadMisses = <K, A, I>(
+  entity: Entity<K, A, I>,
+  misses: ReadonlyArray<Miss>,
+  found: Map<string, A>
+): Effect.Effect<ReadonlyArray<LoadedKey<A>>, StoreError> =>
+  Effect.gen(function* () {
+    const rows = yield* Deadline.timeoutFail(
+      entity.collection.getMany(misses.map(({ key }) => key)),
+      entity.settings.storeTimeout,
+      () => storeReadTimeout(entity, misses[0]!.key)
+    )
+    const loaded: Array<LoadedKey<A>> = []
+    for (const { key, replacing } of misses) {
+      const row = rows.get(key)
+      if (row === undefined) continue
+      const decoded = entity.codec.decodeRow(key, row.value)
+      if (Either.isLeft(decoded)) return yield* decoded.left
+      found.set(key, decoded.right)
+      loaded.push({
+        key,
+        version: row.version,
+        value: decoded.right,
+        ...(replacing === undefined ? {} : { replacing })
+      })
+    }
+    return loaded
+  })
+
+const fillMany = <K, A, I>(
+  entity: Entity<K, A, I>,
+  ticket: Ticket,
+  loaded: ReadonlyArray<LoadedKey<A>>
+): Effect.Effect<void> =>
+  Effect.flatMap(entity.ttlWithJitter, (entryTtl) => {
+    const items = loaded.flatMap(({ key, replacing, value, version }) => {
+      const encoded = entity.codec.encodeValue(value)
+      return Either.isLeft(encoded)
+        ? []
+        : [
+            {
+              key: entity.prefix + key,
+              entry: Entry.Value({ version, payload: JSON.stringify(encoded.right) }),
+              options: { ttl: entryTtl, ticket, replacing }
+            }
+          ]
+    })
+    return items.length === 0
+      ? Effect.void
+      : entity.boundCache("setMany", loaded[0]!.key, entity.cache.setMany(items)).pipe(
+          Effect.flatMap((outcomes) =>
+            entity.metrics.getMany.fills.incrementBy(outcomes.filter((outcome) => outcome === "written").length)
+          ),
+          Effect.catchAll(() => entity.metrics.getMany.fillFailures.incrementBy(items.length)),
+          Effect.asVoid
+        )
+  })
