@@ -7,11 +7,13 @@
  *
  * @since 0.1.0
  */
+import { TypeIdError } from "./internal/typeIdError.js"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
+import { isWriteThroughError, WriteThroughErrorTypeId } from "./WriteThroughError.js"
 
 /**
  * A cache entry: the encoded value committed at `version`, or a tombstone that
@@ -87,10 +89,10 @@ export interface SetOptions {
  * @since 0.1.0
  * @category errors
  */
-export class CacheError extends Data.TaggedError("CacheError")<{
+export class CacheError extends TypeIdError(WriteThroughErrorTypeId, "CacheError")<{
   readonly operation: string
   readonly key: string
-  readonly reason: "Timeout" | "Unavailable" | "Injected"
+  readonly reason: "Timeout" | "Unavailable"
   readonly cause?: unknown
 }> {
   override get message(): string {
@@ -104,7 +106,7 @@ export class CacheError extends Data.TaggedError("CacheError")<{
  * @since 0.1.0
  * @category errors
  */
-export class CacheConnectionError extends Data.TaggedError("CacheConnectionError")<{
+export class CacheConnectionError extends TypeIdError(WriteThroughErrorTypeId, "CacheConnectionError")<{
   readonly url: string
   readonly cause: unknown
 }> {
@@ -112,6 +114,19 @@ export class CacheConnectionError extends Data.TaggedError("CacheConnectionError
     return `cannot connect to the cache at ${this.url}: ${String((this.cause as Error | undefined)?.message ?? this.cause)}`
   }
 }
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isCacheError = (u: unknown): u is CacheError => isWriteThroughError(u) && u._tag === "CacheError"
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isCacheConnectionError = (u: unknown): u is CacheConnectionError =>
+  isWriteThroughError(u) && u._tag === "CacheConnectionError"
 
 /**
  * @since 0.1.0

@@ -15,11 +15,14 @@ import * as Layer from "effect/Layer"
 import { Cache, CacheError } from "./Cache.js"
 import * as FaultPlan from "./internal/faultPlan.js"
 
+// Spelled once: the plan needs them as values, the controls as a type.
+const operations = ["get", "set", "invalidate", "lease"] as const
+
 /**
  * @since 0.1.0
  * @category models
  */
-export type Operation = "get" | "set" | "invalidate" | "lease"
+export type Operation = (typeof operations)[number]
 
 /**
  * With no operations named, a fault applies to all of them.
@@ -28,13 +31,23 @@ export type Operation = "get" | "set" | "invalidate" | "lease"
  * @category models
  */
 export interface Controls {
-  /** The next `times` calls fail with a `CacheError` and do not reach the cache. */
+  /**
+   * The next `times` calls do not reach the cache: each fails as an unreachable cache does, with a
+   * `CacheError` of reason `Unavailable` whose cause is an `InjectedFault` (`refused`).
+   */
   readonly failNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /** Every call fails until `heal`. */
+  /** Every call fails as with `failNext`, until `heal`. */
   readonly failAlways: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /** The next `times` calls reach the cache, then fail as if the reply was lost. */
+  /**
+   * The next `times` calls reach the cache, then fail as if the reply was lost: as a command whose
+   * reply never came, with a `CacheError` of reason `Timeout` whose cause is an `InjectedFault`
+   * (`replyLost`).
+   */
   readonly failAfterNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /** Every call hangs until interrupted, until `heal`. */
+  /**
+   * Every call hangs until interrupted, until `heal`. It fails with nothing of its own: the
+   * caller's bound ends it (the write-through's `cacheTimeout`, a `CacheError` of reason `Timeout`).
+   */
   readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
   /**
    * Holds the next `times` calls (default 1): `before` they reach the cache, or
@@ -70,6 +83,15 @@ export class FaultyCache extends Context.Tag("effect-write-through/FaultyCache")
 
 type Mode = "fail" | "failAfter" | "hang" | "pauseBefore" | "pauseAfter"
 
+// The error production raises for the same fault, so code under test handles it as it would there;
+// only its cause tells that it was injected.
+const injected = (
+  operation: Operation,
+  key: string,
+  reason: CacheError["reason"],
+  fault: FaultPlan.InjectedFault["fault"]
+): CacheError => new CacheError({ operation, key, reason, cause: new FaultPlan.InjectedFault({ fault }) })
+
 /**
  * Provides a faulty `Cache` over the `Cache` it is given, and its `FaultyCache` controls.
  *
@@ -79,18 +101,17 @@ type Mode = "fail" | "failAfter" | "hang" | "pauseBefore" | "pauseAfter"
 export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effectContext(
   Effect.gen(function* () {
     const cache = yield* Cache
-    const plan = FaultPlan.make<Operation, Mode>(["get", "set", "invalidate", "lease"])
+    const plan = FaultPlan.make<Operation, Mode>(operations)
     const inject = <A>(operation: Operation, key: string, effect: Effect.Effect<A, CacheError>) =>
       Effect.suspend((): Effect.Effect<A, CacheError> => {
-        const injected = new CacheError({ operation, key, reason: "Injected" })
         const fault = plan.take(operation)
         switch (fault?.mode) {
           case undefined:
             return effect
           case "fail":
-            return Effect.fail(injected)
+            return Effect.fail(injected(operation, key, "Unavailable", "refused"))
           case "failAfter":
-            return Effect.zipRight(effect, Effect.fail(injected))
+            return Effect.zipRight(effect, Effect.fail(injected(operation, key, "Timeout", "replyLost")))
           case "hang":
             return Effect.never
           case "pauseBefore":

@@ -14,11 +14,22 @@ import * as Layer from "effect/Layer"
 import * as FaultPlan from "./internal/faultPlan.js"
 import { Store, StoreError, StoreOutcomeUnknownError } from "./Store.js"
 
+// Spelled once: the plan needs them as values, the controls as a type.
+const operations = ["get", "put", "delete", "commit"] as const
+
 /**
  * @since 0.1.0
  * @category models
  */
-export type Operation = "get" | "put" | "delete" | "commit"
+export type Operation = (typeof operations)[number]
+
+/**
+ * The operations that commit: a `put`, a `delete`, or a `transaction`'s COMMIT.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type CommitOperation = Exclude<Operation, "get">
 
 /**
  * With no operations named, a fault applies to all of them.
@@ -27,9 +38,13 @@ export type Operation = "get" | "put" | "delete" | "commit"
  * @category models
  */
 export interface Controls {
-  /** The next `times` calls fail with a `StoreError` and do not reach the store. */
+  /**
+   * The next `times` calls do not reach the store: each fails as an unreachable store does, with a
+   * `StoreError` whose cause is an `InjectedFault` (`refused`). Its reason is `Unavailable`, or
+   * for `commit` `Transaction`, as for a transaction that could not begin (nothing of it ran).
+   */
   readonly failNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /** Every call fails until `heal`. */
+  /** Every call fails as with `failNext`, until `heal`. */
   readonly failAlways: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
   /**
    * The next call of each named write (both `put` and `delete` when none is
@@ -38,12 +53,17 @@ export interface Controls {
    * With `defect`, it dies instead, as a failing `COMMIT` does in `@effect/sql`.
    * Named `commit`, the next `transaction` dies at its COMMIT (with or without `defect`), after
    * committing its writes when `committed` is true, after rolling them back otherwise.
+   * The error's cause, or the defect, is an `InjectedFault` (`connectionLost`, or `commitFailed`
+   * for a defect).
    */
   readonly loseConnectionOnCommit: (
     options: { readonly committed: boolean; readonly defect?: boolean | undefined },
-    ...operations: ReadonlyArray<"put" | "delete" | "commit">
+    ...operations: ReadonlyArray<CommitOperation>
   ) => Effect.Effect<void>
-  /** Every call hangs until interrupted, until `heal`. */
+  /**
+   * Every call hangs until interrupted, until `heal`. It fails with nothing of its own: the
+   * caller's bound ends it (the write-through's `storeTimeout`).
+   */
   readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
   /**
    * Holds the next `times` calls (default 1): `before` they reach the store, or
@@ -87,6 +107,16 @@ type Mode =
   | "pauseBefore"
   | "pauseAfter"
 
+// The error production raises for the same fault, so code under test handles it as it would there;
+// only its cause tells that it was injected.
+const injected = (
+  entity: string,
+  key: string,
+  operation: Operation,
+  reason: StoreError["reason"],
+  fault: FaultPlan.InjectedFault["fault"]
+): StoreError => new StoreError({ entity, key, operation, reason, cause: new FaultPlan.InjectedFault({ fault }) })
+
 /**
  * Provides a faulty `Store` over the `Store` it is given, and its `FaultyStore` controls.
  *
@@ -96,8 +126,8 @@ type Mode =
 export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effectContext(
   Effect.gen(function* () {
     const store = yield* Store
-    const plan = FaultPlan.make<Operation, Mode>(["get", "put", "delete", "commit"])
-    const commitFailed = () => new Error("injected: COMMIT failed")
+    const plan = FaultPlan.make<Operation, Mode>(operations)
+    const commitFailed = () => new FaultPlan.InjectedFault({ fault: "commitFailed" })
     // Fails the transaction's effect so that the store rolls it back, then dies as at COMMIT.
     const rollBack = Symbol("rollBack")
     const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | StoreError, R> =>
@@ -107,7 +137,7 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
           case undefined:
             return store.transaction(effect)
           case "fail":
-            return Effect.fail(new StoreError({ entity: "*", key: "", operation: "commit", reason: "Injected" }))
+            return Effect.fail(injected("*", "", "commit", "Transaction", "refused"))
           case "hang":
             return Effect.never
           case "lostBeforeCommit":
@@ -143,7 +173,7 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 case undefined:
                   return effect
                 case "fail":
-                  return Effect.fail(new StoreError({ entity, key, operation, reason: "Injected" }))
+                  return Effect.fail(injected(entity, key, operation, "Unavailable", "refused"))
                 case "hang":
                   return Effect.never
                 case "lostBeforeCommit":
@@ -165,24 +195,14 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
               entity,
               key,
               operation,
-              cause: new Error("injected: connection lost during commit")
+              cause: new FaultPlan.InjectedFault({ fault: "connectionLost" })
             })
+          // A read that loses its connection is not in doubt: the store reports it unreachable.
+          const lostRead = (key: string) => () => injected(entity, key, "get", "Unavailable", "connectionLost")
           return {
-            get: (key) =>
-              inject(
-                "get",
-                key,
-                collection.get(key),
-                () => new StoreError({ entity, key, operation: "get", reason: "Injected" })
-              ),
+            get: (key) => inject("get", key, collection.get(key), lostRead(key)),
             // A batch is one call of the operation it batches.
-            getMany: (keys) =>
-              inject(
-                "get",
-                keys[0] ?? "",
-                collection.getMany(keys),
-                () => new StoreError({ entity, key: keys[0] ?? "", operation: "get", reason: "Injected" })
-              ),
+            getMany: (keys) => inject("get", keys[0] ?? "", collection.getMany(keys), lostRead(keys[0] ?? "")),
             put: (key, value) => inject("put", key, collection.put(key, value), lostWrite("put", key)),
             // A batch is one call of the operation it batches.
             putMany: (entries) =>

@@ -4,10 +4,11 @@
  *
  * @since 0.1.0
  */
+import { TypeIdError } from "./internal/typeIdError.js"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
+import { isWriteThroughError, WriteThroughErrorTypeId } from "./WriteThroughError.js"
 
 /**
  * Where an entity lives in a SQL database: a real table with real columns.
@@ -66,7 +67,7 @@ export interface Row {
  * @since 0.1.0
  * @category errors
  */
-export class StoreError extends Data.TaggedError("StoreError")<{
+export class StoreError extends TypeIdError(WriteThroughErrorTypeId, "StoreError")<{
   readonly entity: string
   readonly key: string
   readonly operation: string
@@ -75,10 +76,9 @@ export class StoreError extends Data.TaggedError("StoreError")<{
    * `Timeout`: a read ran out of time; `Decode`: a stored row does not fit the schema;
    * `Schema`: the table does not fit the entity (raised when the layer is built);
    * `Transaction`: a write was attempted inside a SQL transaction other than `WriteThrough.transaction`'s,
-   * or that transaction could not begin;
-   * `Injected`: a fault injected by `FaultyStore`.
+   * or that transaction could not begin.
    */
-  readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Transaction" | "Injected"
+  readonly reason: "Unavailable" | "Rejected" | "Timeout" | "Decode" | "Schema" | "Transaction"
   readonly detail?: string | undefined
   /**
    * PostgreSQL's SQLSTATE, when the database reported the failure: `22001` a value too long,
@@ -167,7 +167,7 @@ export class StoreError extends Data.TaggedError("StoreError")<{
  * @since 0.1.0
  * @category errors
  */
-export class StoreOutcomeUnknownError extends Data.TaggedError("StoreOutcomeUnknownError")<{
+export class StoreOutcomeUnknownError extends TypeIdError(WriteThroughErrorTypeId, "StoreOutcomeUnknownError")<{
   readonly entity: string
   readonly key: string
   readonly operation: string
@@ -177,6 +177,19 @@ export class StoreOutcomeUnknownError extends Data.TaggedError("StoreOutcomeUnkn
     return `store ${this.operation} for ${this.entity} ${JSON.stringify(this.key)} may or may not have committed`
   }
 }
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isStoreError = (u: unknown): u is StoreError => isWriteThroughError(u) && u._tag === "StoreError"
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isStoreOutcomeUnknownError = (u: unknown): u is StoreOutcomeUnknownError =>
+  isWriteThroughError(u) && u._tag === "StoreOutcomeUnknownError"
 
 /**
  * @since 0.1.0

@@ -1,11 +1,80 @@
 /**
  * The errors a write-through operation fails with, apart from the store's own
  * `StoreError`. Handle them by tag: `Effect.catchTag("StaleCacheError", ...)`.
+ * Every error of the library, the store's and the cache's included, carries
+ * `WriteThroughErrorTypeId`, which `isWriteThroughError` tests.
  *
  * @since 0.1.0
  */
-import * as Data from "effect/Data"
+import { TypeIdError } from "./internal/typeIdError.js"
 import * as Duration from "effect/Duration"
+import * as Predicate from "effect/Predicate"
+import type { CacheConnectionError, CacheError } from "./Cache.js"
+import type { StoreError, StoreOutcomeUnknownError } from "./Store.js"
+
+/**
+ * Carried by every error class of the library, as `@effect/sql` marks its `SqlError`: it tells the
+ * library's errors from any other, even across two copies of the package, where `instanceof` fails.
+ *
+ * @since 0.2.0
+ * @category type ids
+ */
+export const WriteThroughErrorTypeId: unique symbol = Symbol.for("effect-write-through/WriteThroughError")
+
+/**
+ * @since 0.2.0
+ * @category type ids
+ */
+export type WriteThroughErrorTypeId = typeof WriteThroughErrorTypeId
+
+/**
+ * Any error of the library: those of this module, the store's and the cache's.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type WriteThroughError =
+  | ValidationError
+  | StaleCacheError
+  | InconsistentCacheError
+  | StoreError
+  | StoreOutcomeUnknownError
+  | CacheError
+  | CacheConnectionError
+
+/**
+ * True for any error of the library, false for anything else (a `SqlError`, a plain `Error`...).
+ *
+ * @since 0.2.0
+ * @category guards
+ */
+export const isWriteThroughError = (u: unknown): u is WriteThroughError =>
+  Predicate.hasProperty(u, WriteThroughErrorTypeId)
+
+/**
+ * A public operation of a write-through entity, as the `operation` tag of its metrics and spans
+ * names it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Operation = "get" | "getMany" | "set" | "setMany" | "delete" | "transaction" | "audit"
+
+/**
+ * An operation that writes the store: the ones whose outcome can be unknown (`InconsistentCacheError`).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type WriteOperation = Extract<Operation, "set" | "setMany" | "delete" | "transaction">
+
+/**
+ * A write of one key: the ones that publish a single version to the cache (`StaleCacheError`).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type KeyWriteOperation = Extract<WriteOperation, "set" | "delete">
 
 /**
  * A key or value was refused before any I/O: nothing was written.
@@ -13,7 +82,7 @@ import * as Duration from "effect/Duration"
  * @since 0.1.0
  * @category errors
  */
-export class ValidationError extends Data.TaggedError("ValidationError")<{
+export class ValidationError extends TypeIdError(WriteThroughErrorTypeId, "ValidationError")<{
   readonly entity: string
   /** The key as given, or its description when it cannot be shown. */
   readonly key: string
@@ -37,10 +106,10 @@ export class ValidationError extends Data.TaggedError("ValidationError")<{
  * @since 0.1.0
  * @category errors
  */
-export class StaleCacheError extends Data.TaggedError("StaleCacheError")<{
+export class StaleCacheError extends TypeIdError(WriteThroughErrorTypeId, "StaleCacheError")<{
   readonly entity: string
   readonly key: string
-  readonly operation: "set" | "delete"
+  readonly operation: KeyWriteOperation
   /** The committed version the cache failed to receive. */
   readonly version: number
   /** How long the cache may serve the previous value, at most. */
@@ -69,11 +138,11 @@ export class StaleCacheError extends Data.TaggedError("StaleCacheError")<{
  * @since 0.1.0
  * @category errors
  */
-export class InconsistentCacheError extends Data.TaggedError("InconsistentCacheError")<{
+export class InconsistentCacheError extends TypeIdError(WriteThroughErrorTypeId, "InconsistentCacheError")<{
   readonly entity: string
   /** For a transaction or a setMany, its first written key; `keys` lists them all. */
   readonly key: string
-  readonly operation: "set" | "setMany" | "delete" | "transaction"
+  readonly operation: WriteOperation
   /** True when every key concerned was fenced in the cache. */
   readonly invalidated: boolean
   /** For a transaction or a setMany: every key it wrote, each fenced. */
@@ -95,3 +164,24 @@ export class InconsistentCacheError extends Data.TaggedError("InconsistentCacheE
     )
   }
 }
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isValidationError = (u: unknown): u is ValidationError =>
+  isWriteThroughError(u) && u._tag === "ValidationError"
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isStaleCacheError = (u: unknown): u is StaleCacheError =>
+  isWriteThroughError(u) && u._tag === "StaleCacheError"
+
+/**
+ * @since 0.2.0
+ * @category guards
+ */
+export const isInconsistentCacheError = (u: unknown): u is InconsistentCacheError =>
+  isWriteThroughError(u) && u._tag === "InconsistentCacheError"

@@ -1,5 +1,5 @@
 /**
- * Fault injection for tests: `import { FaultyCache, FaultyStore } from "effect-write-through/testing"`.
+ * Fault injection for tests: `import { FaultyCache, FaultyStore, InjectedFault } from "effect-write-through/testing"`.
  *
  * @since 0.1.0
  */
@@ -13,3 +13,10 @@ export * as FaultyCache from "./FaultyCache.js"
  * @since 0.1.0
  */
 export * as FaultyStore from "./FaultyStore.js"
+
+/**
+ * The cause of every failure the injectors inject: `error.cause instanceof InjectedFault`.
+ *
+ * @since 0.2.0
+ */
+export { InjectedFault } from "./internal/faultPlan.js"

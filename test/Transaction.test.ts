@@ -15,7 +15,7 @@ import {
   WriteThrough,
   WriteThroughError
 } from "../src/index.js"
-import { FaultyCache, FaultyStore } from "../src/testing.js"
+import { FaultyCache, FaultyStore, InjectedFault } from "../src/testing.js"
 import { User } from "./contract/WriteThroughContract.js"
 import { driveClock, user } from "./support/harness.js"
 import { adminClient, PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
@@ -391,7 +391,12 @@ describe("WriteThrough.transaction on Redis and Postgres", () => {
               })
             )
           )
-          expect(error).toMatchObject({ _tag: "StoreError", reason: "Injected", key: "a1" })
+          expect(error).toMatchObject({
+            _tag: "StoreError",
+            reason: "Unavailable",
+            key: "a1",
+            cause: new InjectedFault({ fault: "refused" })
+          })
           expect(yield* userRows.get("1")).toEqual(Option.none())
           expect(yield* accountRows.get("a1")).toEqual(row)
           expect(yield* rawUser("1")).toBeNull()

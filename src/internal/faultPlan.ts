@@ -1,7 +1,36 @@
 // The schedule of injected faults shared by FaultyCache and FaultyStore:
 // per operation, what the next calls do and how many calls arrived.
+import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+
+const faultMessages = {
+  refused: "injected: the call was refused before it was sent",
+  replyLost: "injected: the call was carried out, its reply was lost",
+  connectionLost: "injected: connection lost while the call was in flight",
+  commitFailed: "injected: COMMIT failed"
+} as const
+
+/**
+ * The cause of every failure `FaultyCache` and `FaultyStore` inject, and the defect of an injected
+ * failing COMMIT. The error around it is the one production raises for the same fault (a
+ * `CacheError` or `StoreError` with a real `reason`, a `StoreOutcomeUnknownError`), so code under
+ * test handles it as it would in production; a test tells an injected failure by this cause.
+ *
+ * `fault`: `refused`, the call did not reach the cache or store; `replyLost`, it did, and its
+ * reply was lost; `connectionLost`, the connection was lost while it was in flight (a write committing);
+ * `commitFailed`, the COMMIT failed (a defect, as in `@effect/sql`).
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class InjectedFault extends Data.TaggedError("InjectedFault")<{
+  readonly fault: keyof typeof faultMessages
+}> {
+  override get message(): string {
+    return faultMessages[this.fault]
+  }
+}
 
 export interface Fault<Mode extends string> {
   readonly mode: Mode

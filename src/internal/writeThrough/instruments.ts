@@ -6,11 +6,9 @@ import type * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import type { CacheError } from "../../Cache.js"
 import * as Metrics from "../../Metrics.js"
+import type { Operation } from "../../WriteThroughError.js"
 import * as LabelledMetric from "../labelledMetric.js"
 import * as OperationSpan from "../operationSpan.js"
-
-/** The `operation` tag of metrics and spans. */
-export type Operation = "get" | "getMany" | "set" | "setMany" | "delete" | "transaction" | "audit"
 
 const operations: ReadonlyArray<Operation> = ["get", "getMany", "set", "setMany", "delete", "transaction", "audit"]
 
