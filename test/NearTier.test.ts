@@ -4,8 +4,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { Cache, MemoryCache, RedisCache } from "../src/index.js"
-import * as NearCache from "../src/internal/nearCache.js"
-import * as NearTier from "../src/internal/nearTier.js"
+import * as NearCache from "../src/internal/redis/nearCache.js"
+import * as NearTier from "../src/internal/redis/nearTier.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { rawRedis, redisCacheLayer, unique } from "./support/services.js"
 

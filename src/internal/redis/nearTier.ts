@@ -1,5 +1,5 @@
-import type { Entry } from "../Cache.js"
-import * as VersionGuard from "./versionGuard.js"
+import type { Entry } from "../../Cache.js"
+import * as VersionGuard from "../versionGuard.js"
 
 // The in-process tier in front of Redis: versioned entries, least recently used out first,
 // bounded by count and by an estimate of their bytes.

@@ -1,25 +1,7 @@
-import * as Option from "effect/Option"
-import { Entry } from "../Cache.js"
-
-// Wire format of an entry in Redis: `v<version>:<payload>` or `t<version>:`.
-// The version leads so the Lua guard can read it without decoding the payload.
-export const encode = (entry: Entry): string =>
-  entry._tag === "Value" ? `v${entry.version}:${entry.payload}` : `t${entry.version}:`
-
-const header = /^([vt])(\d{1,16}):/
-
-// Anything that does not parse is a foreign or corrupt write: a miss, which the
-// guard also treats as absent, so the next fill overwrites it.
-export const decode = (raw: string | null): Option.Option<Entry> => {
-  if (raw === null) return Option.none()
-  const match = header.exec(raw)
-  if (match === null) return Option.none()
-  const version = Number(match[2])
-  if (!Number.isSafeInteger(version)) return Option.none()
-  return Option.some(
-    match[1] === "v" ? Entry.Value({ version, payload: raw.slice(match[0].length) }) : Entry.Tombstone({ version })
-  )
-}
+// The Lua scripts that guard every write, and the commands ioredis defines from them. A script
+// runs atomically on the node holding its keys, so the version check and the write cannot interleave
+// with another process's.
+import type { Cluster, Redis } from "ioredis"
 
 // Both scripts read the current entry, compare versions and write, atomically.
 // A key of another type or an unparseable string counts as absent. So does an entry without a TTL:
@@ -36,7 +18,7 @@ end
 `
 
 // KEYS[1] the lease key; ARGV: the holder's token, ttl in ms. Granted when free or already ours.
-export const leaseScript = `
+const leaseScript = `
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   return 0
@@ -45,14 +27,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `
 
-export const leaseKey = (key: string) => `__wt_lease:${key}`
-
-// The key whose value names the cache's memory. It vanishes with that memory (a restart, a
-// flush, an eviction), and the next ticketed write creates a new one.
-export const epochKey = "__wt_epoch"
-
 // KEYS[1] epoch key; ARGV[1] a candidate for a new epoch. Returns the epoch.
-export const epochScript = `
+const epochScript = `
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
@@ -80,7 +56,7 @@ return 'written'
 // replace ('' for none), the ticket's epoch ('' for no ticket), its deadline in epoch ms, a
 // candidate for a new epoch, the channel to announce the write on ('' for none), the key as
 // announced. Returns 'written', 'rejected', 'late' or 'epoch:' and the current epoch.
-export const setScript = `
+const setScript = `
 if ARGV[5] ~= '' then
   local epoch = redis.call('GET', KEYS[2])
   if not epoch then
@@ -105,7 +81,7 @@ ${guardedWrite}`
 // KEYS[1] key, KEYS[2] the slot's marker; ARGV as setScript's, except [5] the ticket's issue time
 // in epoch ms ('' for no ticket) and [7] the allowed clock skew in ms. Returns 'written',
 // 'rejected', 'late' or 'outdated'.
-export const clusterSetScript = `
+const clusterSetScript = `
 if ARGV[5] ~= '' then
   local now = redis.call('TIME')
   local nowMs = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -125,7 +101,7 @@ end
 ${guardedWrite}`
 
 // KEYS[1] a slot's marker: created with the time now unless it exists.
-export const bornScript = `
+const bornScript = `
 if not redis.call('GET', KEYS[1]) then
   local now = redis.call('TIME')
   redis.call('SET', KEYS[1], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
@@ -135,7 +111,7 @@ return 1
 
 // KEYS[1] key; ARGV: version, encoded tombstone, ttl in ms, the channel to announce it on ('' for
 // none), the key as announced. A tombstone wins a tie with a value.
-export const invalidateScript = `${readCurrent}
+const invalidateScript = `${readCurrent}
 local version = tonumber(ARGV[1])
 if kind and (ver > version or (ver == version and kind == 't')) then
   return 0
@@ -146,3 +122,64 @@ if ARGV[4] ~= '' then
 end
 return 1
 `
+
+/** The scripts both caches define alike. */
+export interface KeyScripts {
+  wtLease(leaseKey: string, holder: string, ttlMillis: string): Promise<number>
+  wtInvalidate(
+    key: string,
+    version: string,
+    entry: string,
+    ttlMillis: string,
+    channel: string,
+    announcedKey: string
+  ): Promise<number>
+}
+
+/** RedisCache's scripts: the ticket names the epoch of the whole server. */
+export interface ServerScripts extends KeyScripts {
+  wtEpoch(epochKey: string, candidate: string): Promise<string>
+  wtSet(...args: SetArguments): Promise<string>
+}
+
+/** RedisClusterCache's scripts: the ticket is checked against the memory of the key's slot. */
+export interface ClusterScripts extends KeyScripts {
+  wtSet(...args: SetArguments): Promise<string>
+  wtBorn(marker: string): Promise<number>
+}
+
+/**
+ * The arguments of both set scripts. `guard` is the key holding the memory a ticket is checked
+ * against (the epoch key, or the slot's marker); `guardArgument` is a candidate for a new epoch, or
+ * the allowed clock skew.
+ */
+export type SetArguments = readonly [
+  key: string,
+  guard: string,
+  version: string,
+  entry: string,
+  ttlMillis: string,
+  replacing: string,
+  ticketEpoch: string,
+  notAfter: string,
+  guardArgument: string,
+  channel: string,
+  announcedKey: string
+]
+
+const script = (numberOfKeys: number, lua: string) => ({ numberOfKeys, lua })
+
+const define = <S extends KeyScripts>(
+  client: Redis | Cluster,
+  scripts: Record<Exclude<keyof S, keyof KeyScripts>, { numberOfKeys: number; lua: string }>
+): S => {
+  const all = { ...scripts, wtInvalidate: script(1, invalidateScript), wtLease: script(1, leaseScript) }
+  for (const [name, definition] of Object.entries(all)) client.defineCommand(name, definition)
+  return client as unknown as S
+}
+
+export const defineServerScripts = (redis: Redis): ServerScripts =>
+  define<ServerScripts>(redis, { wtEpoch: script(1, epochScript), wtSet: script(2, setScript) })
+
+export const defineClusterScripts = (cluster: Cluster): ClusterScripts =>
+  define<ClusterScripts>(cluster, { wtSet: script(2, clusterSetScript), wtBorn: script(1, bornScript) })

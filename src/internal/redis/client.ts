@@ -3,7 +3,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { Cluster, Redis } from "ioredis"
-import { CacheError } from "../Cache.js"
+import { CacheConnectionError, CacheError } from "../../Cache.js"
 
 // The URL as it may appear in an error message: without its password.
 export const displayUrl = (url: string): string => {
@@ -16,31 +16,15 @@ export const displayUrl = (url: string): string => {
   }
 }
 
-// SCAN's MATCH is a glob: a prefix holding *, ?, [ or \ must match only itself.
-export const globEscape = (text: string) => text.replace(/[*?[\]\\]/g, "\\$&")
-
-export const isWrongType = (error: unknown): boolean => error instanceof Error && error.message.startsWith("WRONGTYPE")
-
-export const isTimeout = (error: unknown): boolean => error instanceof Error && error.message === "Command timed out"
-
-/** The scripts both caches define alike (see redisEntry.ts). */
-export interface KeyScripts {
-  wtLease(leaseKey: string, holder: string, ttlMillis: string): Promise<number>
-  wtInvalidate(
-    key: string,
-    version: string,
-    entry: string,
-    ttlMillis: string,
-    channel: string,
-    announcedKey: string
-  ): Promise<number>
-}
+const isTimeout = (error: unknown): boolean => error instanceof Error && error.message === "Command timed out"
 
 export const fail = (operation: string, key: string) => (cause: unknown) =>
   new CacheError({ operation, key, reason: isTimeout(cause) ? "Timeout" : "Unavailable", cause })
 
-/** A TTL as Redis takes it: whole milliseconds, at least 1. */
-export const ttlMillis = (ttl: Duration.Duration): string => String(Math.max(1, Math.ceil(Duration.toMillis(ttl))))
+/** Runs one call to Redis for `operation` on `key`, failing with a `CacheError`. */
+export type Call = <A>(operation: string, key: string, run: () => Promise<A>) => Effect.Effect<A, CacheError>
+
+export const call: Call = (operation, key, run) => Effect.tryPromise({ try: run, catch: fail(operation, key) })
 
 /**
  * A client for the scope's lifetime, closed politely within `commandTimeout`, else dropped. ioredis
@@ -65,4 +49,31 @@ export const acquireClient = <C extends Redis | Cluster>(
       })
       return [client, () => lastError] as const
     }
+  )
+
+/**
+ * Runs what the layer needs before it can serve (connecting, and marking the memory) within
+ * `timeout`. ioredis's own error, when it reported one, says more than the rejection or the timeout.
+ */
+export const connectWithin = (
+  connect: () => Promise<unknown>,
+  {
+    lastError,
+    timeout,
+    url
+  }: { readonly url: string; readonly timeout: Duration.Duration; readonly lastError: () => unknown }
+): Effect.Effect<void, CacheConnectionError> =>
+  Effect.tryPromise({
+    try: connect,
+    catch: (cause) => new CacheConnectionError({ url, cause: lastError() ?? cause })
+  }).pipe(
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () =>
+        new CacheConnectionError({
+          url,
+          cause: lastError() ?? new Error(`no answer within ${Duration.format(timeout)}`)
+        })
+    }),
+    Effect.asVoid
   )

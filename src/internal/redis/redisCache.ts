@@ -1,0 +1,151 @@
+// RedisCache's body: one Redis server, whose memory is named by an epoch key.
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import { Redis } from "ioredis"
+import { randomUUID } from "node:crypto"
+import { Cache, CacheConnectionError, type Entry, type SetOptions, type WriteOutcome } from "../../Cache.js"
+import type { NearTierStats, Options } from "../../RedisCache.js"
+import { acquireClient, call, connectWithin, displayUrl } from "./client.js"
+import * as RedisEntry from "./entry.js"
+import * as NearCache from "./nearCache.js"
+import * as Operations from "./operations.js"
+import { defineServerScripts, type ServerScripts } from "./scripts.js"
+
+const defaultUrl = "redis://127.0.0.1:6379"
+
+/** The cache's memory as this process knows it: the epoch its tickets carry. */
+interface Memory {
+  epoch: string
+  /** Candidates for a new epoch: unique to this process and call, so no two memories share a name. */
+  readonly candidate: () => string
+}
+
+const urlOf = (options: Options): string =>
+  options.url === undefined ? defaultUrl : Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+
+const connect = (
+  options: Options,
+  url: string,
+  commandTimeout: number
+): Effect.Effect<Redis, CacheConnectionError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const [redis, lastError] = yield* acquireClient(
+      () =>
+        new Redis(url, {
+          ...options.redis,
+          ...(options.keyPrefix === undefined ? {} : { keyPrefix: options.keyPrefix }),
+          commandTimeout,
+          lazyConnect: true
+        }),
+      commandTimeout
+    )
+    yield* connectWithin(() => redis.connect(), {
+      url: displayUrl(url),
+      timeout: Duration.decode(options.connectTimeout ?? "5 seconds"),
+      lastError
+    })
+    return redis
+  })
+
+const readMemory = (commands: ServerScripts, url: string): Effect.Effect<Memory, CacheConnectionError> => {
+  const candidatePrefix = randomUUID()
+  let candidates = 0
+  const candidate = () => `${candidatePrefix}:${++candidates}`
+  return Effect.tryPromise({
+    try: () => commands.wtEpoch(RedisEntry.epochKey, candidate()),
+    catch: (cause) => new CacheConnectionError({ url: displayUrl(url), cause })
+  }).pipe(Effect.map((epoch) => ({ epoch, candidate })))
+}
+
+const setArguments = (memory: Memory, channel: string) => (key: string, entry: Entry, options: SetOptions) =>
+  Operations.setArguments(key, entry, options, { key: RedisEntry.epochKey, argument: memory.candidate() }, channel)
+
+const writeOutcome =
+  (memory: Memory) =>
+  (reply: string): WriteOutcome => {
+    // Refused for its epoch: the reply names the current one, which later tickets carry.
+    if (reply.startsWith("epoch:")) memory.epoch = reply.slice("epoch:".length)
+    return Operations.writeOutcome(reply)
+  }
+
+// MGET answers nil for a key of another type: a miss, like get's WRONGTYPE.
+const getMany =
+  (redis: Redis): Cache.Service["getMany"] =>
+  (keys) =>
+    keys.length === 0
+      ? Effect.succeed([])
+      : call("getMany", keys[0]!, () => redis.mget(keys as Array<string>).then((raws) => raws.map(RedisEntry.decode)))
+
+const setMany =
+  (redis: Redis, memory: Memory, channel: string): Cache.Service["setMany"] =>
+  (items) => {
+    if (items.length === 0) return Effect.succeed([])
+    const argumentsOf = setArguments(memory, channel)
+    const outcomeOf = writeOutcome(memory)
+    return call("setMany", items[0]!.key, async () => {
+      const pipeline = redis.pipeline() as unknown as ServerScripts & {
+        exec(): Promise<Array<[Error | null, unknown]> | null>
+      }
+      for (const { entry, key, options } of items) void pipeline.wtSet(...argumentsOf(key, entry, options))
+      const replies = (await pipeline.exec()) ?? []
+      return replies.map(([error, reply]) => {
+        if (error !== null) throw error
+        return outcomeOf(reply as string)
+      })
+    })
+  }
+
+const remoteCache = (
+  redis: Redis,
+  commands: ServerScripts,
+  memory: Memory,
+  tier: NearCache.Tier,
+  keyPrefix: string
+) => {
+  const argumentsOf = setArguments(memory, tier.channel)
+  const outcomeOf = writeOutcome(memory)
+  return Cache.of({
+    // ioredis fails every command, queued ones too, after commandTimeout.
+    selfBounded: true,
+    reusesEntries: false,
+    get: Operations.get(redis, call),
+    // Deadlines are checked against Redis's clock (TIME), so they are set from the wall clock, not Effect's Clock.
+    ticket: (validFor) =>
+      Effect.sync(() => ({ epoch: memory.epoch, notAfter: Date.now() + Duration.toMillis(validFor) })),
+    getMany: getMany(redis),
+    set: (key, entry, options) =>
+      call("set", key, () => commands.wtSet(...argumentsOf(key, entry, options)).then(outcomeOf)),
+    setMany: setMany(redis, memory, tier.channel),
+    scan: (prefix, cursor) => call("scan", prefix, () => Operations.scanPage(redis, keyPrefix, prefix, cursor)),
+    lease: Operations.lease(commands, randomUUID(), call),
+    invalidate: Operations.invalidate(commands, tier.channel, call)
+  })
+}
+
+const statsOf = ({ near }: NearCache.Tier): NearTierStats["Type"] => ({
+  enabled: near !== undefined,
+  entries: Effect.sync(() => near?.size() ?? 0),
+  bytes: Effect.sync(() => near?.bytes() ?? 0)
+})
+
+export const makeWithStats = (
+  options: Options
+): Effect.Effect<readonly [Cache.Service, NearTierStats["Type"]], CacheConnectionError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const url = urlOf(options)
+    const redis = yield* connect(options, url, Duration.toMillis(options.commandTimeout ?? "1 second"))
+    const commands = defineServerScripts(redis)
+    const memory = yield* readMemory(commands, url)
+    const keyPrefix = options.keyPrefix ?? ""
+    // While either connection is down, announcements may be missed: the tier starts afresh.
+    const tier = yield* NearCache.start(options.near, {
+      client: redis,
+      keyPrefix,
+      url: displayUrl(url),
+      lossEvents: ["close"]
+    })
+    const remote = remoteCache(redis, commands, memory, tier, keyPrefix)
+    return [NearCache.front(remote, tier), statsOf(tier)] as const
+  })
