@@ -9,8 +9,9 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { storeWide, transactionRefused } from "./internal/storeError.js"
 import { currentStoreTransaction } from "./internal/transactionContext.js"
-import { type Row, Store, StoreError } from "./Store.js"
+import { type Row, Store, type StoreError } from "./Store.js"
 
 // A transaction's writes, per entity and key (null: deleted), applied together when it commits.
 interface Staged {
@@ -124,11 +125,7 @@ export const make: Effect.Effect<Store.Service> = Effect.map(Effect.makeSemaphor
       Effect.flatMap(staged, (outer): Effect.Effect<A, E | StoreError, R> => {
         if (outer !== undefined) {
           return Effect.fail(
-            new StoreError({
-              entity: "*",
-              key: "",
-              operation: "transaction",
-              reason: "Transaction",
+            transactionRefused(storeWide("transaction"), {
               detail: "cannot begin inside another transaction of the same store"
             })
           )

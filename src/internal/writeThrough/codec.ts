@@ -6,9 +6,10 @@ import * as Schema from "effect/Schema"
 import * as SchemaAST from "effect/SchemaAST"
 import type { Entry } from "../../Cache.js"
 import type { Table } from "../../Store.js"
-import { StoreError } from "../../Store.js"
+import type { StoreError } from "../../Store.js"
 import { ValidationError } from "../../WriteThroughError.js"
 import { findUnstorableString } from "../storableValue.js"
+import * as StoreErrors from "../storeError.js"
 
 export interface Codec<K, A, I> {
   /** The value's encoded field names when it encodes to an object; the SQL store maps them onto columns. */
@@ -102,17 +103,11 @@ export const make = <K, A, I>(options: {
   }
 
   const decodeRow = (key: string, encoded: unknown): Either.Either<A, StoreError> =>
-    Either.mapLeft(
-      decodeValue(encoded),
-      (issue) =>
-        new StoreError({
-          entity,
-          key,
-          operation: "get",
-          reason: "Decode",
-          detail: ParseResult.TreeFormatter.formatIssueSync(issue),
-          cause: issue
-        })
+    Either.mapLeft(decodeValue(encoded), (issue) =>
+      StoreErrors.undecodable(
+        { entity, key, operation: "get" },
+        { detail: ParseResult.TreeFormatter.formatIssueSync(issue), cause: issue }
+      )
     )
 
   return { fields, checkKey, checkValue, encodeValue, decodeRow, decodeEntry: entryDecoder(decodeValue, options) }

@@ -11,9 +11,10 @@ import * as Either from "effect/Either"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
 import { Entry, type Ticket } from "../../Cache.js"
-import { StoreError } from "../../Store.js"
+import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
+import * as StoreErrors from "../storeError.js"
 import type { Entity, Lease, Loaded } from "./entity.js"
 import { currentPublications, type Publications } from "./transaction.js"
 
@@ -206,13 +207,10 @@ const storeRead = <K, A, I>(
   )
 
 const storeReadTimeout = <K, A, I>(entity: Entity<K, A, I>, key: string) =>
-  new StoreError({
-    entity: entity.name,
-    key,
-    operation: "get",
-    reason: "Timeout",
-    detail: `no answer within ${Duration.format(entity.settings.storeTimeout)}`
-  })
+  StoreErrors.timedOut(
+    { entity: entity.name, key, operation: "get" },
+    { detail: `no answer within ${Duration.format(entity.settings.storeTimeout)}` }
+  )
 
 /** Many keys: one cache round trip, one store query for the misses, one pipelined fill. */
 export const getMany = <K, A, I>(

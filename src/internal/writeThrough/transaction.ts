@@ -10,10 +10,11 @@ import { globalValue } from "effect/GlobalValue"
 import type * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Metrics from "../../Metrics.js"
-import { Store, StoreError } from "../../Store.js"
+import { Store, type StoreError } from "../../Store.js"
 import { InconsistentCacheError, type StaleCacheError } from "../../WriteThroughError.js"
 import * as LabelledMetric from "../labelledMetric.js"
 import * as OperationSpan from "../operationSpan.js"
+import * as StoreErrors from "../storeError.js"
 
 /** A committed write's cache update, run once the transaction it belongs to has committed. */
 export interface DeferredUpdate {
@@ -81,11 +82,7 @@ export const transaction = <A, E, R>(
 
 // Failing the body makes the store roll back, whatever it would have done with the failed write.
 const abortedByFailedWrite = () =>
-  new StoreError({
-    entity: "*",
-    key: "",
-    operation: "transaction",
-    reason: "Transaction",
+  StoreErrors.transactionRefused(StoreErrors.storeWide("transaction"), {
     detail: "a write inside the transaction failed, so it cannot commit: it was rolled back and nothing was published"
   })
 

@@ -9,16 +9,23 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberRef from "effect/FiberRef"
 import { type CacheError, Entry, FENCE_VERSION, type Ticket, type WriteOutcome } from "../../Cache.js"
-import { StoreError, type StoreOutcomeUnknownError } from "../../Store.js"
+import type { StoreError, StoreOutcomeUnknownError } from "../../Store.js"
 import type { WriteError } from "../../WriteThrough.js"
-import { InconsistentCacheError, StaleCacheError, ValidationError } from "../../WriteThroughError.js"
+import {
+  InconsistentCacheError,
+  type KeyWriteOperation,
+  StaleCacheError,
+  ValidationError,
+  type WriteOperation
+} from "../../WriteThroughError.js"
 import * as Deadline from "../deadline.js"
+import * as StoreErrors from "../storeError.js"
 import { type CheckedValue, describeKey } from "./codec.js"
 import type { Entity } from "./entity.js"
 import { currentPublications, type Publications } from "./transaction.js"
 
-/** The operations that write, as metrics and errors name them. */
-type WriteOperation = "set" | "setMany" | "delete" | "transaction"
+/** The writes of one entity's own, outside or inside a transaction. */
+type EntityWriteOperation = Exclude<WriteOperation, "transaction">
 
 type StoreWrite<V> = Effect.Effect<V, StoreError | StoreOutcomeUnknownError>
 
@@ -165,7 +172,7 @@ const fenceBatch = <K, A, I>(
 // A write outside WriteThrough.transaction goes through now; inside it, its publication waits for the COMMIT.
 const writeOrDefer = <K, A, I>(
   entity: Entity<K, A, I>,
-  operation: "set" | "delete",
+  operation: KeyWriteOperation,
   key: string,
   write: StoreWrite<number>,
   publishVersion: (version: number) => Effect.Effect<void, StaleCacheError>
@@ -184,7 +191,7 @@ const writeOrDefer = <K, A, I>(
 // answered, publishing runs to its end, within its own bounds.
 const writeThrough = <K, A, I, V>(
   entity: Entity<K, A, I>,
-  operation: "set" | "delete" | "setMany",
+  operation: EntityWriteOperation,
   keys: ReadonlyArray<string>,
   write: StoreWrite<V>,
   fenceAll: (cause: unknown) => Effect.Effect<never, InconsistentCacheError>,
@@ -221,33 +228,23 @@ const writeThrough = <K, A, I, V>(
 const writeInTransaction = <K, A, I, V>(
   entity: Entity<K, A, I>,
   publications: Publications,
-  operation: "set" | "delete" | "setMany",
+  operation: EntityWriteOperation,
   key: string,
   write: StoreWrite<V>,
   defer: (written: V) => ReadonlyArray<{ readonly key: string; readonly publish: Effect.Effect<void, StaleCacheError> }>
 ): Effect.Effect<void, StoreError> =>
-  Deadline.timeoutFail(
-    write,
-    entity.settings.storeTimeout,
-    () =>
-      new StoreError({
-        entity: entity.name,
-        key,
-        operation,
-        reason: "Timeout",
-        detail: `no answer within ${Duration.format(entity.settings.storeTimeout)}; the transaction will not commit`
-      })
+  Deadline.timeoutFail(write, entity.settings.storeTimeout, () =>
+    StoreErrors.timedOut(
+      { entity: entity.name, key, operation },
+      { detail: `no answer within ${Duration.format(entity.settings.storeTimeout)}; the transaction will not commit` }
+    )
   ).pipe(
     Effect.catchTag("StoreOutcomeUnknownError", (lost) =>
       Effect.fail(
-        new StoreError({
-          entity: entity.name,
-          key,
-          operation,
-          reason: "Unavailable",
-          detail: "the transaction lost its connection and will not commit",
-          cause: lost
-        })
+        StoreErrors.unavailable(
+          { entity: entity.name, key, operation },
+          { detail: "the transaction lost its connection and will not commit", cause: lost }
+        )
       )
     ),
     Effect.tapError(() =>
@@ -308,7 +305,7 @@ const publishValue = <K, A, I>(
 // tombstone, or say that it may be stale.
 const publish = <K, A, I>(
   entity: Entity<K, A, I>,
-  operation: "set" | "delete",
+  operation: KeyWriteOperation,
   key: string,
   version: number,
   update: Effect.Effect<WriteOutcome, CacheError>
@@ -346,7 +343,7 @@ const publish = <K, A, I>(
 
 const reportStale = <K, A, I>(
   entity: Entity<K, A, I>,
-  operation: "set" | "delete",
+  operation: KeyWriteOperation,
   key: string,
   version: number,
   cause: ReadonlyArray<CacheError>
@@ -395,7 +392,7 @@ const fenceKey = <K, A, I>(entity: Entity<K, A, I>, operation: WriteOperation, k
 
 const fence = <K, A, I>(
   entity: Entity<K, A, I>,
-  operation: "set" | "delete",
+  operation: KeyWriteOperation,
   key: string,
   cause: unknown
 ): Effect.Effect<never, InconsistentCacheError> =>

@@ -1,0 +1,175 @@
+/**
+ * An entity's collection: its statements, prepared once the entity is found to fit the store, and
+ * the reads and writes that run them.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type { Row, Store, StoreError, StoreOutcomeUnknownError, Target } from "../../Store.js"
+import { type Site, undecodable, unavailable } from "../storeError.js"
+import { databaseFailure, statementFailure, writeFailure } from "./databaseFailure.js"
+import { checkTable, ensure, tableMapping } from "./schema.js"
+import {
+  createGenericTable,
+  genericStatements,
+  lockKeysSql,
+  type Statements,
+  type StoreObjects,
+  tableStatements
+} from "./statements.js"
+import { inTransaction, ownTransaction, writable } from "./transaction.js"
+
+/** What every operation of one entity's collection runs on. */
+interface Prepared {
+  readonly sql: SqlClient.SqlClient
+  readonly statements: Statements
+  readonly entity: string
+}
+
+/** `Store.collection`: checks that the entity fits (creating the generic table it may need) and prepares its statements. */
+export const collection = (
+  sql: SqlClient.SqlClient,
+  objects: StoreObjects,
+  target: Target
+): Effect.Effect<Store.Collection, StoreError> =>
+  Effect.map(statementsOf(sql, objects, target), (statements) => {
+    const prepared: Prepared = { sql, statements, entity: target.entity }
+    return {
+      get: (key) => get(prepared, key),
+      getMany: (keys) => getMany(prepared, keys),
+      put: (key, value) => put(prepared, key, value),
+      putMany: (entries) => putMany(prepared, entries),
+      delete: (key) => remove(prepared, key)
+    }
+  })
+
+const statementsOf = (
+  sql: SqlClient.SqlClient,
+  objects: StoreObjects,
+  target: Target
+): Effect.Effect<Statements, StoreError> => {
+  const table = target.table
+  if (table === undefined) {
+    return Effect.as(ensure(sql, createGenericTable(objects)), genericStatements(objects, target.entity))
+  }
+  return Effect.flatMap(tableMapping(target, table, objects.nextVersion), (mapping) =>
+    Effect.as(checkTable(sql, mapping, table), tableStatements(mapping))
+  )
+}
+
+const site = (prepared: Prepared, operation: string, key: string): Site => ({
+  entity: prepared.entity,
+  key,
+  operation
+})
+
+const toVersion = (site: Site, raw: unknown): Effect.Effect<number, StoreError> => {
+  const version = Number(raw)
+  return Number.isSafeInteger(version) && version > 0
+    ? Effect.succeed(version)
+    : Effect.fail(undecodable(site, { detail: `version ${String(raw)} is not a positive safe integer` }))
+}
+
+const get = (prepared: Prepared, key: string): Effect.Effect<Option.Option<Row>, StoreError> => {
+  const { sql, statements } = prepared
+  const at = site(prepared, "get", key)
+  return sql.unsafe(statements.selectSql, statements.selectParams(key)).values.pipe(
+    Effect.mapError(statementFailure(at)),
+    Effect.flatMap((rows): Effect.Effect<Option.Option<Row>, StoreError> => {
+      const row = rows[0]
+      if (row === undefined) return Effect.succeedNone
+      return Effect.map(toVersion(at, row[row.length - 1]), (version) =>
+        Option.some({ version, value: statements.toValue(row) })
+      )
+    })
+  )
+}
+
+const getMany = (
+  prepared: Prepared,
+  keys: ReadonlyArray<string>
+): Effect.Effect<ReadonlyMap<string, Row>, StoreError> => {
+  if (keys.length === 0) return Effect.succeed(new Map())
+  const { sql, statements } = prepared
+  return sql.unsafe(statements.selectManySql, statements.selectManyParams(keys)).values.pipe(
+    Effect.mapError(statementFailure(site(prepared, "get", keys[0]!))),
+    Effect.flatMap((rows) =>
+      Effect.forEach(rows, (row) => {
+        const key = String(row[row.length - 1])
+        return Effect.map(
+          toVersion(site(prepared, "get", key), row[row.length - 2]),
+          (version) => [key, { version, value: statements.toValue(row) }] as const
+        )
+      })
+    ),
+    Effect.map((entries): ReadonlyMap<string, Row> => new Map(entries))
+  )
+}
+
+const put = (prepared: Prepared, key: string, value: unknown): Effect.Effect<number, WriteError> =>
+  writeOne(
+    site(prepared, "put", key),
+    prepared.sql.unsafe(prepared.statements.putSql, prepared.statements.putParams(key, value))
+  )
+
+const remove = (prepared: Prepared, key: string): Effect.Effect<number, WriteError> =>
+  writeOne(
+    site(prepared, "delete", key),
+    prepared.sql.unsafe(prepared.statements.deleteSql, prepared.statements.deleteParams(key))
+  )
+
+type WriteError = StoreError | StoreOutcomeUnknownError
+
+/** A write of one key, which commits on its own unless it runs in the store's transaction: its version. */
+const writeOne = (at: Site, statement: Statement.Statement<unknown>): Effect.Effect<number, WriteError> =>
+  writable(
+    at,
+    statement.values.pipe(
+      Effect.mapError(writeFailure(at)),
+      Effect.flatMap((rows) => toVersion(at, rows[0]?.[0]))
+    )
+  )
+
+type Entries = ReadonlyArray<readonly [key: string, value: unknown]>
+
+const putMany = (prepared: Prepared, entries: Entries): Effect.Effect<ReadonlyMap<string, number>, WriteError> => {
+  if (entries.length === 0) return Effect.succeed(new Map())
+  const at = site(prepared, "put", entries[0]![0])
+  return writable(
+    at,
+    Effect.flatMap(inTransaction, (inCallersTransaction) =>
+      inCallersTransaction
+        ? // The caller's transaction: a lost connection there is the caller's to judge.
+          lockAndUpsert(prepared, entries, writeFailure(at))
+        : // One of our own: a statement that fails leaves nothing committed, whatever the reason.
+          ownTransaction(prepared.sql, lockAndUpsert(prepared, entries, statementFailure(at)), (cause) =>
+            unavailable(at, { detail: "could not begin a transaction", ...databaseFailure(cause) })
+          )
+    )
+  )
+}
+
+// The keys' locks first, in one order for every writer (no deadlock between two batches), then
+// one multi-row upsert whose rows draw their versions while the locks are held: both in one
+// transaction, the caller's own (WriteThrough.transaction) or one of their own.
+const lockAndUpsert = <E>(
+  prepared: Prepared,
+  entries: Entries,
+  failure: (error: SqlError) => E
+): Effect.Effect<ReadonlyMap<string, number>, E | StoreError> => {
+  const { sql, statements } = prepared
+  const lockAll = sql.unsafe(lockKeysSql, [entries.map(([key]) => statements.lockName(key))]).values
+  const upsert = sql.unsafe(statements.putManySql(entries.length), statements.putManyParams(entries)).values
+  return Effect.zipRight(lockAll, upsert).pipe(
+    Effect.mapError(failure),
+    Effect.flatMap((rows) =>
+      Effect.forEach(rows, (row) => {
+        const key = String(row[0])
+        return Effect.map(toVersion(site(prepared, "put", key), row[1]), (version) => [key, version] as const)
+      })
+    ),
+    Effect.map((versions): ReadonlyMap<string, number> => new Map(versions))
+  )
+}
