@@ -3,7 +3,7 @@
  *
  * Every entry carries the version the store assigned to the value it holds, and
  * every write replaces only an older version. That is what keeps a slow miss fill
- * or a late writer from overwriting a newer value (see the README's guarantee).
+ * or a late writer from overwriting a newer value (docs/consistency.md states the guarantee).
  *
  * @since 0.1.0
  */

@@ -36,7 +36,7 @@ export interface Options {
    * announces the key and its version on a Redis channel; each process drops what the
    * announcement supersedes, and drops the whole tier when its subscription reconnects.
    * A process reads its own writes at once; another process's write reaches it after the
-   * announcement does (see the README for the measured bound).
+   * announcement does (docs/performance.md gives the measured bound).
    */
   readonly near?: NearTierOptions | undefined
 }
