@@ -17,13 +17,11 @@ import {
 } from "effect"
 import type * as Scope from "effect/Scope"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough, WriteThroughError } from "../src/index.js"
-import { User } from "./contract/WriteThroughContract.js"
-import { driveClock, Metrics, user, withHarness } from "./support/harness.js"
+import { User, user, versionOf } from "./support/fixtures.js"
+import { driveClock, Metrics, withHarness } from "./support/harness.js"
 import { type RedisServer, startRedisServer } from "./support/redisServer.js"
 import { Redis } from "ioredis"
 import { PgLive, usersTable } from "./support/services.js"
-
-const versionOf = (raw: string | null) => Number(/^[vt](\d+):/.exec(raw ?? "")?.[1])
 
 describe("failure contract", () => {
   it.effect("a value that fails its schema: nothing is written, a ValidationError", () =>

@@ -1,12 +1,16 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Config, ConfigError, ConfigProvider, Context, Duration, Effect, Layer, Option, TestClock } from "effect"
 import { Cache, MemoryCache } from "../src/index.js"
+import { FaultyCache } from "../src/testing.js"
 import { cacheContract } from "./contract/CacheContract.js"
+import { tombstone, value } from "./support/fixtures.js"
 
 cacheContract("MemoryCache", () => MemoryCache.layer())
 
-const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
-const tombstone = (version: number) => Cache.Entry.Tombstone({ version })
+// The fault injector with nothing armed is the cache it wraps.
+cacheContract("FaultyCache over MemoryCache, nothing armed", () =>
+  FaultyCache.layer.pipe(Layer.provide(MemoryCache.layer()))
+)
 
 describe("MemoryCache", () => {
   describe("TTL", () => {

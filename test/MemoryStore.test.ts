@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { MemoryStore, Store } from "../src/index.js"
+import { FaultyStore } from "../src/testing.js"
 import { storeContract, user, userFields } from "./contract/StoreContract.js"
 import { unique } from "./support/services.js"
 
@@ -8,6 +9,12 @@ const target = (): Store.Target => ({ entity: unique("users"), fields: userField
 
 storeContract("MemoryStore", {
   layer: () => MemoryStore.layer,
+  target: Effect.sync(target)
+})
+
+// The fault injector with nothing armed is the store it wraps.
+storeContract("FaultyStore over MemoryStore, nothing armed", {
+  layer: () => FaultyStore.layer.pipe(Layer.provide(MemoryStore.layer)),
   target: Effect.sync(target)
 })
 

@@ -8,8 +8,8 @@ import * as NearCache from "../src/internal/redis/nearCache.js"
 import * as NearTier from "../src/internal/redis/nearTier.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { rawRedis, redisCacheLayer, unique } from "./support/services.js"
+import { value } from "./support/fixtures.js"
 
-const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
 const ttl = Duration.minutes(1)
 
 describe("near tier", () => {

@@ -14,14 +14,18 @@ import {
 } from "effect"
 import * as net from "node:net"
 import { Cache, RedisCache } from "../src/index.js"
+import { FaultyCache } from "../src/testing.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { startRedisServer } from "./support/redisServer.js"
 import { rawRedis, redisCacheLayer, redisUrl, unique } from "./support/services.js"
+import { tombstone, value } from "./support/fixtures.js"
 
 cacheContract("RedisCache", () => redisCacheLayer(unique("contract")))
 
-const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
-const tombstone = (version: number) => Cache.Entry.Tombstone({ version })
+// The fault injector with nothing armed is the cache it wraps.
+cacheContract("FaultyCache over RedisCache, nothing armed", () =>
+  FaultyCache.layer.pipe(Layer.provide(redisCacheLayer(unique("contract"))))
+)
 
 /** Builds a cache for the rest of the current scope. */
 const buildCache = <E>(layer: Layer.Layer<Cache.Cache, E>) => Effect.map(Layer.build(layer), Context.get(Cache.Cache))

@@ -26,7 +26,8 @@ import * as net from "node:net"
 import { Cache, Metrics, RedisClusterCache, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { FaultyCache } from "../src/testing.js"
 import { cacheContract } from "./contract/CacheContract.js"
-import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
+import { writeThroughContract } from "./contract/WriteThroughContract.js"
+import { tombstone, User, value } from "./support/fixtures.js"
 import { keyInSlots, type RedisCluster, type SlotRange, startRedisCluster } from "./support/redisCluster.js"
 import { freePort } from "./support/redisServer.js"
 import { PgLive, unique, usersTable } from "./support/services.js"
@@ -61,8 +62,6 @@ const clusterCacheLayer = (
 const buildCache = <E>(layer: Layer.Layer<Cache.Cache, E>) => Effect.map(Layer.build(layer), Context.get(Cache.Cache))
 
 const ttl = Duration.minutes(5)
-const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
-const tombstone = (version: number) => Cache.Entry.Tombstone({ version })
 
 /** Retries an assertion about eventual state, a bounded number of times (no timing is asserted). */
 const eventually = <A, E, R>(

@@ -8,12 +8,11 @@ import { Effect, Layer, Option, Schema } from "effect"
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { RedisCache, SqlStore, WriteThrough } from "../src/index.js"
+import { Counter, decodeEntry } from "./support/fixtures.js"
 import { PgLive, dropPrefix, rawRedis, redisUrl, scopedTable, unique } from "./support/services.js"
 
 const writerPath = fileURLToPath(new URL("./shutdown/writer.ts", import.meta.url))
 const keys = 16
-
-class Counter extends Schema.Class<Counter>("Counter")({ id: Schema.String, n: Schema.Number }) {}
 
 /** Starts the writer, waits until every key has a row and its fibers write, then signals it; its exit code. */
 const writeThenSignal = (table: string, prefix: string, signal: "SIGINT" | "SIGTERM") =>
@@ -68,8 +67,10 @@ describe("shutdown under NodeRuntime.runMain", () => {
         })
         for (const row of rows) {
           const raw = yield* Effect.promise(() => redis.get(`${prefix}:${table}:${row.id}`))
-          const cached = raw === null ? null : /^([vt])(\d+):/.exec(raw)
-          const older = cached !== null && cached[1] === "v" && Number(cached[2]) < Number(row.version)
+          const older = Option.exists(
+            decodeEntry(raw),
+            (entry) => entry._tag === "Value" && entry.version < Number(row.version)
+          )
           expect(older, `${row.id}: cache ${raw?.slice(0, 40)}, row version ${row.version}`).toBe(false)
           // And what a reader gets is the committed row.
           expect(Option.map(yield* counters.get(row.id), (counter) => counter.n)).toEqual(Option.some(row.n))

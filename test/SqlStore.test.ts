@@ -19,7 +19,8 @@ import {
 import { randomUUID } from "node:crypto"
 import { createServer } from "node:net"
 import { SqlStore, Store } from "../src/index.js"
-import { storeContract, user, userFields } from "./contract/StoreContract.js"
+import { FaultyStore } from "../src/testing.js"
+import { storeContract, type StoreSubject, user, userFields } from "./contract/StoreContract.js"
 import { adminClient, applicationName, databaseUrl, PgLive, scopedTable, unique } from "./support/services.js"
 
 const StoreLive = SqlStore.layer().pipe(Layer.provideMerge(PgLive))
@@ -135,11 +136,19 @@ const deadPort = Effect.async<number>((resume) => {
   })
 })
 
-storeContract("SqlStore, table mode", {
+const tableMode: StoreSubject<SqlClient.SqlClient> = {
   layer: () => StoreLive,
   target: Effect.map(scopedTable(usersDdl), (name) => tableTarget(name)),
   countRows: (target) =>
     Effect.map(exec(`SELECT count(*)::int FROM ${quote(target.table!.name)}`), (rows) => Number(rows[0]![0]))
+}
+
+storeContract("SqlStore, table mode", tableMode)
+
+// The fault injector with nothing armed is the store it wraps.
+storeContract("FaultyStore over SqlStore, table mode, nothing armed", {
+  ...tableMode,
+  layer: () => FaultyStore.layer.pipe(Layer.provide(SqlStore.layer()), Layer.provideMerge(PgLive))
 })
 
 storeContract("SqlStore, generic mode", {

@@ -12,7 +12,7 @@ import {
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Effect, Layer, Option, Schema } from "effect"
 import { SqlStore, WriteThrough } from "../src/index.js"
-import { User } from "./contract/WriteThroughContract.js"
+import { User } from "./support/fixtures.js"
 import { PgLive, redisCacheLayer, unique, usersTable } from "./support/services.js"
 
 /** A metric reader that exports nothing by itself: the test calls `collect()` when it wants the metrics. */

@@ -4,21 +4,18 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Schedule, Schema } from "effect"
 import type * as Scope from "effect/Scope"
-import type { Redis } from "ioredis"
+import { Cache, MemoryCache, MemoryStore, Metrics, Store, WriteThrough, WriteThroughError } from "../src/index.js"
+import { FaultyCache, InjectedFault } from "../src/testing.js"
+import { User, user, versionOf } from "./support/fixtures.js"
 import {
-  Cache,
-  MemoryCache,
-  MemoryStore,
-  Metrics,
-  SqlStore,
-  Store,
-  WriteThrough,
-  WriteThroughError
-} from "../src/index.js"
-import { FaultyCache, FaultyStore, InjectedFault } from "../src/testing.js"
-import { User } from "./contract/WriteThroughContract.js"
-import { driveClock, user } from "./support/harness.js"
-import { adminClient, PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
+  driveClock,
+  type Entities,
+  type EntitySpec,
+  type HarnessOptions,
+  usersEntity,
+  withEntities
+} from "./support/harness.js"
+import { adminClient, scopedTable, unique } from "./support/services.js"
 
 class Account extends Schema.Class<Account>("Account")({
   id: Schema.String,
@@ -39,85 +36,33 @@ const accountsTable = scopedTable(
 const userPayload = (id: string, name: string) => JSON.stringify({ id, name, email: `${id}@example.com` })
 const accountPayload = (id: string, owner: string, balance: number) => JSON.stringify({ id, owner, balance })
 
-const versionOf = (raw: string | null) => Number(/^[vt](\d+):/.exec(raw ?? "")?.[1])
 const fence = `t${Cache.FENCE_VERSION}:`
 
-interface Two {
-  readonly users: WriteThrough.WriteThrough<string, User>
-  readonly accounts: WriteThrough.WriteThrough<string, Account>
+const accountsEntity: EntitySpec<Account> = { value: Account, fields: ["id", "owner", "balance"], table: accountsTable }
+
+/** The two entities of the harness (users and accounts, each in a table of its own), under the names the tests use. */
+const asTwo = ({
+  entities: { accounts, users },
+  ...shared
+}: Entities<{ users: typeof usersEntity; accounts: typeof accountsEntity }>) => ({
+  ...shared,
+  users: users.writeThrough,
+  accounts: accounts.writeThrough,
   /** Straight to Postgres, past the fault injector. */
-  readonly userRows: Store.Store.Collection
-  readonly accountRows: Store.Store.Collection
-  readonly cacheFaults: FaultyCache.Controls
-  readonly storeFaults: FaultyStore.Controls
-  readonly redis: Redis
+  userRows: users.collection,
+  accountRows: accounts.collection,
   /** What Redis holds for a key, read behind the library's back. */
-  readonly rawUser: (key: string) => Effect.Effect<string | null>
-  readonly rawAccount: (key: string) => Effect.Effect<string | null>
-  readonly count: (metric: Metric.Metric.Counter<number>, entity: "users" | "accounts") => Effect.Effect<number>
-}
+  rawUser: users.raw,
+  rawAccount: accounts.raw,
+  count: (metric: Metric.Metric.Counter<number>, entity: "users" | "accounts") =>
+    (entity === "users" ? users : accounts).count(metric)
+})
 
-type TwoOptions = Partial<Omit<WriteThrough.Options<string, unknown, unknown>, "key" | "value" | "table" | "entity">>
-
-/**
- * Like `withHarness`, with two entities (users and accounts, each in a table of its own) over one
- * FaultyCache on the real Redis and one FaultyStore on the real Postgres. The body keeps the
- * `Store` (for `WriteThrough.transaction`) and the `SqlClient`.
- */
+/** `withEntities` with users and accounts, over one FaultyCache on the real Redis and one FaultyStore on the real Postgres. */
 const withTwo = <A, E>(
-  body: (two: Two) => Effect.Effect<A, E, Scope.Scope | Store.Store | SqlClient.SqlClient>,
-  options: TwoOptions = {}
-) => {
-  const prefix = unique("tx")
-  const layer = Layer.mergeAll(
-    FaultyCache.layer.pipe(Layer.provide(redisCacheLayer(prefix))),
-    FaultyStore.layer.pipe(Layer.provide(SqlStore.layer()))
-  ).pipe(Layer.provideMerge(PgLive))
-  return Effect.gen(function* () {
-    const usersName = yield* usersTable
-    const accountsName = yield* accountsTable
-    const common = { cacheTimeout: "1 hour", storeTimeout: "1 hour", ...options } as const
-    const usersTableDef = { name: usersName, primaryKey: "id" }
-    const accountsTableDef = { name: accountsName, primaryKey: "id" }
-    const users = yield* WriteThrough.make({
-      ...common,
-      entity: usersName,
-      key: Schema.String,
-      value: User,
-      table: usersTableDef
-    })
-    const accounts = yield* WriteThrough.make({
-      ...common,
-      entity: accountsName,
-      key: Schema.String,
-      value: Account,
-      table: accountsTableDef
-    })
-    const direct = yield* SqlStore.make()
-    const redis = yield* rawRedis
-    const names = { users: usersName, accounts: accountsName }
-    return yield* body({
-      users,
-      accounts,
-      userRows: yield* direct.collection({
-        entity: usersName,
-        fields: ["id", "name", "email"],
-        table: usersTableDef
-      }),
-      accountRows: yield* direct.collection({
-        entity: accountsName,
-        fields: ["id", "owner", "balance"],
-        table: accountsTableDef
-      }),
-      cacheFaults: yield* FaultyCache.FaultyCache,
-      storeFaults: yield* FaultyStore.FaultyStore,
-      redis,
-      rawUser: (key) => Effect.promise(() => redis.get(`${prefix}:${usersName}:${key}`)),
-      rawAccount: (key) => Effect.promise(() => redis.get(`${prefix}:${accountsName}:${key}`)),
-      count: (metric, entity) => Metrics.total(metric, { entity: names[entity] })
-    })
-  }).pipe(Effect.scoped, Effect.provide(layer))
-}
+  body: (two: ReturnType<typeof asTwo>) => Effect.Effect<A, E, Scope.Scope | Store.Store | SqlClient.SqlClient>,
+  options: HarnessOptions = {}
+) => withEntities({ users: usersEntity, accounts: accountsEntity }, (harness) => body(asTwo(harness)), options)
 
 const nameOf = (got: Option.Option<User>) => Option.getOrThrow(got).name
 const rowOf = (row: Option.Option<Store.Row>) => Option.getOrThrow(row)

@@ -16,7 +16,8 @@ import {
 } from "effect"
 import { Cache, MemoryCache, MemoryStore, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { FaultyCache } from "../src/testing.js"
-import { User, writeThroughContract } from "./contract/WriteThroughContract.js"
+import { writeThroughContract } from "./contract/WriteThroughContract.js"
+import { User } from "./support/fixtures.js"
 import { PgLive, rawRedis, redisCacheLayer, scopedTable, unique, usersTable } from "./support/services.js"
 
 const memoryTable = Effect.sync(() => ({ name: unique("users"), primaryKey: "id" }))

@@ -7,7 +7,7 @@
 // `npm run chaos` runs the full workload; test/Chaos.test.ts runs a short one, and the naive variant.
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Duration, Effect, Random, Redacted, Schedule } from "effect"
+import { Duration, Effect, Option, Random, Redacted, Schedule } from "effect"
 import type * as Scope from "effect/Scope"
 import { Redis } from "ioredis"
 import { spawn } from "node:child_process"
@@ -16,6 +16,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { decodeEntry } from "../support/fixtures.js"
 import { databaseUrl } from "../support/services.js"
 import { startRedisServer } from "../support/redisServer.js"
 import { check, type Committed, type FinalState, type Op, type Report } from "./checker.js"
@@ -76,12 +77,15 @@ const runWorker = (config: WorkerConfig) =>
     return Effect.sync(() => child.kill("SIGKILL"))
   })
 
-const decodeEntry = (raw: string | null) => {
-  const match = raw === null ? null : /^([vt])(\d+):/.exec(raw)
-  return match === null
-    ? null
-    : { kind: match[1] === "v" ? ("value" as const) : ("tombstone" as const), version: Number(match[2]) }
-}
+/** A raw Redis entry as the checker reads it: its kind and version, or null when it is none. */
+const cacheState = (raw: string | null) =>
+  Option.match(decodeEntry(raw), {
+    onNone: () => null,
+    onSome: (entry) => ({
+      kind: entry._tag === "Value" ? ("value" as const) : ("tombstone" as const),
+      version: entry.version
+    })
+  })
 
 export const runChaos = (
   options: ChaosOptions
@@ -205,7 +209,7 @@ export const runChaos = (
           return [key, row === undefined ? null : { value: row.payload, version: Number(row.version) }] as const
         })
       ),
-      cache: new Map(keys.map((key, i) => [key, decodeEntry(raws[i] ?? null)] as const))
+      cache: new Map(keys.map((key, i) => [key, cacheState(raws[i] ?? null)] as const))
     }
     if (options.historyFile !== undefined) {
       writeFileSync(

@@ -2,11 +2,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Layer, Option } from "effect"
 import { Cache } from "../../src/index.js"
+import { tombstone, value } from "../support/fixtures.js"
 
 const ttl = Duration.minutes(1)
-
-const value = (version: number, payload: string) => Cache.Entry.Value({ version, payload })
-const tombstone = (version: number) => Cache.Entry.Tombstone({ version })
 
 // A deterministic shuffle (a fixed-seed LCG), so a failure reproduces.
 const shuffled = <A>(items: ReadonlyArray<A>, seed: number): Array<A> => {

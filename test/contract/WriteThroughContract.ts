@@ -3,12 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, type Layer, Option, Schema } from "effect"
 import type * as Scope from "effect/Scope"
 import { Cache, Store, WriteThrough } from "../../src/index.js"
-
-export class User extends Schema.Class<User>("User")({
-  id: Schema.String,
-  name: Schema.String,
-  email: Schema.String.pipe(Schema.pattern(/^[^@\s]+@[^@\s]+$/))
-}) {}
+import { User } from "../support/fixtures.js"
 
 export interface Fixture<R> {
   /** Fresh cache and store (and what the table needs) for one test. */

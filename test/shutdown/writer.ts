@@ -4,11 +4,10 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer, Schema } from "effect"
 import { RedisCache, SqlStore, WriteThrough } from "../../src/index.js"
+import { Counter } from "../support/fixtures.js"
 import { PgLive, redisUrl } from "../support/services.js"
 
 const [table = "", prefix = "", keys = "16"] = process.argv.slice(2)
-
-class Counter extends Schema.Class<Counter>("Counter")({ id: Schema.String, n: Schema.Number }) {}
 
 const program = Effect.gen(function* () {
   const counters = yield* WriteThrough.make({

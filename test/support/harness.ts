@@ -1,34 +1,68 @@
 // A write-through over the real Redis and Postgres with fault injection on both tiers,
 // and a way to drive TestClock while real I/O is in flight.
+import type * as SqlClient from "@effect/sql/SqlClient"
 import { type Duration, Effect, Fiber, Layer, type Metric, Option, Schema, TestClock } from "effect"
 import type * as Scope from "effect/Scope"
 import type { Redis } from "ioredis"
 import { Metrics, SqlStore, type Store, WriteThrough } from "../../src/index.js"
 import { FaultyCache, FaultyStore } from "../../src/testing.js"
-import { User } from "../contract/WriteThroughContract.js"
+import { User } from "./fixtures.js"
 import { PgLive, rawRedis, redisCacheLayer, unique, usersTable } from "./services.js"
 
-export interface Harness {
+/** One entity a harness runs: its value's schema, its table's value columns, and a fresh table for it. */
+export interface EntitySpec<A> {
+  readonly value: Schema.Schema<A, any>
+  readonly fields: ReadonlyArray<string>
+  /** Creates the entity's table, dropped when the test's scope closes, and returns its name. */
+  readonly table: Effect.Effect<string, unknown, Scope.Scope | SqlClient.SqlClient>
+}
+
+/** The `users(id, name, email)` entity of the seed example. */
+export const usersEntity: EntitySpec<User> = { value: User, fields: ["id", "name", "email"], table: usersTable }
+
+/** One entity of a running harness. */
+export interface EntityHarness<A> {
+  /** The entity's name, which is also its table's name. */
   readonly entity: string
-  readonly users: WriteThrough.WriteThrough<string, User>
+  readonly writeThrough: WriteThrough.WriteThrough<string, A>
+  /** Straight to Postgres, past the fault injector. */
   readonly collection: Store.Store.Collection
-  readonly cacheFaults: FaultyCache.Controls
-  readonly storeFaults: FaultyStore.Controls
-  readonly redis: Redis
-  /** The Redis key the library uses for a user key. */
+  /** The Redis key the library uses for a key of this entity. */
   readonly redisKey: (key: string) => string
-  /** What Redis holds for a user key, read behind the library's back. */
+  /** What Redis holds for a key of this entity, read behind the library's back. */
   readonly raw: (key: string) => Effect.Effect<string | null>
   readonly count: (metric: Metric.Metric.Counter<number>) => Effect.Effect<number>
 }
 
-export type HarnessOptions = Partial<Omit<WriteThrough.Options<string, User, unknown>, "key" | "value" | "table">>
+/** What every harness shares, whatever its entities. */
+export interface Shared {
+  readonly cacheFaults: FaultyCache.Controls
+  readonly storeFaults: FaultyStore.Controls
+  readonly redis: Redis
+}
 
-export const user = (id: string, name: string) => new User({ id, name, email: `${id}@example.com` })
+export interface Entities<Specs extends Record<string, EntitySpec<any>>> extends Shared {
+  readonly entities: { readonly [K in keyof Specs]: EntityHarness<Specs[K] extends EntitySpec<infer A> ? A : never> }
+}
 
-/** Runs `body` against a fresh table, a fresh key prefix and fresh fault injectors. */
-export const withHarness = <A, E>(
-  body: (harness: Harness) => Effect.Effect<A, E, Scope.Scope | Store.Store>,
+/** The single-entity harness: the users entity, flattened, its write-through named `users`. */
+export interface Harness extends Shared, Omit<EntityHarness<User>, "writeThrough"> {
+  readonly users: WriteThrough.WriteThrough<string, User>
+}
+
+/** The options every entity of a harness is made with. */
+export type HarnessOptions = Partial<
+  Omit<WriteThrough.Options<string, unknown, unknown>, "key" | "value" | "table" | "entity">
+>
+
+/**
+ * Runs `body` against fresh fault injectors (one FaultyCache on the real Redis under a fresh key
+ * prefix, one FaultyStore on the real Postgres) and one write-through per entity of `specs`, each in
+ * a fresh table of its own. The body keeps the `Store` (for `WriteThrough.transaction`) and the `SqlClient`.
+ */
+export const withEntities = <const Specs extends Record<string, EntitySpec<any>>, A, E>(
+  specs: Specs,
+  body: (harness: Entities<Specs>) => Effect.Effect<A, E, Scope.Scope | Store.Store | SqlClient.SqlClient>,
   options: HarnessOptions = {}
 ) => {
   const prefix = unique("fc")
@@ -37,36 +71,56 @@ export const withHarness = <A, E>(
     FaultyStore.layer.pipe(Layer.provide(SqlStore.layer()))
   ).pipe(Layer.provideMerge(PgLive))
   return Effect.gen(function* () {
-    const entity = yield* usersTable
-    const table = { name: entity, primaryKey: "id" }
-    const users = yield* WriteThrough.make({
-      // Real I/O runs while tests move TestClock: keep the bounds out of reach unless a test is about them.
-      cacheTimeout: "1 hour",
-      storeTimeout: "1 hour",
-      ...options,
-      entity,
-      key: Schema.String,
-      value: User,
-      table
-    })
+    const direct = yield* SqlStore.make()
     const redis = yield* rawRedis
-    const redisKey = (key: string) => `${prefix}:${entity}:${key}`
+    const entities: Record<string, EntityHarness<unknown>> = {}
+    for (const [name, spec] of Object.entries(specs)) {
+      const entity = yield* spec.table
+      const table = { name: entity, primaryKey: "id" }
+      const writeThrough = yield* WriteThrough.make({
+        // Real I/O runs while tests move TestClock: keep the bounds out of reach unless a test is about them.
+        cacheTimeout: "1 hour",
+        storeTimeout: "1 hour",
+        ...options,
+        entity,
+        key: Schema.String,
+        value: spec.value,
+        table
+      })
+      const redisKey = (key: string) => `${prefix}:${entity}:${key}`
+      entities[name] = {
+        entity,
+        writeThrough,
+        collection: yield* direct.collection({ entity, fields: spec.fields, table }),
+        redisKey,
+        raw: (key) => Effect.promise(() => redis.get(redisKey(key))),
+        count: (metric) => Metrics.total(metric, { entity })
+      }
+    }
     return yield* body({
-      entity,
-      users,
-      // Straight to Postgres, past the fault injector.
-      collection: yield* Effect.flatMap(SqlStore.make(), (store) =>
-        store.collection({ entity, fields: ["id", "name", "email"], table })
-      ),
+      entities: entities as Entities<Specs>["entities"],
       cacheFaults: yield* FaultyCache.FaultyCache,
       storeFaults: yield* FaultyStore.FaultyStore,
-      redis,
-      redisKey,
-      raw: (key) => Effect.promise(() => redis.get(redisKey(key))),
-      count: (metric) => Metrics.total(metric, { entity })
+      redis
     })
   }).pipe(Effect.scoped, Effect.provide(layer))
 }
+
+/** Runs `body` against a fresh users table, a fresh key prefix and fresh fault injectors. */
+export const withHarness = <A, E>(
+  body: (harness: Harness) => Effect.Effect<A, E, Scope.Scope | Store.Store>,
+  options: HarnessOptions = {}
+) =>
+  withEntities(
+    { users: usersEntity },
+    ({
+      entities: {
+        users: { writeThrough, ...users }
+      },
+      ...shared
+    }) => body({ ...shared, ...users, users: writeThrough }),
+    options
+  )
 
 /**
  * Runs an effect that sleeps on TestClock (retry backoff, timeouts) while it also
