@@ -815,6 +815,17 @@ describe("SqlStore", () => {
         `required text NOT NULL, positive integer CHECK (positive > 0), email text UNIQUE, version bigint)`,
       "refusals"
     )
+    /** The refusals table, created for the test, and its collection. */
+    const refusalsCollection = Effect.gen(function* () {
+      const table = yield* refusalsTable
+      const store = yield* Store.Store
+      const rows = yield* store.collection({
+        entity: table,
+        fields: refusalFields,
+        table: { name: table, primaryKey: "id" }
+      })
+      return { rows, store, table }
+    })
     const acceptable = { short: "ok", count: 1, note: "n", payload: null, required: "r", positive: 1, email: null }
     /** A value that is a secret of this test alone: it must reach PostgreSQL and come back nowhere. */
     const secret = () => `secret_${randomUUID().replaceAll("-", "")}`
@@ -985,13 +996,7 @@ describe("SqlStore", () => {
 
     it.live("putMany, get, getMany and delete report what PostgreSQL said the same way", () =>
       Effect.gen(function* () {
-        const table = yield* refusalsTable
-        const store = yield* Store.Store
-        const rows = yield* store.collection({
-          entity: table,
-          fields: refusalFields,
-          table: { name: table, primaryKey: "id" }
-        })
+        const { rows, store } = yield* refusalsCollection
         const marker = secret()
         const batch = yield* refusal(
           rows.putMany([
@@ -1028,13 +1033,7 @@ describe("SqlStore", () => {
 
     it.live("a transaction found aborted before COMMIT reports PostgreSQL's 25P02", () =>
       Effect.gen(function* () {
-        const table = yield* refusalsTable
-        const store = yield* Store.Store
-        const rows = yield* store.collection({
-          entity: table,
-          fields: refusalFields,
-          table: { name: table, primaryKey: "id" }
-        })
+        const { rows, store } = yield* refusalsCollection
         const marker = secret()
         const error = yield* Effect.flip(
           store.transaction(
