@@ -30,7 +30,7 @@ export type Operation = (typeof operations)[number]
  * @since 0.1.0
  * @category models
  */
-export interface Controls {
+export interface Controls extends FaultPlan.SharedControls<Operation> {
   /**
    * The next `times` calls do not reach the cache: each fails as an unreachable cache does, with a
    * `CacheError` of reason `Unavailable` whose cause is an `InjectedFault` (`refused`).
@@ -44,22 +44,6 @@ export interface Controls {
    * (`replyLost`).
    */
   readonly failAfterNext: (times: number, ...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /**
-   * Every call hangs until interrupted, until `heal`. It fails with nothing of its own: the
-   * caller's bound ends it (the write-through's `cacheTimeout`, a `CacheError` of reason `Timeout`).
-   */
-  readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /**
-   * Holds the next `times` calls (default 1): `before` they reach the cache, or
-   * `after` it answered, with the answer held back. For forcing interleavings.
-   */
-  readonly pause: (
-    options: { readonly times?: number | undefined; readonly when: "before" | "after" },
-    ...operations: ReadonlyArray<Operation>
-  ) => Effect.Effect<Pause>
-  readonly heal: Effect.Effect<void>
-  /** How many calls of the operation arrived, faulted or not. */
-  readonly calls: (operation: Operation) => Effect.Effect<number>
 }
 
 /**
@@ -68,12 +52,7 @@ export interface Controls {
  * @since 0.1.0
  * @category models
  */
-export interface Pause {
-  /** Completes once a call is being held. */
-  readonly reached: Effect.Effect<void>
-  /** Lets every held call, and every later one of this pause, go on. */
-  readonly release: Effect.Effect<void>
-}
+export interface Pause extends FaultPlan.Pause {}
 
 /**
  * @since 0.1.0

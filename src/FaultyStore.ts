@@ -37,7 +37,7 @@ export type CommitOperation = Exclude<Operation, "get">
  * @since 0.1.0
  * @category models
  */
-export interface Controls {
+export interface Controls extends FaultPlan.SharedControls<Operation> {
   /**
    * The next `times` calls do not reach the store: each fails as an unreachable store does, with a
    * `StoreError` whose cause is an `InjectedFault` (`refused`). Its reason is `Unavailable`, or
@@ -60,22 +60,6 @@ export interface Controls {
     options: { readonly committed: boolean; readonly defect?: boolean | undefined },
     ...operations: ReadonlyArray<CommitOperation>
   ) => Effect.Effect<void>
-  /**
-   * Every call hangs until interrupted, until `heal`. It fails with nothing of its own: the
-   * caller's bound ends it (the write-through's `storeTimeout`).
-   */
-  readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
-  /**
-   * Holds the next `times` calls (default 1): `before` they reach the store, or
-   * `after` it answered, with the answer held back. For forcing interleavings.
-   */
-  readonly pause: (
-    options: { readonly times?: number | undefined; readonly when: "before" | "after" },
-    ...operations: ReadonlyArray<Operation>
-  ) => Effect.Effect<Pause>
-  readonly heal: Effect.Effect<void>
-  /** How many calls of the operation arrived, faulted or not. */
-  readonly calls: (operation: Operation) => Effect.Effect<number>
 }
 
 /**
@@ -84,12 +68,7 @@ export interface Controls {
  * @since 0.1.0
  * @category models
  */
-export interface Pause {
-  /** Completes once a call is being held. */
-  readonly reached: Effect.Effect<void>
-  /** Lets every held call, and every later one of this pause, go on. */
-  readonly release: Effect.Effect<void>
-}
+export interface Pause extends FaultPlan.Pause {}
 
 /**
  * @since 0.1.0

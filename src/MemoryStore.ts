@@ -10,7 +10,7 @@ import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { storeWide, transactionRefused } from "./internal/storeError.js"
-import { currentStoreTransaction } from "./internal/transactionContext.js"
+import { currentStoreTransaction } from "./internal/storeTransaction.js"
 import { type Row, Store, type StoreError } from "./Store.js"
 
 // A transaction's writes, per entity and key (null: deleted), applied together when it commits.

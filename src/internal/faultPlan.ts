@@ -32,6 +32,34 @@ export class InjectedFault extends Data.TaggedError("InjectedFault")<{
   }
 }
 
+/** Calls held by `pause`. */
+export interface Pause {
+  /** Completes once a call is being held. */
+  readonly reached: Effect.Effect<void>
+  /** Lets every held call, and every later one of this pause, go on. */
+  readonly release: Effect.Effect<void>
+}
+
+/** The controls FaultyCache and FaultyStore share, over their own operations. */
+export interface SharedControls<Operation extends string> {
+  /**
+   * Every call hangs until interrupted, until `heal`. It fails with nothing of its own: the
+   * caller's bound ends it (the write-through's `cacheTimeout` or `storeTimeout`).
+   */
+  readonly hang: (...operations: ReadonlyArray<Operation>) => Effect.Effect<void>
+  /**
+   * Holds the next `times` calls (default 1): `before` they reach the cache or store, or
+   * `after` it answered, with the answer held back. For forcing interleavings.
+   */
+  readonly pause: (
+    options: { readonly times?: number | undefined; readonly when: "before" | "after" },
+    ...operations: ReadonlyArray<Operation>
+  ) => Effect.Effect<Pause>
+  readonly heal: Effect.Effect<void>
+  /** How many calls of the operation arrived, faulted or not. */
+  readonly calls: (operation: Operation) => Effect.Effect<number>
+}
+
 export interface Fault<Mode extends string> {
   readonly mode: Mode
   readonly gate: Gate | undefined

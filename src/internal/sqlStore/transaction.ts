@@ -11,7 +11,7 @@ import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import type { StoreError } from "../../Store.js"
 import { type Site, storeWide, transactionRefused } from "../storeError.js"
-import { currentStoreTransaction } from "../transactionContext.js"
+import { currentStoreTransaction } from "../storeTransaction.js"
 import { databaseFailure } from "./databaseFailure.js"
 
 const currentTransaction = Effect.serviceOption(SqlClient.TransactionConnection)
