@@ -360,6 +360,8 @@ describe("failure contract", () => {
         expect(yield* count(Metrics.degradedReads)).toBe(2)
         // No fill is attempted against a cache that just failed.
         expect(yield* cacheFaults.calls("set")).toBe(setsBefore)
+        // Nor a lease: against a hung cache, each would cost another cacheTimeout.
+        expect(yield* cacheFaults.calls("lease")).toBe(0)
       })
     )
   )

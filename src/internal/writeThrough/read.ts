@@ -78,25 +78,31 @@ const getInTransaction = <K, A, I>(
       })
 
 // Reads the store and, unless the cache just failed, fills it under a ticket taken before the
-// read; `replacing` is an entry that failed to decode.
+// read; `replacing` is an entry that failed to decode. After a failed cache call neither a lease nor
+// a fill is worth another call to the cache: each would cost up to another `cacheTimeout`.
 const readThrough = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
   invokedAt: number,
-  fill: boolean,
+  cacheAnswered: boolean,
   replacing?: Entry
 ): Effect.Effect<Option.Option<A>, StoreError> =>
   Effect.flatMap(entity.store.inTransaction, (inside) =>
     inside
       ? // The transaction's view: not for the cache, nor for readers outside it.
         storeValue(entity, key)
-      : Effect.flatMap(entity.takeTicket, (ticket) =>
-          Effect.flatMap(sharedRead(entity, key, invokedAt), (loaded) =>
-            Option.isNone(loaded) || !fill || loaded.value.cached === true
-              ? Effect.succeed(Option.map(loaded, (row) => row.value))
-              : Effect.as(fillOne(entity, key, loaded.value, ticket, replacing), Option.some(loaded.value.value))
+      : !cacheAnswered
+        ? Effect.map(
+            sharedRead(entity, key, invokedAt, false),
+            Option.map((loaded) => loaded.value)
           )
-        )
+        : Effect.flatMap(entity.takeTicket, (ticket) =>
+            Effect.flatMap(sharedRead(entity, key, invokedAt, true), (loaded) =>
+              Option.isNone(loaded) || loaded.value.cached === true
+                ? Effect.succeed(Option.map(loaded, (row) => row.value))
+                : Effect.as(fillOne(entity, key, loaded.value, ticket, replacing), Option.some(loaded.value.value))
+            )
+          )
   )
 
 const fillOne = <K, A, I>(
@@ -125,7 +131,8 @@ const fillOne = <K, A, I>(
 const sharedRead = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
-  invokedAt: number
+  invokedAt: number,
+  leased: boolean
 ): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
   Effect.suspend(() => {
     const { loads } = entity.flights
@@ -141,7 +148,7 @@ const sharedRead = <K, A, I>(
       result: Deferred.unsafeMake<Option.Option<Loaded<A>>, StoreError>(FiberId.none)
     }
     loads.set(key, load)
-    return Effect.onExit(leasedRead(entity, key), (exit) => {
+    return Effect.onExit(leased ? leasedRead(entity, key) : storeRead(entity, key), (exit) => {
       if (loads.get(key) === load) loads.delete(key)
       return Deferred.done(load.result, exit)
     })
