@@ -81,6 +81,37 @@ export const inconsistentWrites = counter(
   "writes with an unknown store outcome (InconsistentCacheError)"
 )
 /**
+ * Cache reads refused at once because the cache's circuit breaker was open, tagged with the cache's
+ * `url` (its password masked): each went to the store without waiting on the cache.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const cacheShortCircuits = counter(
+  "write_through_cache_short_circuits",
+  "cache reads refused at once while the cache's circuit breaker was open"
+)
+/**
+ * Transitions of a cache's circuit breaker, tagged with the cache's `url` and the `state` it moved
+ * to (`open` or `closed`).
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const cacheBreakerTransitions = counter(
+  "write_through_cache_breaker_transitions",
+  "transitions of a cache's circuit breaker, by the state it moved to"
+)
+/**
+ * 1 while a cache's circuit breaker is open (or probing), 0 while it is closed; tagged with the cache's `url`.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const cacheBreakerOpen = Metric.gauge("write_through_cache_breaker_open", {
+  description: "1 while the cache's circuit breaker is open, 0 while it is closed"
+})
+/**
  * The time each public operation took, in milliseconds, failures included: from 50 us to about
  * 1.6 s in doubling buckets.
  *

@@ -13,6 +13,7 @@ import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type { RedisOptions } from "ioredis"
 import { Cache, type CacheConnectionError } from "./Cache.js"
+import type * as CacheBreaker from "./internal/cacheBreaker.js"
 import type * as NearCache from "./internal/redis/nearCache.js"
 import * as internal from "./internal/redis/redisCache.js"
 
@@ -39,7 +40,23 @@ export interface Options {
    * announcement does (docs/performance.md gives the measured bound).
    */
   readonly near?: NearTierOptions | undefined
+  /**
+   * A circuit breaker on this connection, shared by every entity on this cache: once `failures`
+   * cache calls in a row failed (default 3) it opens, and for `interval` (default 5 seconds) reads
+   * skip the cache and go to the store at once, without a lease or a fill, instead of each waiting
+   * out `commandTimeout`; writes still go through, with their retries and invalidation fallback.
+   * Then one read probes the cache, and its success closes the breaker. `false` turns it off.
+   */
+  readonly breaker?: BreakerOptions | false | undefined
 }
+
+/**
+ * The circuit breaker's figures: `failures` and `interval` (see each for its default).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface BreakerOptions extends CacheBreaker.Options {}
 
 /**
  * The in-process tier's bounds: `maxEntries`, `maxBytes` and `ttl` (see each for its default).

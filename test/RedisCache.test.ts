@@ -13,7 +13,7 @@ import {
   type Scope
 } from "effect"
 import * as net from "node:net"
-import { Cache, RedisCache } from "../src/index.js"
+import { Cache, Metrics, RedisCache } from "../src/index.js"
 import { FaultyCache } from "../src/testing.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { startRedisServer } from "./support/redisServer.js"
@@ -327,8 +327,14 @@ describe("RedisCache", () => {
     it.live("commands on a connection that stops answering fail with a Timeout CacheError", () =>
       Effect.gen(function* () {
         const proxy = yield* blackHoleProxy
+        // Each command's own bound, without the circuit breaker, which would cut the later calls short.
         const cache = yield* buildCache(
-          RedisCache.layer({ url: proxy.url, keyPrefix: `${unique("hung")}:`, commandTimeout: "200 millis" })
+          RedisCache.layer({
+            url: proxy.url,
+            keyPrefix: `${unique("hung")}:`,
+            commandTimeout: "200 millis",
+            breaker: false
+          })
         )
         // Through the proxy the cache works, first.
         expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
@@ -352,6 +358,44 @@ describe("RedisCache", () => {
           concurrency: "unbounded"
         })
         expect(errors.map((error) => error.reason)).toEqual(["Timeout", "Timeout", "Timeout"])
+      }).pipe(Effect.scoped)
+    )
+
+    it.live("once calls fail in a row, reads fail at once with the breaker open; writes still go to Redis", () =>
+      Effect.gen(function* () {
+        const proxy = yield* blackHoleProxy
+        const cache = yield* buildCache(
+          RedisCache.layer({
+            url: proxy.url,
+            keyPrefix: `${unique("breaker")}:`,
+            commandTimeout: "200 millis",
+            breaker: { failures: 2, interval: "1 hour" }
+          })
+        )
+        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
+        const shortCircuitsBefore = yield* Metrics.total(Metrics.cacheShortCircuits, {})
+        yield* proxy.blackHole
+        // Two calls wait out the command timeout and open the breaker.
+        for (const key of ["a", "b"]) {
+          expect(yield* Effect.flip(cache.get(key))).toMatchObject({ operation: "get", reason: "Timeout" })
+        }
+        // Then reads are refused without a command sent: the cause says why.
+        const reads: ReadonlyArray<Effect.Effect<unknown, Cache.CacheError>> = [
+          cache.get("k"),
+          cache.getMany(["k", "a"]),
+          cache.lease("k", Duration.seconds(1))
+        ]
+        for (const read of reads) {
+          const refused = yield* Effect.flip(read)
+          expect(refused).toMatchObject({ _tag: "CacheError", reason: "Unavailable" })
+          expect(refused.cause).toMatchObject({ _tag: "CircuitOpen" })
+        }
+        expect((yield* Metrics.total(Metrics.cacheShortCircuits, {})) - shortCircuitsBefore).toBe(3)
+        // A write is still sent, and bounded by the command timeout as before.
+        expect(yield* Effect.flip(cache.set("k", value(2, "two"), { ttl: Duration.minutes(1) }))).toMatchObject({
+          operation: "set",
+          reason: "Timeout"
+        })
       }).pipe(Effect.scoped)
     )
 

@@ -9,6 +9,7 @@ import { Cache, CacheConnectionError, type Entry, type SetOptions, type WriteOut
 import type { NearTierStats, Options } from "../../RedisCache.js"
 import { acquireClient, call, connectWithin, displayUrl } from "./client.js"
 import * as RedisEntry from "./entry.js"
+import * as CacheBreaker from "../cacheBreaker.js"
 import * as NearCache from "./nearCache.js"
 import * as Operations from "./operations.js"
 import { defineServerScripts, type ServerScripts } from "./scripts.js"
@@ -146,6 +147,10 @@ export const makeWithStats = (
       url: displayUrl(url),
       lossEvents: ["close"]
     })
-    const remote = remoteCache(redis, commands, memory, tier, keyPrefix)
+    const remote = CacheBreaker.around(
+      remoteCache(redis, commands, memory, tier, keyPrefix),
+      options.breaker,
+      displayUrl(url)
+    )
     return [NearCache.front(remote, tier), statsOf(tier)] as const
   })

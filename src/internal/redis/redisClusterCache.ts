@@ -10,6 +10,7 @@ import type { Options } from "../../RedisClusterCache.js"
 import { acquireClient, type Call, connectWithin, displayUrl, fail } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import * as HashSlot from "./hashSlot.js"
+import * as CacheBreaker from "../cacheBreaker.js"
 import * as NearCache from "./nearCache.js"
 import * as Operations from "./operations.js"
 import { type ClusterScripts, defineClusterScripts } from "./scripts.js"
@@ -210,5 +211,5 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
       clockSkew: String(Math.max(0, Math.ceil(Duration.toMillis(options.clockSkew ?? 0)))),
       channel: tier.channel
     })
-    return NearCache.front(remote, tier)
+    return NearCache.front(CacheBreaker.around(remote, options.breaker, url), tier)
   })
