@@ -7,7 +7,7 @@
 // probe; its success closes the breaker.
 //
 // Skipping the cache on a read is always safe: the store is the source of truth. It costs only the
-// near tier's and the cache's speed while the breaker is open.
+// speed of the cache while the breaker is open, never a stale value.
 import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
@@ -46,7 +46,7 @@ export const wrap = (cache: Cache.Service, options: Options, url: string): Cache
     const from = state
     state = next
     if (next._tag === "Closed") {
-      return from === closed || from._tag === "Closed" ? Effect.void : instruments.closed
+      return from._tag === "Closed" ? Effect.void : instruments.closed
     }
     if (next._tag === "Open") {
       return from._tag === "Probing" ? instruments.probeFailed(interval) : instruments.opened(threshold, interval)
