@@ -369,10 +369,13 @@ describe("RedisCache", () => {
             url: proxy.url,
             keyPrefix: `${unique("breaker")}:`,
             commandTimeout: "200 millis",
-            breaker: { failures: 2, interval: "1 hour" }
+            breaker: { failures: 2, interval: "1 hour" },
+            near: {}
           })
         )
+        // Held in the in-process tier too, which must not serve it once Redis is unreachable.
         expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
+        expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
         const shortCircuitsBefore = yield* Metrics.total(Metrics.cacheShortCircuits, {})
         yield* proxy.blackHole
         // Two calls wait out the command timeout and open the breaker.

@@ -35,8 +35,17 @@ type State =
   | { readonly _tag: "Open"; readonly until: number }
   | { readonly _tag: "Probing" }
 
-/** `cache` behind a breaker; `url` names the cache in the metrics' tags and the log lines. */
-export const wrap = (cache: Cache.Service, options: Options, url: string): Cache.Service => {
+/**
+ * `cache` behind a breaker; `url` names the cache in the metrics' tags and the log lines. `onOpen`
+ * runs as it opens: an in-process tier in front of the cache drops what it holds, since it cannot
+ * hear other processes' writes while the cache is unreachable.
+ */
+export const wrap = (
+  cache: Cache.Service,
+  options: Options,
+  url: string,
+  onOpen: () => void = () => {}
+): Cache.Service => {
   const threshold = Math.max(1, options.failures ?? 3)
   const interval = Duration.toMillis(options.interval ?? "5 seconds")
   const instruments = instrumentsOf(url)
@@ -49,6 +58,7 @@ export const wrap = (cache: Cache.Service, options: Options, url: string): Cache
       return from._tag === "Closed" ? Effect.void : instruments.closed
     }
     if (next._tag === "Open") {
+      onOpen()
       return from._tag === "Probing" ? instruments.probeFailed(interval) : instruments.opened(threshold, interval)
     }
     return Effect.void
@@ -103,8 +113,12 @@ export const wrap = (cache: Cache.Service, options: Options, url: string): Cache
 }
 
 /** `cache` behind a breaker unless it is turned off. */
-export const around = (cache: Cache.Service, options: Options | false | undefined, url: string): Cache.Service =>
-  options === false ? cache : wrap(cache, options ?? {}, url)
+export const around = (
+  cache: Cache.Service,
+  options: Options | false | undefined,
+  url: string,
+  onOpen?: () => void
+): Cache.Service => (options === false ? cache : wrap(cache, options ?? {}, url, onOpen))
 
 const closed: State = { _tag: "Closed", failures: 0 }
 const probing: State = { _tag: "Probing" }

@@ -150,7 +150,8 @@ export const makeWithStats = (
     const remote = CacheBreaker.around(
       remoteCache(redis, commands, memory, tier, keyPrefix),
       options.breaker,
-      displayUrl(url)
+      displayUrl(url),
+      () => tier.near?.clear()
     )
     return [NearCache.front(remote, tier), statsOf(tier)] as const
   })

@@ -211,5 +211,8 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
       clockSkew: String(Math.max(0, Math.ceil(Duration.toMillis(options.clockSkew ?? 0)))),
       channel: tier.channel
     })
-    return NearCache.front(CacheBreaker.around(remote, options.breaker, url), tier)
+    return NearCache.front(
+      CacheBreaker.around(remote, options.breaker, url, () => tier.near?.clear()),
+      tier
+    )
   })
