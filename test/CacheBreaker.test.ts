@@ -2,29 +2,36 @@
 // arms (FaultyCache over MemoryCache); then the write-through's reads with the breaker open. The
 // breaker over a real Redis that stops answering is in RedisCache.test.ts.
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Option, Schema, TestClock } from "effect"
-import { Cache, MemoryCache, MemoryStore, WriteThrough } from "../src/index.js"
+import { Context, Duration, Effect, Layer, Metric, Option, Schema, TestClock } from "effect"
+import { Cache, MemoryCache, MemoryStore, Metrics, WriteThrough } from "../src/index.js"
 import * as CacheBreaker from "../src/internal/cacheBreaker.js"
 import { FaultyCache } from "../src/testing.js"
 import { User, user, value } from "./support/fixtures.js"
 
 const ttl = { ttl: Duration.minutes(1) }
 
-/** A faulty memory cache, its controls, and the same cache behind a breaker (2 failures, 5 seconds). */
+/**
+ * A faulty memory cache, its controls, and the same cache behind a breaker (2 failures, 5 seconds)
+ * whose metrics carry a url of their own.
+ */
 const breakerOverFaults = Effect.gen(function* () {
   const context = yield* Layer.build(FaultyCache.layer.pipe(Layer.provide(MemoryCache.layer())))
   const faults = Context.get(context, FaultyCache.FaultyCache)
-  const cache = CacheBreaker.wrap(Context.get(context, Cache.Cache), { failures: 2, interval: "5 seconds" }, "test")
-  return { cache, faults }
+  const url = `memory://${crypto.randomUUID()}`
+  const cache = CacheBreaker.wrap(Context.get(context, Cache.Cache), { failures: 2, interval: "5 seconds" }, url)
+  const transitions = (state: "open" | "closed") => Metrics.total(Metrics.cacheBreakerTransitions, { url, state })
+  const open = Effect.map(Metric.value(Metric.tagged(Metrics.cacheBreakerOpen, "url", url)), (gauge) => gauge.value)
+  return { cache, faults, transitions, open }
 })
 
 describe("cache circuit breaker", () => {
   it.scoped("opens after a run of failures, refuses reads until the interval passed, and closes on a good probe", () =>
     Effect.gen(function* () {
-      const { cache, faults } = yield* breakerOverFaults
+      const { cache, faults, open, transitions } = yield* breakerOverFaults
       yield* cache.set("k", value(1, "one"), ttl)
       yield* faults.failAlways("get")
       for (let i = 0; i < 2; i++) expect(yield* Effect.flip(cache.get("k"))).toMatchObject({ reason: "Unavailable" })
+      expect([yield* transitions("open"), yield* open]).toEqual([1, 1])
       expect(yield* faults.calls("get")).toBe(2)
       // Open: refused without a call.
       const refused = yield* Effect.flip(cache.get("k"))
@@ -44,6 +51,8 @@ describe("cache circuit breaker", () => {
       expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
       expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
       expect(yield* faults.calls("get")).toBe(5)
+      // One opening (a failed probe keeps it open, not a new opening), one closing.
+      expect([yield* transitions("open"), yield* transitions("closed"), yield* open]).toEqual([1, 1, 0])
     })
   )
 
