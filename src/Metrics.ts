@@ -81,35 +81,36 @@ export const inconsistentWrites = counter(
   "writes with an unknown store outcome (InconsistentCacheError)"
 )
 /**
- * Cache reads refused at once because the cache's circuit breaker was open, tagged with the cache's
- * `url` (its password masked): each went to the store without waiting on the cache.
+ * Calls refused at once because a circuit breaker was open, tagged with the breaker's `tier`
+ * (`cache` or `store`) and `target` (the cache's URL, its password masked, or the store's name):
+ * none of them waited on the dependency.
  *
  * @since 0.2.0
  * @category metrics
  */
-export const cacheShortCircuits = counter(
-  "write_through_cache_short_circuits",
-  "cache reads refused at once while the cache's circuit breaker was open"
+export const breakerShortCircuits = counter(
+  "write_through_breaker_short_circuits",
+  "calls refused at once while a circuit breaker was open"
 )
 /**
- * Transitions of a cache's circuit breaker, tagged with the cache's `url` and the `state` it moved
- * to (`open` or `closed`).
+ * Transitions of a circuit breaker, tagged with its `tier`, `target` and the `state` it moved to
+ * (`open` or `closed`).
  *
  * @since 0.2.0
  * @category metrics
  */
-export const cacheBreakerTransitions = counter(
-  "write_through_cache_breaker_transitions",
-  "transitions of a cache's circuit breaker, by the state it moved to"
+export const breakerTransitions = counter(
+  "write_through_breaker_transitions",
+  "transitions of a circuit breaker, by the state it moved to"
 )
 /**
- * 1 while a cache's circuit breaker is open (or probing), 0 while it is closed; tagged with the cache's `url`.
+ * 1 while a circuit breaker is open (or probing), 0 while it is closed; tagged with its `tier` and `target`.
  *
  * @since 0.2.0
  * @category metrics
  */
-export const cacheBreakerOpen = Metric.gauge("write_through_cache_breaker_open", {
-  description: "1 while the cache's circuit breaker is open, 0 while it is closed"
+export const breakerOpen = Metric.gauge("write_through_breaker_open", {
+  description: "1 while a circuit breaker is open, 0 while it is closed"
 })
 /**
  * The time each public operation took, in milliseconds, failures included: from 50 us to about

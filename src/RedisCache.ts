@@ -13,7 +13,7 @@ import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type { RedisOptions } from "ioredis"
 import { Cache, type CacheConnectionError } from "./Cache.js"
-import type * as CacheBreaker from "./internal/cacheBreaker.js"
+import type * as CircuitBreaker from "./CircuitBreaker.js"
 import type * as NearCache from "./internal/redis/nearCache.js"
 import * as internal from "./internal/redis/redisCache.js"
 
@@ -42,10 +42,11 @@ export interface Options {
   readonly near?: NearTierOptions | undefined
   /**
    * A circuit breaker on this connection, shared by every entity on this cache: once `failures`
-   * cache calls in a row failed (default 3) it opens, and for `interval` (default 5 seconds) reads
-   * skip the cache and go to the store at once, without a lease or a fill, instead of each waiting
-   * out `commandTimeout`; writes still go through, with their retries and invalidation fallback.
-   * Then one read probes the cache, and its success closes the breaker. `false` turns it off.
+   * cache calls in a row failed (default 3) it opens, and for `interval` (default 5 seconds) no
+   * call waits on Redis: reads go to the store at once, without a lease or a fill; writes commit to
+   * the store and fail at once with `StaleCacheError`, their keys owed a tombstone that this
+   * process reads past until it landed. Then one call probes Redis, and its success closes the
+   * breaker. `false` turns it off. See `CircuitBreaker`.
    */
   readonly breaker?: BreakerOptions | false | undefined
 }
@@ -56,7 +57,7 @@ export interface Options {
  * @since 0.2.0
  * @category models
  */
-export interface BreakerOptions extends CacheBreaker.Options {}
+export interface BreakerOptions extends CircuitBreaker.Options {}
 
 /**
  * The in-process tier's bounds: `maxEntries`, `maxBytes` and `ttl` (see each for its default).

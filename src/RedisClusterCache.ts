@@ -19,7 +19,7 @@ import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import type { ClusterOptions, RedisOptions } from "ioredis"
 import { Cache, type CacheConnectionError } from "./Cache.js"
-import type * as CacheBreaker from "./internal/cacheBreaker.js"
+import type * as CircuitBreaker from "./CircuitBreaker.js"
 import type * as NearCache from "./internal/redis/nearCache.js"
 import * as internal from "./internal/redis/redisClusterCache.js"
 
@@ -58,12 +58,13 @@ export interface Options {
   readonly near?: NearCache.Options | undefined
   /**
    * A circuit breaker on this connection, shared by every entity on this cache: once `failures`
-   * cache calls in a row failed (default 3) it opens, and for `interval` (default 5 seconds) reads
-   * skip the cache and go to the store at once, without a lease or a fill, instead of each waiting
-   * out `commandTimeout`; writes still go through, with their retries and invalidation fallback.
-   * Then one read probes the cache, and its success closes the breaker. `false` turns it off.
+   * cache calls in a row failed (default 3) it opens, and for `interval` (default 5 seconds) no
+   * call waits on Redis: reads go to the store at once, without a lease or a fill; writes commit to
+   * the store and fail at once with `StaleCacheError`, their keys owed a tombstone that this
+   * process reads past until it landed. Then one call probes Redis, and its success closes the
+   * breaker. `false` turns it off. See `CircuitBreaker`.
    */
-  readonly breaker?: CacheBreaker.Options | false | undefined
+  readonly breaker?: CircuitBreaker.Options | false | undefined
   /** Options for each node's connection (a password, TLS...). */
   readonly redis?: Omit<RedisOptions, "keyPrefix" | "commandTimeout" | "lazyConnect" | "host" | "port"> | undefined
 }

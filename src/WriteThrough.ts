@@ -68,6 +68,15 @@ export interface Options<K, A, I> {
   /** How often invalidations that failed after a committed write are retried in the background. Default 1 second. */
   readonly repairInterval?: Duration.DurationInput | undefined
   /**
+   * A write that committed but could not reach the cache (`StaleCacheError`, or the cache's circuit
+   * breaker open) leaves its key owed a tombstone: this process reads the key from the store until
+   * the tombstone, retried every `repairInterval`, lands. Past `maxKeys` owed keys or `maxBytes` of
+   * them, the entity is owed whole: every read goes to the store until an audit of its cache
+   * namespace repaired it (or the TTL ran out). Default `{ maxKeys: 10_000, maxBytes: 4 MiB }`.
+   */
+  readonly owedTombstones?:
+    { readonly maxKeys?: number | undefined; readonly maxBytes?: number | undefined } | undefined
+  /**
    * Stampede protection across processes: after a miss, a process asks the cache for a short
    * lease on the key; the holder reads the store and fills, the others poll the cache for the
    * fill and go to the store themselves when `wait` runs out. `false` turns it off.

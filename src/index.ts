@@ -8,6 +8,11 @@
 export * as Cache from "./Cache.js"
 
 /**
+ * @since 0.2.0
+ */
+export * as CircuitBreaker from "./CircuitBreaker.js"
+
+/**
  * @since 0.1.0
  */
 export * as MemoryCache from "./MemoryCache.js"

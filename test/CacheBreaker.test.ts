@@ -1,8 +1,9 @@
 // The cache's circuit breaker on its own, under the TestClock, over a cache whose faults the test
-// arms (FaultyCache over MemoryCache); then the write-through's reads with the breaker open. The
-// breaker over a real Redis that stops answering is in RedisCache.test.ts.
+// arms (FaultyCache over MemoryCache); then the write-through with the breaker open: reads from the
+// store, writes committed to the store and owed a tombstone, the ledger's bound. The breaker over a
+// real Redis that stops answering, is killed and comes back is in RedisCache.outage.test.ts.
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Metric, Option, Schema, TestClock } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Schema, TestClock } from "effect"
 import { Cache, MemoryCache, MemoryStore, Metrics, WriteThrough } from "../src/index.js"
 import * as CacheBreaker from "../src/internal/cacheBreaker.js"
 import { FaultyCache } from "../src/testing.js"
@@ -19,10 +20,27 @@ const breakerOverFaults = Effect.gen(function* () {
   const faults = Context.get(context, FaultyCache.FaultyCache)
   const url = `memory://${crypto.randomUUID()}`
   const cache = CacheBreaker.wrap(Context.get(context, Cache.Cache), { failures: 2, interval: "5 seconds" }, url)
-  const transitions = (state: "open" | "closed") => Metrics.total(Metrics.cacheBreakerTransitions, { url, state })
-  const open = Effect.map(Metric.value(Metric.tagged(Metrics.cacheBreakerOpen, "url", url)), (gauge) => gauge.value)
+  const transitions = (state: "open" | "closed") =>
+    Metrics.total(Metrics.breakerTransitions, { tier: "cache", target: url, state })
+  const open = Effect.map(
+    Metric.value(Metrics.breakerOpen.pipe(Metric.tagged("tier", "cache"), Metric.tagged("target", url))),
+    (gauge) => gauge.value
+  )
   return { cache, faults, transitions, open }
 })
+
+/** The users entity over `cache`; its repair waits for the test, since it would be the probe otherwise. */
+const usersOver = (
+  cache: Cache.Cache.Service,
+  owedTombstones?: WriteThrough.Options<string, User, unknown>["owedTombstones"]
+) =>
+  WriteThrough.make({
+    entity: "users",
+    key: Schema.String,
+    value: User,
+    owedTombstones,
+    repairInterval: "1 hour"
+  }).pipe(Effect.provideService(Cache.Cache, cache))
 
 describe("cache circuit breaker", () => {
   it.scoped("opens after a run of failures, refuses reads until the interval passed, and closes on a good probe", () =>
@@ -56,19 +74,52 @@ describe("cache circuit breaker", () => {
     })
   )
 
-  it.scoped("writes always reach the cache, and one that succeeds closes the breaker", () =>
+  it.scoped("while open, writes are refused too; after the interval any call probes, and its success closes it", () =>
     Effect.gen(function* () {
       const { cache, faults } = yield* breakerOverFaults
       yield* faults.failAlways("get", "set")
       for (let i = 0; i < 2; i++) yield* Effect.flip(cache.get("k"))
-      expect((yield* Effect.flip(cache.get("k"))).cause).toMatchObject({ _tag: "CircuitOpen" })
-      yield* Effect.flip(cache.set("k", value(1, "one"), ttl))
-      expect(yield* faults.calls("set")).toBe(1)
+      const writes: ReadonlyArray<Effect.Effect<unknown, Cache.CacheError>> = [
+        cache.set("k", value(1, "one"), ttl),
+        cache.invalidate("k", 1, Duration.seconds(1)),
+        cache.setMany([{ key: "k", entry: value(1, "one"), options: ttl }])
+      ]
+      for (const write of writes) {
+        expect((yield* Effect.flip(write)).cause).toMatchObject({ _tag: "CircuitOpen", tier: "cache" })
+      }
+      expect(yield* faults.calls("set")).toBe(0)
+      expect(yield* faults.calls("invalidate")).toBe(0)
       yield* faults.heal
+      yield* TestClock.adjust("5 seconds")
       expect(yield* cache.set("k", value(2, "two"), ttl)).toBe("written")
       expect(yield* cache.get("k")).toEqual(Option.some(value(2, "two")))
     })
   )
+
+  it.scoped("an interrupted probe leaves the breaker open, not probing forever", () =>
+    Effect.gen(function* () {
+      const { cache, faults } = yield* breakerOverFaults
+      yield* cache.set("k", value(1, "one"), ttl)
+      yield* faults.failAlways("get")
+      for (let i = 0; i < 2; i++) yield* Effect.flip(cache.get("k"))
+      yield* faults.hang("get")
+      yield* TestClock.adjust("5 seconds")
+      const probe = yield* Effect.fork(cache.get("k"))
+      yield* Effect.yieldNow()
+      // While the probe is in flight, other calls are refused.
+      expect((yield* Effect.flip(cache.get("k"))).cause).toMatchObject({ _tag: "CircuitOpen" })
+      yield* Fiber.interrupt(probe)
+      yield* faults.heal
+      yield* TestClock.adjust("5 seconds")
+      expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
+    })
+  )
+
+  it("refuses a bad figure with a message that names it", () => {
+    expect(() => CacheBreaker.wrap(Cache.Cache.of({} as Cache.Cache.Service), { failures: 0 }, "x")).toThrow(
+      /failures must be a whole number, 1 or more; got 0/
+    )
+  })
 
   it.scoped("a success between failures starts the count again", () =>
     Effect.gen(function* () {
@@ -103,9 +154,73 @@ describe("cache circuit breaker", () => {
         lease: yield* faults.calls("lease"),
         set: yield* faults.calls("set")
       }).toEqual(calls)
-      // Writes still go through the cache while it is open.
-      yield* users.set("1", user("1", "v2"))
-      expect(yield* faults.calls("set")).toBe(calls.set + 1)
     }).pipe(Effect.provide(MemoryStore.layer))
+  )
+
+  it.scoped(
+    "a write while the breaker is open commits, fails at once with StaleCacheError, and this process reads the key from the store until its tombstone landed",
+    () =>
+      Effect.gen(function* () {
+        const { cache, faults } = yield* breakerOverFaults
+        const users = yield* usersOver(cache)
+        yield* users.set("1", user("1", "v1"))
+        yield* faults.failAlways("get", "set", "invalidate")
+        for (let i = 0; i < 2; i++) yield* users.get("1")
+        const calls = { set: yield* faults.calls("set"), invalidate: yield* faults.calls("invalidate") }
+        const stale = yield* Effect.flip(users.set("1", user("1", "v2")))
+        expect(stale).toMatchObject({ _tag: "StaleCacheError", key: "1", operation: "set" })
+        expect((stale as { cause: ReadonlyArray<{ cause: unknown }> }).cause[0]!.cause).toMatchObject({
+          _tag: "CircuitOpen"
+        })
+        // No cache call: no update, no retry, no invalidation.
+        expect({ set: yield* faults.calls("set"), invalidate: yield* faults.calls("invalidate") }).toEqual(calls)
+        // The cache comes back still holding v1, and the breaker closes on a probe.
+        yield* faults.heal
+        yield* TestClock.adjust("5 seconds")
+        yield* cache.get("2")
+        expect(Option.getOrThrow(yield* cache.get("users:1"))).toMatchObject({ _tag: "Value", version: 1 })
+        const calls2 = yield* faults.calls("get")
+        // Owed a tombstone: read from the store, not from the cache that holds v1.
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+        expect(yield* faults.calls("get")).toBe(calls2)
+        // The repair lands the tombstone; then reads consult the cache again.
+        yield* TestClock.adjust("1 hour")
+        expect(Option.getOrThrow(yield* cache.get("users:1"))).toMatchObject({ _tag: "Tombstone", version: 2 })
+        expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
+        expect(yield* faults.calls("get")).toBe(calls2 + 2)
+      }).pipe(Effect.provide(MemoryStore.layer))
+  )
+
+  it.scoped(
+    "past the ledger's bound the whole entity is owed: every read goes to the store until an audit of its namespace repaired it",
+    () =>
+      Effect.gen(function* () {
+        const { cache, faults } = yield* breakerOverFaults
+        const users = yield* usersOver(cache, { maxKeys: 2 })
+        const keys = ["1", "2", "3", "4"]
+        for (const key of keys) yield* users.set(key, user(key, "v1"))
+        yield* faults.failAlways("get", "set", "invalidate")
+        for (let i = 0; i < 2; i++) yield* users.get("1")
+        // Four writes while open: two keys fit the ledger, the rest overflow it.
+        for (const key of keys) yield* Effect.flip(users.set(key, user(key, "v2")))
+        yield* faults.heal
+        yield* TestClock.adjust("5 seconds")
+        yield* cache.get("probe")
+        // Every key reads v2, from the store: the owed ones and the overflowed ones alike.
+        const cacheReadsBefore = yield* faults.calls("get")
+        const reads = yield* Effect.forEach(keys, (key) => users.get(key))
+        expect(reads.map((read) => Option.getOrThrow(read).name)).toEqual(["v2", "v2", "v2", "v2"])
+        expect(yield* faults.calls("get")).toBe(cacheReadsBefore)
+        // The repair pass tombstones the owed keys, then the audit the rest; reads use the cache again.
+        yield* TestClock.adjust("1 hour")
+        for (const key of keys) {
+          expect(Option.getOrThrow(yield* cache.get(`users:${key}`))).toMatchObject({ _tag: "Tombstone" })
+        }
+        for (const key of keys) yield* users.get(key)
+        const cacheReads = yield* faults.calls("get")
+        const again = yield* Effect.forEach(keys, (key) => users.get(key))
+        expect(again.map((read) => Option.getOrThrow(read).name)).toEqual(["v2", "v2", "v2", "v2"])
+        expect((yield* faults.calls("get")) - cacheReads).toBe(4)
+      }).pipe(Effect.provide(MemoryStore.layer))
   )
 })

@@ -195,20 +195,25 @@ describe("failure contract", () => {
     )
   )
 
-  it.effect("a hung cache on the write path is bounded: the write ends with a StaleCacheError", () =>
-    withHarness(
-      ({ users, collection, cacheFaults }) =>
-        Effect.gen(function* () {
-          yield* cacheFaults.hang("set", "invalidate")
-          const error = yield* Effect.flip(driveClock(users.set("1", user("1", "v1")), "100 millis"))
-          expect(error._tag).toBe("StaleCacheError")
-          if (error._tag !== "StaleCacheError") return
-          const causes = error.cause as ReadonlyArray<Cache.CacheError>
-          expect(causes.map((cause) => cause.reason)).toEqual(["Timeout", "Timeout"])
-          expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v1" })
-        }),
-      { cacheTimeout: "1 second", retry: Schedule.recurs(1) }
-    )
+  it.effect(
+    "a hung cache on the write path costs one cacheTimeout: the write ends with a StaleCacheError, no retry, no invalidation",
+    () =>
+      withHarness(
+        ({ users, collection, cacheFaults }) =>
+          Effect.gen(function* () {
+            yield* cacheFaults.hang("set", "invalidate")
+            const startedAt = yield* TestClock.currentTimeMillis
+            const error = yield* Effect.flip(driveClock(users.set("1", user("1", "v1")), "100 millis"))
+            expect(error._tag).toBe("StaleCacheError")
+            if (error._tag !== "StaleCacheError") return
+            const causes = error.cause as ReadonlyArray<Cache.CacheError>
+            expect(causes.map((cause) => cause.reason)).toEqual(["Timeout"])
+            expect([yield* cacheFaults.calls("set"), yield* cacheFaults.calls("invalidate")]).toEqual([1, 0])
+            expect((yield* TestClock.currentTimeMillis) - startedAt).toBeLessThan(2_000)
+            expect(Option.getOrThrow(yield* collection.get("1")).value).toMatchObject({ name: "v1" })
+          }),
+        { cacheTimeout: "1 second", retry: Schedule.recurs(1), repairInterval: "1 hour" }
+      )
   )
 
   it.effect("the commit's outcome is unknown and it did commit: the key is fenced, an InconsistentCacheError", () =>

@@ -361,57 +361,69 @@ describe("RedisCache", () => {
       }).pipe(Effect.scoped)
     )
 
-    it.live("once calls fail in a row, reads fail at once with the breaker open; writes still go to Redis", () =>
+    it.live(
+      "once calls fail in a row, every call fails at once with the breaker open, and the in-process tier stops serving",
+      () =>
+        Effect.gen(function* () {
+          const proxy = yield* blackHoleProxy
+          const cache = yield* buildCache(
+            RedisCache.layer({
+              url: proxy.url,
+              keyPrefix: `${unique("breaker")}:`,
+              commandTimeout: "200 millis",
+              breaker: { failures: 2, interval: "1 hour" },
+              near: {}
+            })
+          )
+          // Held in the in-process tier too, which must not serve it once Redis is unreachable.
+          expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
+          expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
+          const shortCircuits = Metrics.total(Metrics.breakerShortCircuits, { tier: "cache" })
+          const shortCircuitsBefore = yield* shortCircuits
+          yield* proxy.blackHole
+          // Two calls wait out the command timeout and open the breaker.
+          for (const key of ["a", "b"]) {
+            expect(yield* Effect.flip(cache.get(key))).toMatchObject({ operation: "get", reason: "Timeout" })
+          }
+          // Then calls are refused without a command sent, the tier's "k" included: the cause says why.
+          const calls: ReadonlyArray<Effect.Effect<unknown, Cache.CacheError>> = [
+            cache.get("k"),
+            cache.getMany(["k", "a"]),
+            cache.lease("k", Duration.seconds(1)),
+            cache.set("k", value(2, "two"), { ttl: Duration.minutes(1) }),
+            cache.invalidate("k", 2, Duration.minutes(1))
+          ]
+          for (const call of calls) {
+            const refused = yield* Effect.flip(call)
+            expect(refused).toMatchObject({ _tag: "CacheError", reason: "Unavailable" })
+            expect(refused.cause).toMatchObject({ _tag: "CircuitOpen" })
+          }
+          expect((yield* shortCircuits) - shortCircuitsBefore).toBe(5)
+        }).pipe(Effect.scoped)
+    )
+
+    it.live("a command issued while the connection is down fails at once, without waiting in an offline queue", () =>
       Effect.gen(function* () {
         const proxy = yield* blackHoleProxy
+        // A long command timeout: a queued command would wait it out.
         const cache = yield* buildCache(
           RedisCache.layer({
             url: proxy.url,
-            keyPrefix: `${unique("breaker")}:`,
-            commandTimeout: "200 millis",
-            breaker: { failures: 2, interval: "1 hour" },
-            near: {}
+            keyPrefix: `${unique("gone")}:`,
+            commandTimeout: "10 seconds",
+            breaker: false
           })
         )
-        // Held in the in-process tier too, which must not serve it once Redis is unreachable.
-        expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
-        expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
-        const shortCircuitsBefore = yield* Metrics.total(Metrics.cacheShortCircuits, {})
-        yield* proxy.blackHole
-        // Two calls wait out the command timeout and open the breaker.
-        for (const key of ["a", "b"]) {
-          expect(yield* Effect.flip(cache.get(key))).toMatchObject({ operation: "get", reason: "Timeout" })
-        }
-        // Then reads are refused without a command sent: the cause says why.
-        const reads: ReadonlyArray<Effect.Effect<unknown, Cache.CacheError>> = [
-          cache.get("k"),
-          cache.getMany(["k", "a"]),
-          cache.lease("k", Duration.seconds(1))
-        ]
-        for (const read of reads) {
-          const refused = yield* Effect.flip(read)
-          expect(refused).toMatchObject({ _tag: "CacheError", reason: "Unavailable" })
-          expect(refused.cause).toMatchObject({ _tag: "CircuitOpen" })
-        }
-        expect((yield* Metrics.total(Metrics.cacheShortCircuits, {})) - shortCircuitsBefore).toBe(3)
-        // A write is still sent, and bounded by the command timeout as before.
-        expect(yield* Effect.flip(cache.set("k", value(2, "two"), { ttl: Duration.minutes(1) }))).toMatchObject({
-          operation: "set",
-          reason: "Timeout"
-        })
-      }).pipe(Effect.scoped)
-    )
-
-    it.live("a command queued while Redis is unreachable fails with a Timeout CacheError", () =>
-      Effect.gen(function* () {
-        const proxy = yield* blackHoleProxy
-        const cache = yield* buildCache(
-          RedisCache.layer({ url: proxy.url, keyPrefix: `${unique("gone")}:`, commandTimeout: "200 millis" })
-        )
         expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
 
-        // Redis goes away: every connection is cut and every reconnect refused, so commands wait offline.
+        // Redis goes away: every connection is cut and every reconnect refused. A command written
+        // before ioredis saw its socket close waits for a reconnection, bounded by the command
+        // timeout; once it saw it, no command waits.
         yield* proxy.cut
+        yield* eventually(Effect.timeout(Effect.flip(cache.get("seen")), "100 millis"), (error) =>
+          expect(error.reason).toBe("Unavailable")
+        )
+        const started = Date.now()
         const errors = yield* Effect.all(
           [
             Effect.flip(cache.get("k")),
@@ -421,11 +433,13 @@ describe("RedisCache", () => {
           { concurrency: "unbounded" }
         )
         expect(errors.map(({ operation, reason }) => [operation, reason])).toEqual([
-          ["get", "Timeout"],
-          ["set", "Timeout"],
-          ["invalidate", "Timeout"]
+          ["get", "Unavailable"],
+          ["set", "Unavailable"],
+          ["invalidate", "Unavailable"]
         ])
         for (const error of errors) expect(error).toBeInstanceOf(Cache.CacheError)
+        // Far below the 10 seconds a queued command would have waited.
+        expect(Date.now() - started).toBeLessThan(5_000)
       }).pipe(Effect.scoped)
     )
 

@@ -12,6 +12,10 @@ export interface RedisServer {
   readonly kill: Effect.Effect<void>
   /** Starts a fresh, empty server on the same port, unless one is running. */
   readonly start: Effect.Effect<void>
+  /** SIGSTOP: the server keeps its connections and its memory, and answers nothing (a black hole). */
+  readonly freeze: Effect.Effect<void>
+  /** SIGCONT: it answers again, with what it held. */
+  readonly thaw: Effect.Effect<void>
 }
 
 const isFree = (port: number) =>
@@ -68,6 +72,14 @@ export const startRedisServer: Effect.Effect<RedisServer, Error, Scope.Scope> = 
     running.once("exit", () => resume(Effect.void))
     running.kill("SIGKILL")
   })
+  const signal = (name: "SIGSTOP" | "SIGCONT") => Effect.sync(() => void (alive() && child!.kill(name)))
   yield* Effect.acquireRelease(start, () => kill)
-  return { port, url: `redis://127.0.0.1:${port}`, kill, start: Effect.orDie(start) }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    kill,
+    start: Effect.orDie(start),
+    freeze: signal("SIGSTOP"),
+    thaw: signal("SIGCONT")
+  }
 })

@@ -21,6 +21,13 @@ const isTimeout = (error: unknown): boolean => error instanceof Error && error.m
 export const fail = (operation: string, key: string) => (cause: unknown) =>
   new CacheError({ operation, key, reason: isTimeout(cause) ? "Timeout" : "Unavailable", cause })
 
+/**
+ * A command sent while the connection is down fails at once instead of waiting in ioredis's offline
+ * queue for a reconnection (an error the breaker counts), and one in flight when the connection
+ * dropped is re-sent once after a reconnection, not twenty times.
+ */
+export const failFast = { enableOfflineQueue: false, maxRetriesPerRequest: 1 } as const
+
 /** Runs one call to Redis for `operation` on `key`, failing with a `CacheError`. */
 export type Call = <A>(operation: string, key: string, run: () => Promise<A>) => Effect.Effect<A, CacheError>
 

@@ -7,7 +7,7 @@ import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { Cache, CacheConnectionError, type Entry, type SetOptions, type WriteOutcome } from "../../Cache.js"
 import type { NearTierStats, Options } from "../../RedisCache.js"
-import { acquireClient, call, connectWithin, displayUrl } from "./client.js"
+import { acquireClient, call, connectWithin, displayUrl, failFast } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import * as CacheBreaker from "../cacheBreaker.js"
 import * as NearCache from "./nearCache.js"
@@ -35,6 +35,7 @@ const connect = (
     const [redis, lastError] = yield* acquireClient(
       () =>
         new Redis(url, {
+          ...failFast,
           ...options.redis,
           ...(options.keyPrefix === undefined ? {} : { keyPrefix: options.keyPrefix }),
           commandTimeout,

@@ -7,7 +7,7 @@ import { Cluster } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { Cache, type CacheConnectionError, type Entry, type SetOptions, type WriteOutcome } from "../../Cache.js"
 import type { Options } from "../../RedisClusterCache.js"
-import { acquireClient, type Call, connectWithin, displayUrl, fail } from "./client.js"
+import { acquireClient, type Call, connectWithin, displayUrl, fail, failFast } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import * as HashSlot from "./hashSlot.js"
 import * as CacheBreaker from "../cacheBreaker.js"
@@ -67,11 +67,13 @@ const acquireCluster = (
     () =>
       new Cluster(nodes as Array<{ host: string; port: number }>, {
         enableAutoPipelining: true,
+        enableOfflineQueue: failFast.enableOfflineQueue,
         ...options.cluster,
         lazyConnect: true,
         // No commandTimeout of ioredis's: `within` bounds every call, and the 16,384 markers sent
         // together when the layer is built answer within connectTimeout, not each within commandTimeout.
         redisOptions: {
+          ...failFast,
           ...options.redis,
           ...(options.keyPrefix === undefined ? {} : { keyPrefix: options.keyPrefix })
         }

@@ -28,6 +28,7 @@ export interface Resolved {
   readonly storeTimeout: Duration.Duration
   readonly maxBatchSize: number
   readonly repairInterval: Duration.Duration
+  readonly owedTombstones: Repair.Bounds
   readonly retry: Schedule.Schedule<unknown, CacheError>
   readonly lease: Lease | undefined
 }
@@ -62,7 +63,8 @@ export interface Entity<K, A, I> extends Instruments.Instruments {
    * written meanwhile could have expired.
    */
   readonly takeTicket: Effect.Effect<Ticket>
-  readonly repairs: Repair.Repairs
+  /** The tombstones this process owes the cache; `Repair.run` retries them. */
+  readonly repairs: Repair.Ledger
   /** The single flight of the read path: store reads in progress, and its logical clock. */
   readonly flights: Flights<A>
 }
@@ -84,6 +86,8 @@ export interface Loaded<A> {
 /** A store read in progress, which readers invoked before `sentAt` may join. */
 export interface Load<A> {
   readonly sentAt: number
+  /** Under the lease: the value may be another process's fill, found in the cache. */
+  readonly leased: boolean
   readonly result: Deferred.Deferred<Option.Option<Loaded<A>>, StoreError>
 }
 
@@ -101,6 +105,10 @@ const resolveSettings = (options: Options<unknown, unknown, unknown>): Resolved 
     storeTimeout: Duration.decode(options.storeTimeout ?? "5 seconds"),
     maxBatchSize: options.maxBatchSize ?? 500,
     repairInterval: Duration.decode(options.repairInterval ?? "1 second"),
+    owedTombstones: {
+      maxKeys: options.owedTombstones?.maxKeys ?? 10_000,
+      maxBytes: options.owedTombstones?.maxBytes ?? 4 * 1024 * 1024
+    },
     retry: options.retry ?? defaultRetry,
     lease:
       options.lease === false
@@ -115,7 +123,7 @@ const resolveSettings = (options: Options<unknown, unknown, unknown>): Resolved 
 
 /**
  * Claims the entity's namespace on the cache (for `owner`, named in the error when another entity
- * holds it), checks the store fits it, and starts its background repair.
+ * holds it) and checks the store fits it.
  */
 export const make = <K, A, I>(
   options: Options<K, A, I> & { readonly entity: string },
@@ -142,7 +150,7 @@ export const make = <K, A, I>(
     const collection = yield* store.collection({ entity: name, fields: codec.fields, table: options.table })
     const instruments = Instruments.make(name, settings.retry)
     const boundCache = cacheCallBound(cache, settings.cacheTimeout, instruments.countCacheError)
-    const repairs = yield* Repair.start({ cache, prefix, boundCache, settings })
+    const repairs = Repair.make(settings.owedTombstones, settings.maxTtl, name)
     return {
       ...instruments,
       name,

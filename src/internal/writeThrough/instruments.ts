@@ -5,6 +5,7 @@ import type * as Fiber from "effect/Fiber"
 import type * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import type { CacheError } from "../../Cache.js"
+import { isCircuitOpen } from "../../CircuitBreaker.js"
 import * as Metrics from "../../Metrics.js"
 import type { Operation } from "../../WriteThroughError.js"
 import * as LabelledMetric from "../labelledMetric.js"
@@ -24,6 +25,14 @@ export interface Instruments {
   /** Counts a failed cache call, by the call's name. */
   readonly countCacheError: (call: string) => Effect.Effect<void>
 }
+
+/**
+ * An operation waits on the cache for at most one `cacheTimeout`: after a call timed out, or was
+ * refused by the cache's circuit breaker, it makes no further cache call (no retry, no
+ * invalidation fallback) and leaves the key to the background repair.
+ */
+export const worthAnotherCall = (error: CacheError): boolean =>
+  error.reason !== "Timeout" && !isCircuitOpen(error.cause)
 
 // Tagged once per operation, not per call.
 const metricsOf = (entity: string, operation: Operation, retry: Schedule.Schedule<unknown, CacheError>) => {
@@ -50,6 +59,7 @@ const metricsOf = (entity: string, operation: Operation, retry: Schedule.Schedul
     // schedule is only set up after a first failure, which it then sees as its first input.
     retry: <X>(effect: Effect.Effect<X, CacheError>): Effect.Effect<X, CacheError> =>
       Effect.catchAll(effect, (first) => {
+        if (!worthAnotherCall(first)) return Effect.fail(first)
         let replayed = false
         return Effect.retry(
           Effect.suspend(() => {
@@ -57,7 +67,7 @@ const metricsOf = (entity: string, operation: Operation, retry: Schedule.Schedul
             replayed = true
             return Effect.fail(first)
           }),
-          retrySchedule
+          { schedule: retrySchedule, while: worthAnotherCall }
         )
       })
   }

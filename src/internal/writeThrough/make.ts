@@ -8,6 +8,7 @@ import type { Options, WriteThrough } from "../../WriteThrough.js"
 import { audit } from "./audit.js"
 import * as Entity from "./entity.js"
 import * as Read from "./read.js"
+import * as Repair from "./repair.js"
 import * as Resolver from "./resolver.js"
 import { currentPublications } from "./transaction.js"
 import * as Write from "./write.js"
@@ -16,28 +17,32 @@ export const make = <K, A, I>(
   options: Options<K, A, I> & { readonly entity: string },
   owner: string = describeOwner(options)
 ): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store | Scope.Scope> =>
-  Effect.map(Entity.make(options, owner), (entity) => {
-    const get = (key: K) => Read.get(entity, key)
-    const getMany = (keys: Iterable<K>) => Read.getMany(entity, keys)
-    const getBatched = Resolver.make(getMany, get)
-    return {
-      entity: entity.name,
-      audit: (auditOptions) => audit(entity, auditOptions),
-      get,
-      // Inside a transaction, reads go one by one: they must not fill the cache, and batching gains little there.
-      getMany: (keys) =>
-        Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
-          publications === undefined ? getMany(keys) : Effect.forEach(keys, get)
-        ),
-      getBatched: (key) =>
-        Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
-          publications === undefined ? getBatched(key) : get(key)
-        ),
-      set: (key, value) => Write.set(entity, key, value),
-      setMany: (entries) => Write.setMany(entity, entries),
-      delete: (key) => Write.remove(entity, key)
-    }
-  })
+  Effect.flatMap(Entity.make(options, owner), (entity) =>
+    Effect.as(Repair.run(entity.repairs, { ...entity, sweep: audit(entity, { repair: true }) }), operations(entity))
+  )
+
+const operations = <K, A, I>(entity: Entity.Entity<K, A, I>): WriteThrough<K, A> => {
+  const get = (key: K) => Read.get(entity, key)
+  const getMany = (keys: Iterable<K>) => Read.getMany(entity, keys)
+  const getBatched = Resolver.make(getMany, get)
+  return {
+    entity: entity.name,
+    audit: (auditOptions) => audit(entity, auditOptions),
+    get,
+    // Inside a transaction, reads go one by one: they must not fill the cache, and batching gains little there.
+    getMany: (keys) =>
+      Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
+        publications === undefined ? getMany(keys) : Effect.forEach(keys, get)
+      ),
+    getBatched: (key) =>
+      Effect.flatMap(FiberRef.get(currentPublications), (publications) =>
+        publications === undefined ? getBatched(key) : get(key)
+      ),
+    set: (key, value) => Write.set(entity, key, value),
+    setMany: (entries) => Write.setMany(entity, entries),
+    delete: (key) => Write.remove(entity, key)
+  }
+}
 
 /** How errors name an entity that claims a cache namespace: its service, its name and its table. */
 export const describeOwner = (

@@ -37,6 +37,11 @@ const getOutsideTransaction = <K, A, I>(
 ): Effect.Effect<Option.Option<A>, ReadError> => {
   const { metrics } = entity
   const invokedAt = ++entity.flights.time
+  // The cache may hold a value older than a write this process acknowledged: the store answers.
+  if (entity.repairs.owes(text)) {
+    outcome("degraded")
+    return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, false))
+  }
   return Effect.flatMap(
     Effect.either(entity.boundCache("get", text, entity.cache.get(entity.prefix + text))),
     (cached) => {
@@ -67,7 +72,7 @@ const getInTransaction = <K, A, I>(
   publications: Publications,
   key: string
 ): Effect.Effect<Option.Option<A>, ReadError> =>
-  publications.updates.has(entity.prefix + key)
+  publications.updates.has(entity.prefix + key) || entity.repairs.owes(key)
     ? storeValue(entity, key)
     : Effect.flatMap(Effect.either(entity.boundCache("get", key, entity.cache.get(entity.prefix + key))), (cached) => {
         if (Either.isRight(cached) && Option.isSome(cached.right) && cached.right.value._tag === "Value") {
@@ -137,7 +142,9 @@ const sharedRead = <K, A, I>(
   Effect.suspend(() => {
     const { loads } = entity.flights
     const current = loads.get(key)
-    if (current !== undefined && current.sentAt > invokedAt) {
+    // A reader that must not trust the cache joins only a plain store read, never one whose value
+    // may come from another process's fill.
+    if (current !== undefined && current.sentAt > invokedAt && (leased || !current.leased)) {
       // A load whose reader was interrupted tells the others nothing: they read for themselves.
       return Effect.catchAllCause(Deferred.await(current.result), (cause) =>
         Cause.isInterruptedOnly(cause) ? storeRead(entity, key) : Effect.failCause(cause)
@@ -145,6 +152,7 @@ const sharedRead = <K, A, I>(
     }
     const load = {
       sentAt: ++entity.flights.time,
+      leased,
       result: Deferred.unsafeMake<Option.Option<Loaded<A>>, StoreError>(FiberId.none)
     }
     loads.set(key, load)
@@ -240,7 +248,13 @@ export const getMany = <K, A, I>(
       if (misses.length > 0) {
         const loaded = yield* loadMisses(entity, misses, found)
         // A read inside a database transaction may see rows that are not committed: not for the cache.
-        if (Either.isRight(cached) && !(yield* entity.store.inTransaction)) yield* fillMany(entity, ticket, loaded)
+        if (Either.isRight(cached) && !(yield* entity.store.inTransaction)) {
+          yield* fillMany(
+            entity,
+            ticket,
+            loaded.filter(({ key }) => !entity.repairs.owes(key))
+          )
+        }
       }
       return texts.map((key) => Option.fromNullable(found.get(key)))
     })
@@ -279,6 +293,7 @@ const sortCached = <K, A, I>(
   const misses: Array<Miss> = []
   keys.forEach((key, i) => {
     const entry = entries[i]!
+    if (entity.repairs.owes(key)) return void misses.push({ key })
     if (Option.isSome(entry) && entry.value._tag === "Value") {
       const decoded = entity.codec.decodeEntry(entry.value)
       if (Either.isRight(decoded)) return void found.set(key, decoded.right)

@@ -1,17 +1,33 @@
-// Keys the cache may still serve stale because neither the update nor the invalidation got
-// through: a tombstone is retried in the background until it lands or until whatever the cache
-// held has expired anyway. This narrows the staleness a StaleCacheError reports; it cannot
-// survive this process, so the TTL stays the bound.
+// The tombstones this process owes the cache: a key whose committed write could not reach the
+// cache (a StaleCacheError, a fence that did not land, a write while the cache's breaker was open)
+// may still hold an older value there. Until its tombstone lands, this process reads the key from
+// the store; a background fiber retries the tombstones every `repairInterval`, until each lands or
+// whatever the cache held has expired anyway (the TTL stays the bound for other processes, and for
+// this one should it die).
+//
+// The ledger is bounded by count and bytes. Past the bound it stops counting keys and owes the
+// whole entity instead: every read goes to the store until an audit of the entity's namespace,
+// begun after the last key it dropped, has tombstoned every entry older than its row, or until the
+// TTL has run out since that key. Fences (writes of unknown outcome) are always kept: the commit
+// may still land after any audit.
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import type { Cache, CacheError } from "../../Cache.js"
+import { type Cache, type CacheError, FENCE_VERSION } from "../../Cache.js"
+import { isCircuitOpen } from "../../CircuitBreaker.js"
 
 export interface Repairs {
-  /** Retries a tombstone of `version` for `key` in the background, until the key's TTL has passed. */
+  /** Owes `key` a tombstone of `version`, retried in the background until it lands or the key's TTL has passed. */
   readonly schedule: (key: string, version: number) => Effect.Effect<void>
+  /** Whether the cache may hold a value of `key` older than a write this process acknowledged. */
+  readonly owes: (key: string) => boolean
+}
+
+export interface Bounds {
+  readonly maxKeys: number
+  readonly maxBytes: number
 }
 
 interface Pending {
@@ -19,8 +35,54 @@ interface Pending {
   readonly until: number
 }
 
-/** Starts the background fiber, which the scope stops. */
-export const start = (entity: {
+export interface Ledger extends Repairs {
+  readonly pending: Map<string, Pending>
+  bytes: number
+  /** Keys left out past the bound; the entity is owed whole while this is set. */
+  overflow: { dropped: number; until: number } | undefined
+}
+
+// A Map entry, its object and the key's string, roughly: what the bound counts per key.
+const bytesOf = (key: string) => 96 + 2 * key.length
+
+export const make = (bounds: Bounds, maxTtl: Duration.Duration, entity: string): Ledger => {
+  const ledger: Ledger = {
+    pending: new Map(),
+    bytes: 0,
+    overflow: undefined,
+    owes: (key) => ledger.overflow !== undefined || (ledger.pending.size > 0 && ledger.pending.has(key)),
+    schedule: (key, version) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const until = now + Duration.toMillis(maxTtl)
+        const earlier = ledger.pending.get(key)
+        if (earlier !== undefined) {
+          ledger.pending.set(key, { version: Math.max(version, earlier.version), until })
+          return Effect.void
+        }
+        const bytes = ledger.bytes + bytesOf(key)
+        const full = ledger.pending.size >= bounds.maxKeys || bytes > bounds.maxBytes
+        if (version !== FENCE_VERSION && (ledger.overflow !== undefined || full))
+          return overflowed(ledger, until, entity)
+        ledger.pending.set(key, { version, until })
+        ledger.bytes = bytes
+        return Effect.void
+      })
+  }
+  return ledger
+}
+
+const overflowed = (ledger: Ledger, until: number, entity: string): Effect.Effect<void> => {
+  const first = ledger.overflow === undefined
+  ledger.overflow = { dropped: (ledger.overflow?.dropped ?? 0) + 1, until }
+  return first
+    ? Effect.logWarning(
+        "too many keys are owed a tombstone: every read of the entity goes to the store until an audit of its cache namespace repaired it"
+      ).pipe(Effect.annotateLogs({ entity, owed: ledger.pending.size, bytes: ledger.bytes }))
+    : Effect.void
+}
+
+/** What the background fiber needs of the entity. */
+export interface Repairer {
   readonly cache: Cache.Service
   readonly prefix: string
   readonly boundCache: <X>(
@@ -28,59 +90,65 @@ export const start = (entity: {
     key: string,
     effect: Effect.Effect<X, CacheError>
   ) => Effect.Effect<X, CacheError>
-  readonly settings: {
-    readonly maxTtl: Duration.Duration
-    readonly tombstoneTtl: Duration.Duration
-    readonly repairInterval: Duration.Duration
-  }
-}): Effect.Effect<Repairs, never, Scope.Scope> =>
-  Effect.gen(function* () {
-    const pending = new Map<string, Pending>()
-    yield* Effect.forkScoped(
+  readonly settings: { readonly tombstoneTtl: Duration.Duration; readonly repairInterval: Duration.Duration }
+  /** An audit of the entity's namespace that tombstones every entry older than its row. */
+  readonly sweep: Effect.Effect<unknown, unknown>
+}
+
+/** Starts the background fiber, which the scope stops. */
+export const run = (ledger: Ledger, repairer: Repairer): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.asVoid(
+    Effect.forkScoped(
       Effect.repeat(
-        Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.forEach([...pending], ([key, repair]) => retry(entity, pending, key, repair, now), {
-            concurrency: 8,
-            discard: true
-          })
-        ),
-        Schedule.spaced(entity.settings.repairInterval)
+        Effect.zipRight(retryOwed(ledger, repairer), sweepOverflow(ledger, repairer)),
+        Schedule.spaced(repairer.settings.repairInterval)
       )
     )
-    return {
-      schedule: (key, version) =>
-        Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.sync(() => {
-            const earlier = pending.get(key)
-            pending.set(key, {
-              version: Math.max(version, earlier?.version ?? 0),
-              until: now + Duration.toMillis(entity.settings.maxTtl)
-            })
-          })
-        )
-    }
-  })
+  )
 
-const retry = (
-  entity: Parameters<typeof start>[0],
-  pending: Map<string, Pending>,
+// One pass over the owed keys; a refusal of the cache's breaker ends it, since every other call
+// would be refused too.
+const retryOwed = (ledger: Ledger, repairer: Repairer): Effect.Effect<void> =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Effect.forEach([...ledger.pending], ([key, pending]) => retryOne(ledger, repairer, key, pending, now), {
+      concurrency: 8,
+      discard: true
+    })
+  ).pipe(Effect.ignore)
+
+const retryOne = (
+  ledger: Ledger,
+  { boundCache, cache, prefix, settings }: Repairer,
   key: string,
-  repair: Pending,
+  pending: Pending,
   now: number
-): Effect.Effect<void> =>
-  now > repair.until
-    ? Effect.sync(() => pending.delete(key))
-    : entity
-        .boundCache(
-          "invalidate",
-          key,
-          entity.cache.invalidate(entity.prefix + key, repair.version, entity.settings.tombstoneTtl)
-        )
-        .pipe(
-          Effect.zipRight(
-            Effect.sync(() => {
-              if (pending.get(key) === repair) pending.delete(key)
-            })
-          ),
-          Effect.ignore
-        )
+): Effect.Effect<void, CacheError> =>
+  now > pending.until
+    ? Effect.sync(() => settle(ledger, key, pending))
+    : boundCache("invalidate", key, cache.invalidate(prefix + key, pending.version, settings.tombstoneTtl)).pipe(
+        Effect.matchEffect({
+          onSuccess: () => Effect.sync(() => settle(ledger, key, pending)),
+          onFailure: (error) => (isCircuitOpen(error.cause) ? Effect.fail(error) : Effect.void)
+        })
+      )
+
+// Settled unless a newer write owed the key again meanwhile.
+const settle = (ledger: Ledger, key: string, pending: Pending) => {
+  if (ledger.pending.get(key) !== pending) return
+  ledger.pending.delete(key)
+  ledger.bytes -= bytesOf(key)
+}
+
+// The audit must begin after the last key left out: its store reads then see that key's commit.
+const sweepOverflow = (ledger: Ledger, repairer: Repairer): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const overflow = ledger.overflow
+    if (overflow === undefined) return Effect.void
+    const dropped = overflow.dropped
+    const clearIfUnchanged = Effect.sync(() => {
+      if (ledger.overflow?.dropped === dropped) ledger.overflow = undefined
+    })
+    return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      now > overflow.until ? clearIfUnchanged : Effect.zipRight(repairer.sweep, clearIfUnchanged)
+    ).pipe(Effect.ignore)
+  })

@@ -22,6 +22,7 @@ import * as Deadline from "../deadline.js"
 import * as StoreErrors from "../storeError.js"
 import { type CheckedValue, describeKey } from "./codec.js"
 import type { Entity } from "./entity.js"
+import { worthAnotherCall } from "./instruments.js"
 import { currentPublications, type Publications } from "./transaction.js"
 
 /** The writes of one entity's own, outside or inside a transaction. */
@@ -129,6 +130,9 @@ const publishBatch = <K, A, I>(
         )
       )
     )
+    if (Either.isLeft(outcomes) && !worthAnotherCall(outcomes.left)) {
+      return yield* reportStaleBatch(entity, keys, versions, outcomes.left)
+    }
     const again = Either.isLeft(outcomes) ? keys : keys.filter((_, i) => outcomes.right[i] === "outdated")
     const published = yield* Effect.forEach(
       again,
@@ -138,6 +142,21 @@ const publishBatch = <K, A, I>(
     const failed = published.find(Either.isLeft)
     if (failed !== undefined) return yield* failed.left
   })
+
+// The cache timed out or its breaker is open: no call per key, each key owed a tombstone.
+const reportStaleBatch = <K, A, I>(
+  entity: Entity<K, A, I>,
+  keys: ReadonlyArray<string>,
+  versions: ReadonlyMap<string, number>,
+  cause: CacheError
+): Effect.Effect<never, StaleCacheError> =>
+  Effect.zipRight(
+    Effect.zipRight(
+      Effect.forEach(keys.slice(1), (key) => entity.repairs.schedule(key, versions.get(key)!), { discard: true }),
+      entity.metrics.set.stale.incrementBy(keys.length - 1)
+    ),
+    reportStale(entity, "set", keys[0]!, versions.get(keys[0]!)!, [cause])
+  )
 
 const fenceBatch = <K, A, I>(
   entity: Entity<K, A, I>,
@@ -317,6 +336,9 @@ const publish = <K, A, I>(
       if (Either.isRight(updated) && updated.right !== "outdated") return Effect.void
       // Failed, or refused because the guard cannot vouch for it: a tombstone is always safe.
       const updateError = Either.isLeft(updated) ? updated.left : undefined
+      if (updateError !== undefined && !worthAnotherCall(updateError)) {
+        return reportStale(entity, operation, key, version, [updateError])
+      }
       return invalidate(entity, operation, key, version).pipe(
         Effect.matchEffect({
           onSuccess: () =>
