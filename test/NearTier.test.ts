@@ -104,11 +104,33 @@ describe("near tier in front of a remote cache", () => {
       // A pipelined write of ours whose reply says written, settling after a later write's refusal.
       const remote = Cache.Cache.of({ ...memory, setMany: (items) => Effect.succeed(items.map(() => "written")) })
       const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
-      const cache = NearCache.wrap(remote, tier)
+      const cache = NearCache.wrap(remote, tier, () => true)
       yield* memory.set("k", value(12, "twelve, another process's"), { ttl })
       expect(yield* cache.set("k", value(11, "eleven"), { ttl })).toBe("rejected")
       yield* cache.setMany([{ key: "k", entry: value(10, "ten"), options: { ttl } }])
       expect(yield* cache.get("k")).toEqual(Option.some(value(12, "twelve, another process's")))
+    })
+  )
+
+  it.effect("while it cannot hear announcements the tier serves nothing and keeps nothing", () =>
+    Effect.gen(function* () {
+      const remote = yield* MemoryCache.make()
+      const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+      let hearing = true
+      const cache = NearCache.wrap(remote, tier, () => hearing)
+      yield* cache.set("k", value(1, "one"), { ttl })
+      expect(tier.size()).toBe(1)
+      hearing = false
+      // Another process's write, whose announcement this process cannot hear.
+      yield* remote.set("k", value(2, "two"), { ttl })
+      expect(yield* cache.get("k")).toEqual(Option.some(value(2, "two")))
+      expect(yield* cache.getMany(["k"])).toEqual([Option.some(value(2, "two"))])
+      // Nothing read or written while deaf is kept.
+      yield* cache.set("j", value(1, "one"), { ttl })
+      yield* cache.get("i")
+      expect(tier.get("j", Date.now())).toBeUndefined()
+      expect(tier.get("k", Date.now())).toEqual(value(1, "one"))
+      hearing = true
     })
   )
 })
@@ -199,6 +221,8 @@ describe("RedisCache with the near tier", () => {
       expect(yield* eventually(cache.get("k"), (e) => Option.isSome(e) && e.value.version === 2)).toEqual(
         Option.some(value(2, "missed"))
       )
+      // Subscribed again, it serves from process memory once more.
+      yield* eventually(Effect.zipRight(cache.get("k"), stats.entries), (entries) => entries === 1)
     })
   )
 

@@ -37,6 +37,9 @@ const channelOf = (keyPrefix: string) => `${keyPrefix}__wt_announcements`
 /**
  * Subscribes a connection of its own to the announcements. Whenever either connection may have
  * missed one (it closed, or, in a cluster, a node failed, joined or left), the whole tier goes.
+ * While the subscription is down the tier is deaf: it serves nothing and keeps nothing, until the
+ * subscription is back (its SUBSCRIBE answered, so every later announcement is heard) and the
+ * tier was dropped once more.
  */
 const listen = <C extends Redis | Cluster>(
   near: NearTier.NearTier,
@@ -44,8 +47,9 @@ const listen = <C extends Redis | Cluster>(
   channel: string,
   url: string,
   lossEvents: ReadonlyArray<string>
-): Effect.Effect<void, CacheConnectionError, Scope.Scope> =>
+): Effect.Effect<() => boolean, CacheConnectionError, Scope.Scope> =>
   Effect.gen(function* () {
+    let hearing = false
     for (const event of lossEvents) client.on(event, near.clear)
     const subscriber = yield* Effect.acquireRelease(
       Effect.sync(() => client.duplicate() as C),
@@ -53,6 +57,15 @@ const listen = <C extends Redis | Cluster>(
     )
     subscriber.on("error", () => {})
     for (const event of lossEvents) subscriber.on(event, near.clear)
+    subscriber.on("close", () => {
+      hearing = false
+      near.clear()
+    })
+    const heard = () => {
+      near.clear()
+      hearing = true
+    }
+    subscriber.on("ready", () => void subscriber.subscribe(channel).then(heard, () => {}))
     subscriber.on("message", (_channel: string, message: string) => {
       const colon = message.indexOf(":")
       if (colon > 0) near.announce(message.slice(colon + 1), Number(message.slice(0, colon)))
@@ -64,12 +77,16 @@ const listen = <C extends Redis | Cluster>(
       },
       catch: (cause) => new CacheConnectionError({ url, cause })
     })
+    heard()
+    return () => hearing
   })
 
 /** The tier when it is on, and the channel the scripts announce writes on ("" when it is off). */
 export interface Tier {
   readonly near: NearTier.NearTier | undefined
   readonly channel: string
+  /** True while the subscription hears every announcement. */
+  readonly hearing: () => boolean
 }
 
 /** Starts the tier when `options` ask for one, listening on `client` for as long as the scope lasts. */
@@ -87,28 +104,30 @@ export const start = <C extends Redis | Cluster>(
     readonly lossEvents: ReadonlyArray<string>
   }
 ): Effect.Effect<Tier, CacheConnectionError, Scope.Scope> => {
-  if (options === undefined) return Effect.succeed({ near: undefined, channel: "" })
+  if (options === undefined) return Effect.succeed({ near: undefined, channel: "", hearing: () => false })
   const near = make(options)
   const channel = channelOf(keyPrefix)
-  return Effect.as(listen(near, client, channel, url, lossEvents), { near, channel })
+  return Effect.map(listen(near, client, channel, url, lossEvents), (hearing) => ({ near, channel, hearing }))
 }
 
 /** `remote`, with the tier in front when it is on. */
-export const front = (remote: Cache.Service, { near }: Tier): Cache.Service =>
-  near === undefined ? remote : wrap(remote, near)
+export const front = (remote: Cache.Service, { hearing, near }: Tier): Cache.Service =>
+  near === undefined ? remote : wrap(remote, near, hearing)
 
 /**
  * `remote` with the tier in front. A read it serves is its own; a write this process made is
- * kept when the remote accepted it and forgotten otherwise (its floor stays).
+ * kept when the remote accepted it and forgotten otherwise (its floor stays). While not `hearing`
+ * the tier is bypassed and keeps nothing.
  */
-export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Service => {
+export const wrap = (remote: Cache.Service, near: NearTier.NearTier, hearing: () => boolean): Cache.Service => {
   const remember = (key: string, entry: Option.Option<Entry>) => {
-    if (Option.isSome(entry)) near.put(key, entry.value, Date.now())
+    if (Option.isSome(entry) && hearing()) near.put(key, entry.value, Date.now())
   }
   // A refused write still tells what Redis holds at least; after one this process could not vouch
   // for (outdated), its own copy goes.
   const settle = (key: string, entry: Entry, outcome: WriteOutcome, replacing: boolean) => {
-    if (outcome === "written") near.accept(key, entry, Date.now(), replacing)
+    if (!hearing()) near.drop(key)
+    else if (outcome === "written") near.accept(key, entry, Date.now(), replacing)
     else if (outcome === "rejected") near.outranked(key, entry)
     else near.drop(key)
   }
@@ -117,7 +136,7 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Serv
     reusesEntries: true,
     get: (key) =>
       Effect.suspend(() => {
-        const local = near.get(key, Date.now())
+        const local = hearing() ? near.get(key, Date.now()) : undefined
         return local !== undefined
           ? Effect.succeedSome(local)
           : Effect.tap(remote.get(key), (entry) => remember(key, entry))
@@ -125,7 +144,8 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier): Cache.Serv
     getMany: (keys) =>
       Effect.suspend(() => {
         const now = Date.now()
-        const locals = keys.map((key) => near.get(key, now))
+        const listening = hearing()
+        const locals = keys.map((key) => (listening ? near.get(key, now) : undefined))
         const missing = keys.filter((_, i) => locals[i] === undefined)
         if (missing.length === 0) return Effect.succeed(locals.map((entry) => Option.some(entry!)))
         return Effect.map(remote.getMany(missing), (fetched) => {
