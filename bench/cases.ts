@@ -5,15 +5,19 @@
 // in-flight count), the case it is compared with (and further ones in `also`), a target if the
 // issue sets one, and a `setup` that gets the shared fixture (bench/fixture.ts) and returns the
 // operation. Operations per round are calibrated unless `ops` fixes them. See bench/README.md.
-import { Context, Duration, Effect, Layer, Option } from "effect"
-import { Cache, MemoryCache, RedisCache } from "../src/index.js"
+import { PgClient } from "@effect/sql-pg"
+import { Context, Duration, Effect, Either, Layer, ManagedRuntime, Option, Redacted } from "effect"
+import { Cache, MemoryCache, RedisCache, SqlStore, Store } from "../src/index.js"
 import type { Case, Runner } from "./harness.js"
-import { ahead, concurrent, extraAtMost, ratioAtMost, sequential } from "./harness.js"
+import { ahead, concurrent, extraAtMost, extraMillisAtMost, ratioAtMost, sequential } from "./harness.js"
 import {
   buildLibrary,
   columns,
+  databaseUrl,
   type Fixture,
   type Library,
+  type Outage,
+  poolSize,
   ttlMillis,
   User,
   redisUrl,
@@ -58,6 +62,34 @@ const upsertSql = (table: string) =>
     .join(", ")}, version = "${table}".version + 1`
 
 const selectSql = (table: string) => `SELECT ${columns.join(", ")}, version FROM "${table}" WHERE id = $1`
+
+// SELECT by key through pg's Pool, cycling over `keys`: the store read with nothing around it.
+const pgSelect = (fx: Fixture, keys: ReadonlyArray<string>) => {
+  const sql = selectSql(fx.table)
+  return {
+    op: async (i: number) => {
+      const key = cycle(keys, i)
+      const { rows } = await fx.pool.query(sql, [key])
+      if (rows.length !== 1) throw new Error(`no row for ${key}`)
+      return rows[0]
+    }
+  }
+}
+
+// The statement the library's SqlStore sends for a set of one key of this table (its `putSql` in
+// src/internal/sqlStore/statements.ts): the key's advisory lock, a version drawn from the sequence
+// while it is held, the upsert. The outage set's baseline, so that the difference is the library's
+// own cost and not the consistency the store write buys (which a set pays with Redis up too).
+const storeWriteSql = (table: string, versionSequence: string) => {
+  const written = columns.slice(1)
+  return (
+    `WITH "wt_lock" AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($${columns.length + 1}, 0))) ` +
+    `INSERT INTO "${table}" (${[...columns, "version"].map((c) => `"${c}"`).join(", ")}) ` +
+    `VALUES (${columns.map((_, i) => `$${i + 1}`).join(", ")}, (SELECT nextval('"${versionSequence}"') FROM "wt_lock")) ` +
+    `ON CONFLICT ("id") DO UPDATE SET ${[...written, "version"].map((c) => `"${c}" = EXCLUDED."${c}"`).join(", ")} ` +
+    `RETURNING "version"`
+  )
+}
 
 // The hand-written write: an upsert through pg's Pool, then a SET of the JSON.
 const handWrittenWrite = async (fx: Fixture) => {
@@ -197,6 +229,75 @@ const cacheManagerGet = (fx: Fixture) => async (i: number) => {
   return user
 }
 
+// ---- The outage: Redis black-holed, the cache's breaker open (see `Outage` in fixture.ts) ----
+
+// After every round of an outage case: a breaker that closed (or never opened) means the round
+// measured something other than the outage.
+const stillOpen = async (outage: Outage) => {
+  if (!(await outage.breakerOpen())) throw new Error("the outage library's cache breaker is no longer open")
+}
+
+// users.get of a key warm in the black-holed cache: refused at once by the breaker, served by the
+// store. A round whose reads did not all reach the store was not measuring the outage.
+const outageGets = async (fx: Fixture): Promise<Runner> => {
+  const outage = await fx.outage()
+  const { run, storeGets, users } = outage.library
+  let before = 0
+  let reads = 0
+  return {
+    op: async (i) => {
+      const key = cycle(fx.keys.outageRead, i)
+      reads++
+      const user = await run(users.get(key))
+      if (Option.isNone(user)) throw new Error(`no row for ${key}`)
+      return user
+    },
+    beforeRound: () => {
+      before = storeGets()
+      reads = 0
+    },
+    afterRound: async () => {
+      if (storeGets() - before !== reads) {
+        throw new Error(`${reads} reads made ${storeGets() - before} store queries: the cache answered some`)
+      }
+      await stillOpen(outage)
+      return {}
+    }
+  }
+}
+
+// users.set while the breaker is open: committed to the store, the cache skipped, so it fails with
+// StaleCacheError, and with nothing else. A success would mean the cache took the write: the
+// breaker was not open. The round's last write must be in the table.
+const outageSets = async (fx: Fixture): Promise<Runner> => {
+  const outage = await fx.outage()
+  const { run, users } = outage.library
+  const check = selectSql(fx.table)
+  let last: { readonly key: string; readonly name: string } | undefined
+  return {
+    op: async (i) => {
+      const key = cycle(fx.keys.outageWrite, i)
+      const user = new User(userFields(key, i))
+      const outcome = await run(Effect.either(users.set(key, user)))
+      if (Either.isRight(outcome)) throw new Error(`the set of ${key} succeeded: the cache's breaker is not open`)
+      if (outcome.left._tag !== "StaleCacheError") {
+        throw new Error(
+          `the set of ${key} failed with ${outcome.left._tag}, not StaleCacheError: ${outcome.left.message}`
+        )
+      }
+      last = { key, name: user.name }
+    },
+    afterRound: async () => {
+      if (last !== undefined) {
+        const { rows } = await fx.pool.query<{ name: string }>(check, [last.key])
+        if (rows[0]?.name !== last.name) throw new Error(`the store does not hold the last set of ${last.key}`)
+      }
+      await stillOpen(outage)
+      return {}
+    }
+  }
+}
+
 // ---- Names the comparisons refer to ----
 
 const RAW_GET = "ioredis GET+parse"
@@ -212,6 +313,9 @@ const BENTO_MEMORY = "bentocache memory hit"
 const BENTO_MEMORY_64 = "bentocache memory hit @64"
 const CACHE_MANAGER = "cache-manager redis hit"
 const CACHE_MANAGER_64 = "cache-manager redis hit @64"
+const PG_SELECT_OUTAGE = "pg select by key (outage keys)"
+const SQLSTORE_GET_OUTAGE = "SqlStore get by key (outage keys)"
+const PG_STORE_WRITE = "pg store write (lock, nextval, upsert)"
 
 export const cases: ReadonlyArray<Case<Fixture>> = [
   // ---- Redis-tier hit, one at a time ----
@@ -390,17 +494,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     case: PG_SELECT,
     kind: sequential,
     baseline: null,
-    setup: async (fx) => {
-      const sql = selectSql(fx.table)
-      return {
-        op: async (i) => {
-          const key = cycle(fx.keys.hit, i)
-          const { rows } = await fx.pool.query(sql, [key])
-          if (rows.length !== 1) throw new Error(`no row for ${key}`)
-          return rows[0]
-        }
-      }
-    }
+    setup: async (fx) => pgSelect(fx, fx.keys.hit)
   },
   {
     case: HAND_READ_THROUGH,
@@ -566,5 +660,83 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
         teardown: () => Promise.all(instances.map((instance) => instance.dispose())).then(() => undefined)
       }
     }
+  },
+  // ---- Outage: Redis black-holed, the cache's breaker open ----
+  {
+    case: PG_SELECT_OUTAGE,
+    kind: sequential,
+    baseline: null,
+    note: "the outage get's keys, SELECT by key through pg's Pool: what a read costs when only the store answers",
+    setup: async (fx) => pgSelect(fx, fx.keys.outageRead)
+  },
+  {
+    // Splits the outage get's gap to the plain select in two: what the store read costs through
+    // the library's own Store (SqlStore over @effect/sql-pg), and what the read path adds to it.
+    case: SQLSTORE_GET_OUTAGE,
+    kind: sequential,
+    baseline: PG_SELECT_OUTAGE,
+    note: "diagnostic: the library's store read alone, Store.collection(...).get through SqlStore and PgClient",
+    setup: async (fx) => {
+      const runtime = ManagedRuntime.make(
+        SqlStore.layer({ versionSequence: fx.versionSequence }).pipe(
+          Layer.provide(
+            PgClient.layer({
+              url: Redacted.make(databaseUrl),
+              applicationName: "effect-write-through-bench",
+              maxConnections: poolSize
+            })
+          )
+        )
+      )
+      const collection = await runtime.runPromise(
+        Effect.flatMap(Store.Store, (store) =>
+          store.collection({ entity: fx.table, fields: columns, table: { name: fx.table, primaryKey: "id" } })
+        )
+      )
+      return {
+        op: async (i) => {
+          const key = cycle(fx.keys.outageRead, i)
+          const row = await runtime.runPromise(collection.get(key))
+          if (Option.isNone(row)) throw new Error(`no row for ${key}`)
+          return row
+        },
+        teardown: () => runtime.dispose()
+      }
+    }
+  },
+  {
+    case: "outage: get cached key (Redis down, breaker open)",
+    kind: sequential,
+    baseline: PG_SELECT_OUTAGE,
+    target: ratioAtMost(2),
+    also: [{ baseline: SQLSTORE_GET_OUTAGE }],
+    note: "users.get of keys warm in a cache whose Redis is black-holed, after its breaker opened: served by the store",
+    setup: async (fx) => outageGets(fx)
+  },
+  {
+    case: PG_STORE_WRITE,
+    kind: sequential,
+    baseline: null,
+    note: "the outage set's keys, the library's own store write for a set through pg's Pool: advisory lock, nextval, upsert",
+    setup: async (fx) => {
+      const sql = storeWriteSql(fx.table, fx.versionSequence)
+      return {
+        op: async (i) => {
+          const key = cycle(fx.keys.outageWrite, i)
+          const user = userFields(key, i)
+          // The lock's name as the library's names it: `<entity>:<key>`, the entity being the table.
+          const { rows } = await fx.pool.query(sql, [...columns.map((c) => user[c]), `${fx.table}:${key}`])
+          if (rows.length !== 1) throw new Error(`the write of ${key} returned no version`)
+        }
+      }
+    }
+  },
+  {
+    case: "outage: set (Redis down, breaker open)",
+    kind: sequential,
+    baseline: PG_STORE_WRITE,
+    target: extraMillisAtMost(5),
+    note: "users.set while the cache's breaker is open: committed to the store, fails with StaleCacheError (expected)",
+    setup: async (fx) => outageSets(fx)
   }
 ]

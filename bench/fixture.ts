@@ -1,18 +1,20 @@
 // What the benchmark cases share, set up once per run: the clients (raw ioredis, pg, bentocache,
 // cache-manager, the library's runtime), a table of users created and dropped by the run, and the
 // key sets every cache is warmed with. Everything the run writes to Redis lives under the key
-// prefix `runId`, and is deleted (by SCAN on that prefix) when the run ends.
+// prefix `runId`, and is deleted (by SCAN on that prefix) when the run ends. The outage cases get a
+// library of their own whose Redis is black-holed behind a proxy (`Fixture.outage`).
 import { PgClient } from "@effect/sql-pg"
 import { createKeyv } from "@keyv/redis"
 import { BentoCache, bentostore } from "bentocache"
 import { memoryDriver } from "bentocache/drivers/memory"
 import { redisDriver } from "bentocache/drivers/redis"
 import { createCache, type Cache as CacheManager } from "cache-manager"
-import { Context, Duration, Effect, Layer, ManagedRuntime, Redacted, Schema } from "effect"
+import { Context, Duration, Effect, Either, Layer, Logger, ManagedRuntime, Redacted, Schema } from "effect"
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { createRequire } from "node:module"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { startFaultProxy } from "../test/chaos/faultProxy.js"
 
 export const databaseUrl = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379"
@@ -145,6 +147,11 @@ export interface LibraryOptions {
   readonly cache?: (redis: Layer.Layer<Cache.Cache, Cache.CacheConnectionError>) => Layer.Layer<Cache.Cache, unknown>
   /** Further WriteThrough options (ttl, timeouts...). */
   readonly entity?: Partial<WriteThrough.Options<string, User, UserFields>>
+  /**
+   * Drops the library's log lines (the calls still run): a write during an outage logs an error
+   * each time, and thousands of them would bury the table.
+   */
+  readonly silent?: boolean
 }
 
 /**
@@ -178,7 +185,9 @@ export const buildLibrary = async (options: LibraryOptions): Promise<Library> =>
       })
     )
   )
-  const runtime = ManagedRuntime.make(layer)
+  const runtime = ManagedRuntime.make(
+    options.silent === true ? Layer.merge(layer, Logger.replace(Logger.defaultLogger, Logger.none)) : layer
+  )
   const users = await runtime.runPromise(Users)
   return {
     runtime,
@@ -200,7 +209,33 @@ export interface KeySets {
   readonly write: ReadonlyArray<string>
   /** Rows in the table, never cached: one per burst of concurrent reads of a cold key. */
   readonly cold: ReadonlyArray<string>
+  /** Rows warm in the outage library's cache only (see `Outage`); its get case reads them, nothing writes them. */
+  readonly outageRead: ReadonlyArray<string>
+  /**
+   * Rows only the outage set case and its baseline write: a key written during the outage is owed
+   * a tombstone, which may change how the library reads it, so the read case keeps clear of them.
+   */
+  readonly outageWrite: ReadonlyArray<string>
 }
+
+/**
+ * A second library whose Redis went silent: its RedisCache talks to the shared Redis through a
+ * TCP proxy, which is black-holed once `keys.outageRead` are warm in that cache, and calls were
+ * made until its circuit breaker opened. The breaker's interval is an hour, so it stays open for
+ * the whole run; nothing else shares this library, its runtime or its proxy.
+ */
+export interface Outage {
+  readonly library: Library
+  /**
+   * Whether the breaker is (still) open: a `get` on the raw Cache is refused at once with a cause
+   * whose `_tag` is "CircuitOpen". While the breaker is closed it is a real call into the black
+   * hole, which waits out `outageCommandTimeout` and counts towards opening it.
+   */
+  readonly breakerOpen: () => Promise<boolean>
+}
+
+/** The outage library's bound on every Redis command: how long a call into the black hole waits. */
+export const outageCommandTimeout = Duration.millis(200)
 
 export interface Fixture {
   readonly runId: string
@@ -223,6 +258,12 @@ export interface Fixture {
   /** cache-manager 7 over Keyv and @keyv/redis (node-redis), one connection. */
   readonly cacheManager: CacheManager
   readonly library: Library
+  /**
+   * The outage (see `Outage`), set up by the first case that asks for it, before any case is
+   * calibrated or measured (cases are all set up first), then shared; runs without an outage case
+   * never pay for it. Its proxy and library are closed with the fixture.
+   */
+  readonly outage: () => Promise<Outage>
   /** Register something to undo when the run ends (in reverse order). */
   readonly onCleanup: (cleanup: () => Promise<unknown>) => void
   readonly cleanup: () => Promise<void>
@@ -233,6 +274,8 @@ export interface FixtureOptions {
   readonly missKeys: number
   readonly writeKeys: number
   readonly coldKeys: number
+  /** The size of each of `outageRead` and `outageWrite`. */
+  readonly outageKeys: number
   readonly log: (line: string) => void
 }
 
@@ -265,7 +308,9 @@ export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => 
       hit: range("u", options.hitKeys),
       miss: range("m", options.missKeys),
       write: range("w", options.writeKeys),
-      cold: range("c", options.coldKeys)
+      cold: range("c", options.coldKeys),
+      outageRead: range("or", options.outageKeys),
+      outageWrite: range("ow", options.outageKeys)
     }
 
     // Redis: the raw clients; the key sweep is registered first, so it runs last.
@@ -298,10 +343,12 @@ export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => 
     await pool.query(tableDdl(table))
     onCleanup(`table ${table}`, () => pool.query(`DROP TABLE IF EXISTS "${table}"`))
     onCleanup(`sequence ${versionSequence}`, () => pool.query(`DROP SEQUENCE IF EXISTS "${versionSequence}"`))
-    const rows = [...keys.hit, ...keys.miss, ...keys.write, ...keys.cold].map((id, n) => ({
-      ...userFields(id, n),
-      version: 1
-    }))
+    const rows = [...keys.hit, ...keys.miss, ...keys.write, ...keys.cold, ...keys.outageRead, ...keys.outageWrite].map(
+      (id, n) => ({
+        ...userFields(id, n),
+        version: 1
+      })
+    )
     for (let i = 0; i < rows.length; i += 5000) {
       await pool.query(`INSERT INTO "${table}" SELECT * FROM json_populate_recordset(null::"${table}", $1::json)`, [
         JSON.stringify(rows.slice(i, i + 5000))
@@ -360,6 +407,68 @@ export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => 
       if (read._tag !== "Some") throw new Error(`the library found no row for ${key}`)
     })
 
+    // The outage: built on first use, then shared by the outage cases.
+    let outage: Promise<Outage> | undefined
+    const makeOutage = async (): Promise<Outage> => {
+      const target = new URL(redisUrl)
+      const proxy = await startFaultProxy({ host: target.hostname, port: Number(target.port || 6379) })
+      onCleanup("outage proxy", () => proxy.close())
+      // The shared Redis's URL (its password, its database) with the proxy's address.
+      const proxied = new URL(redisUrl)
+      proxied.hostname = "127.0.0.1"
+      proxied.port = String(proxy.port)
+      const keyPrefix = `${runId}:outage:`
+      let cache: Cache.Cache.Service | undefined
+      const library = await buildLibrary({
+        table,
+        keyPrefix,
+        versionSequence,
+        silent: true,
+        cache: () =>
+          RedisCache.layer({
+            url: proxied.toString(),
+            keyPrefix,
+            commandTimeout: outageCommandTimeout,
+            // The default threshold (3 failed calls); an interval longer than any run, so that no
+            // probe closes it (or waits out the black hole) in the middle of a round.
+            breaker: { interval: "1 hour" }
+          }).pipe(
+            Layer.tap((context) =>
+              Effect.sync(() => {
+                cache = Context.get(context, Cache.Cache)
+              })
+            )
+          )
+      })
+      onCleanup("outage library runtime", () => library.dispose())
+      const rawCache = cache!
+      const breakerOpen = async () => {
+        const got = await library.run(Effect.either(rawCache.get("breaker-check")))
+        return Either.isLeft(got) && (got.left.cause as { readonly _tag?: unknown } | undefined)?._tag === "CircuitOpen"
+      }
+      // Warm, and checked warm: with Redis answering, a second read of every key is a hit.
+      const warm = () =>
+        library.run(
+          Effect.forEach(keys.outageRead, (key) => library.users.get(key), { concurrency: 16, discard: true })
+        )
+      await warm()
+      const before = library.storeGets()
+      await warm()
+      if (library.storeGets() !== before) {
+        throw new Error(`outage: ${library.storeGets() - before} of the warm keys missed the outage library's cache`)
+      }
+      proxy.setMode({ _tag: "Blackhole" })
+      const began = process.hrtime.bigint()
+      for (let calls = 0; !(await breakerOpen()); calls++) {
+        if (calls === 10) throw new Error("outage: the cache's breaker did not open after 10 calls into the black hole")
+      }
+      options.log(
+        `  outage: Redis black-holed behind 127.0.0.1:${proxy.port}, ${keys.outageRead.length} keys warm; ` +
+          `the breaker opened in ${(Number(process.hrtime.bigint() - began) / 1e6).toFixed(0)} ms`
+      )
+      return { library, breakerOpen }
+    }
+
     return {
       runId,
       table,
@@ -373,6 +482,7 @@ export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => 
       bentoMemory,
       cacheManager,
       library,
+      outage: () => (outage ??= makeOutage()),
       onCleanup: (run) => onCleanup("a case's resource", run),
       cleanup
     }

@@ -24,6 +24,8 @@ export interface Figures {
   readonly medianMicros: number
   readonly opsPerSecond: number
   readonly ratio: number | null
+  /** The baseline's `medianMicros`, for a target on the difference; null as `ratio` is. */
+  readonly baselineMicros: number | null
   readonly extras: Readonly<Record<string, number>>
 }
 
@@ -31,6 +33,8 @@ export interface Target {
   /** As printed and written to results.json, e.g. "ratio <= 1.10". */
   readonly description: string
   readonly meets: (figures: Figures) => boolean
+  /** The figure it judged, as printed and written to results.json (`measured`); default the ratio. */
+  readonly measured?: ((figures: Figures) => string | undefined) | undefined
 }
 
 /** Ours / baseline on the lower-is-better figure is at most `max` (1.10: at most 10% slower). */
@@ -44,6 +48,20 @@ export const ahead: Target = {
   description: "ratio < 1.00 (ahead)",
   meets: (f) => f.ratio !== null && f.ratio < 1
 }
+
+/**
+ * Ours minus the baseline, on `medianMicros`, is at most `millis`: for a cost the issue states as a
+ * fixed amount on top of the baseline's (a ratio would tighten or loosen it with the baseline).
+ */
+export const extraMillisAtMost = (millis: number): Target => ({
+  description: `median - baseline <= ${millis} ms`,
+  meets: (f) => f.baselineMicros !== null && f.medianMicros - f.baselineMicros <= millis * 1000,
+  measured: (f) => {
+    if (f.baselineMicros === null) return undefined
+    const extra = (f.medianMicros - f.baselineMicros) / 1000
+    return `${extra >= 0 ? "+" : ""}${extra.toFixed(2)} ms`
+  }
+})
 
 /** An extra figure (see `Runner.afterRound`, aggregated as the worst round: the maximum) is at most `max`. */
 export const extraAtMost = (field: string, max: number): Target => ({
@@ -107,6 +125,7 @@ export interface ComparisonResult {
   readonly pairedRatio: number | null
   readonly target?: string
   readonly meetsTarget?: boolean
+  readonly measured?: string
 }
 
 /** One entry of bench/results.json. */
@@ -128,6 +147,8 @@ export interface Result {
   readonly pairedRatio: number | null
   readonly target?: string
   readonly meetsTarget?: boolean
+  /** What the target judged, where it is not the ratio (e.g. "+1.20 ms"). */
+  readonly measured?: string
   readonly comparisons: ReadonlyArray<ComparisonResult>
   readonly rounds: number
   readonly opsPerRound: number
@@ -358,6 +379,7 @@ export const runCases = async <F>(
       medianMicros: median(state.rounds.map((r) => r.micros)),
       opsPerSecond: median(state.rounds.map((r) => r.opsPerSecond)),
       ratio: null,
+      baselineMicros: null,
       extras,
       rounds: state.rounds
     })
@@ -380,16 +402,24 @@ export const runCases = async <F>(
     )
     return n === 0 ? null : median(ratios)
   }
-  const judge = (figures: Figures | undefined, target: Target | undefined) =>
-    target === undefined
-      ? {}
-      : { target: target.description, meetsTarget: figures !== undefined && target.meets(figures) }
+  const judge = (figures: Figures | undefined, target: Target | undefined) => {
+    if (target === undefined) return {}
+    const measured = figures === undefined ? undefined : target.measured?.(figures)
+    return {
+      target: target.description,
+      meetsTarget: figures !== undefined && target.meets(figures),
+      ...(measured === undefined ? {} : { measured })
+    }
+  }
 
   return states.map((state): Result => {
     const spec = state.spec
     const own = figuresOf.get(spec.case)
     const mainRatio = spec.baseline === null ? null : ratio(spec.case, spec.baseline)
-    const withRatio = (r: number | null): Figures | undefined => (own === undefined ? undefined : { ...own, ratio: r })
+    const against = (baseline: string, r: number | null): Figures | undefined =>
+      own === undefined
+        ? undefined
+        : { ...own, ratio: r, baselineMicros: r === null ? null : figuresOf.get(baseline)!.medianMicros }
     const roundMicros = state.rounds.map((r) => r.micros)
     const roundOps = state.rounds.map((r) => r.opsPerSecond)
     const main = lowerIsBetter(spec.kind) === "latency" ? roundMicros : roundOps
@@ -409,14 +439,14 @@ export const runCases = async <F>(
       baseline: spec.baseline,
       ratio: mainRatio,
       pairedRatio: spec.baseline === null ? null : pairedRatio(spec.case, spec.baseline),
-      ...judge(withRatio(mainRatio), spec.target),
+      ...judge(spec.baseline === null ? own : against(spec.baseline, mainRatio), spec.target),
       comparisons: (spec.also ?? []).map((c) => {
         const r = ratio(spec.case, c.baseline)
         return {
           baseline: c.baseline,
           ratio: r,
           pairedRatio: pairedRatio(spec.case, c.baseline),
-          ...judge(withRatio(r), c.target)
+          ...judge(against(c.baseline, r), c.target)
         }
       }),
       rounds: state.rounds.length,
@@ -519,20 +549,20 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
     "notes"
   ]
   const targets: Array<string> = []
+  const measured = (r: Result, c: { readonly ratio: number | null; readonly measured?: string }) =>
+    c.measured !== undefined
+      ? ` (measured ${c.measured})`
+      : c.ratio === null
+        ? ""
+        : ` (measured ${formatRatio(c.ratio)} on ${r.lowerIsBetter})`
   for (const r of results) {
     const against = (baseline: string | null) => (baseline === null ? "" : ` vs ${baseline}`)
     if (r.target !== undefined) {
-      targets.push(
-        `  ${status(r.meetsTarget)}  ${r.case}${against(r.baseline)}: ${r.target}` +
-          (r.ratio === null ? "" : ` (measured ${formatRatio(r.ratio)} on ${r.lowerIsBetter})`)
-      )
+      targets.push(`  ${status(r.meetsTarget)}  ${r.case}${against(r.baseline)}: ${r.target}${measured(r, r)}`)
     }
     for (const c of r.comparisons) {
       if (c.target === undefined) continue
-      targets.push(
-        `  ${status(c.meetsTarget)}  ${r.case}${against(c.baseline)}: ${c.target}` +
-          (c.ratio === null ? "" : ` (measured ${formatRatio(c.ratio)} on ${r.lowerIsBetter})`)
-      )
+      targets.push(`  ${status(c.meetsTarget)}  ${r.case}${against(c.baseline)}: ${c.target}${measured(r, c)}`)
     }
   }
   return [

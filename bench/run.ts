@@ -56,6 +56,8 @@ const main = async (): Promise<number> => {
     missKeys: Math.ceil(rounds * missMaxOps * 1.1) + 2 * missMaxOps,
     // Two stampede cases, each reading fresh keys from its own half.
     coldKeys: rounds * 20,
+    // The outage cases cycle over theirs: 100 to read, 100 to write.
+    outageKeys: 100,
     log
   })
   let failed = false
