@@ -3,8 +3,20 @@
 // store, writes committed to the store and owed a tombstone, the ledger's bound. The breaker over a
 // real Redis that stops answering, is killed and comes back is in RedisCache.outage.test.ts.
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Schema, TestClock } from "effect"
-import { Cache, MemoryCache, MemoryStore, Metrics, WriteThrough } from "../src/index.js"
+import {
+  Config,
+  ConfigProvider,
+  Context,
+  Duration,
+  Effect,
+  Fiber,
+  Layer,
+  Metric,
+  Option,
+  Schema,
+  TestClock
+} from "effect"
+import { Cache, CircuitBreaker, MemoryCache, MemoryStore, Metrics, WriteThrough } from "../src/index.js"
 import * as CacheBreaker from "../src/internal/cacheBreaker.js"
 import { FaultyCache } from "../src/testing.js"
 import { User, user, value } from "./support/fixtures.js"
@@ -112,6 +124,26 @@ describe("cache circuit breaker", () => {
       yield* faults.heal
       yield* TestClock.adjust("5 seconds")
       expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
+    })
+  )
+
+  it.effect("reads its figures from configuration, and names a bad one", () =>
+    Effect.gen(function* () {
+      const read = (entries: ReadonlyArray<readonly [string, string]>) =>
+        Effect.withConfigProvider(
+          Config.nested(CircuitBreaker.config, "CACHE_BREAKER"),
+          ConfigProvider.fromMap(new Map(entries))
+        )
+      const options = yield* read([
+        ["CACHE_BREAKER.FAILURES", "5"],
+        ["CACHE_BREAKER.INTERVAL", "2 seconds"]
+      ])
+      expect(options.failures).toBe(5)
+      expect(Duration.toMillis(options.interval!)).toBe(2_000)
+      expect(yield* read([])).toEqual({ failures: undefined, interval: undefined })
+      const error = yield* Effect.flip(read([["CACHE_BREAKER.FAILURES", "0"]]))
+      expect(String(error)).toContain("FAILURES")
+      expect(String(error)).toContain("1 or more")
     })
   )
 
