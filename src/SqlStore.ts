@@ -23,10 +23,12 @@ import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as CircuitBreaker from "./CircuitBreaker.js"
 import { collection } from "./internal/sqlStore/collection.js"
 import { isPlain } from "./internal/sqlStore/identifier.js"
 import { ensure } from "./internal/sqlStore/schema.js"
 import { createSequence, storeObjects } from "./internal/sqlStore/statements.js"
+import * as StoreBreaker from "./internal/sqlStore/storeBreaker.js"
 import { inTransaction, transaction } from "./internal/sqlStore/transaction.js"
 import { schemaMismatch, storeWide } from "./internal/storeError.js"
 import { Store, type StoreError } from "./Store.js"
@@ -40,12 +42,35 @@ export interface Options {
   readonly versionSequence?: string | undefined
   /** The table for entities without a `table`; created if missing. Default `effect_write_through_entries`. */
   readonly genericTable?: string | undefined
+  /**
+   * A circuit breaker on the store, shared by every entity on it: once `failures` store calls in a
+   * row went unanswered (default 3: the database unreachable, a call timed out or interrupted, a
+   * write's connection lost) it opens, and for `interval` (default 5 seconds) every store call fails
+   * at once with `StoreError` `Unavailable`, whose `cause` is a `CircuitOpen`, having written
+   * nothing, instead of each waiting out the write-through's `storeTimeout`; a transaction does not
+   * begin. Reads the cache holds are still served from it. Then one call probes the database, and
+   * its success closes the breaker. An error the database answered with (a constraint, a row that
+   * does not decode) is no failure. `false` turns it off; in `layerConfig`, pass
+   * `Config.succeed(false)`, or `CircuitBreaker.config` for the figures.
+   *
+   * @since 0.2.0
+   */
+  readonly breaker?: CircuitBreaker.Options | false | undefined
+  /**
+   * Names the store in the circuit breaker's metrics (their `target` tag) and log lines. Default
+   * `postgresql`.
+   *
+   * @since 0.2.0
+   */
+  readonly name?: string | undefined
 }
 
 /**
  * Creates the version sequence if it is missing. Each entity's collection checks, when it is made,
  * that the entity's table fits it, and fails with reason `Schema` and the DDL that makes it fit
- * when it does not; an entity without a `table` creates the generic table if it is missing.
+ * when it does not; an entity without a `table` creates the generic table if it is missing. The
+ * collections' calls and the transactions go through the store's circuit breaker (`breaker`); making
+ * a collection does not, so an entity's layer builds whatever the breaker's state.
  *
  * @since 0.1.0
  * @category constructors
@@ -64,11 +89,12 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
     }
     const objects = storeObjects(sequenceName, genericName)
     yield* ensure(sql, createSequence(objects))
-    return Store.of({
+    const store = Store.of({
       collection: (target) => collection(sql, objects, target),
       transaction: transaction(sql),
       inTransaction
     })
+    return StoreBreaker.around(store, options.breaker, options.name ?? "postgresql")
   })
 
 /**
@@ -81,7 +107,9 @@ export const layer = (options: Options = {}): Layer.Layer<Store, StoreError, Sql
   Layer.effect(Store, make(options))
 
 /**
- * For example `SqlStore.layerConfig({ versionSequence: Config.string("VERSION_SEQUENCE") })`.
+ * For example `SqlStore.layerConfig({ versionSequence: Config.string("VERSION_SEQUENCE") })`, or
+ * `SqlStore.layerConfig({ breaker: Config.nested(CircuitBreaker.config, "STORE_BREAKER") })` for the
+ * circuit breaker's `STORE_BREAKER_FAILURES` and `STORE_BREAKER_INTERVAL`.
  *
  * @since 0.1.0
  * @category layers

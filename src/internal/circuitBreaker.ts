@@ -6,6 +6,7 @@ import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import { CircuitOpen, type Options } from "../CircuitBreaker.js"
 import * as Metrics from "../Metrics.js"
@@ -97,6 +98,16 @@ export const make = (options: Options, target: Target): Breaker => {
             : failed()
     )
 
+  // A call cut short by its caller counts at once, not once it has stopped: stopping a call to a
+  // database gone silent can take as long as the database does. It runs in a fiber of its own,
+  // left to stop in the background.
+  const countedWhenCut = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>): Effect.Effect<A, E> =>
+    Effect.flatMap(Effect.forkDaemon(counted(effect, { ...policy, interruptionIsOutage: false })), (fiber) =>
+      Effect.onInterrupt(Fiber.join(fiber), () => Effect.zipRight(failed(), Fiber.interruptFork(fiber)))
+    )
+  const observed = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>): Effect.Effect<A, E> =>
+    policy.interruptionIsOutage === true ? countedWhenCut(effect, policy) : counted(effect, policy)
+
   const refused = <E>(policy: Policy<E>, until: number): Effect.Effect<never, E> =>
     Effect.zipRight(
       instruments.shortCircuited,
@@ -109,13 +120,13 @@ export const make = (options: Options, target: Target): Breaker => {
       if (state === closed && policy.interruptionIsOutage !== true) {
         return Effect.tapError(effect, (error) => (policy.isOutage(error) ? failed() : Effect.void))
       }
-      if (state._tag === "Closed") return counted(effect, policy)
+      if (state._tag === "Closed") return observed(effect, policy)
       const { until } = state
       if (state._tag === "Probing") return refused(policy, until)
       return Effect.flatMap(Clock.currentTimeMillis, (now) =>
         now < until
           ? refused(policy, until)
-          : Effect.zipRight(moveTo({ _tag: "Probing", until: now + interval }), counted(effect, policy))
+          : Effect.zipRight(moveTo({ _tag: "Probing", until: now + interval }), observed(effect, policy))
       )
     })
 
