@@ -4,15 +4,16 @@
  * runs in no transaction but its own.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import type { StoreError } from "../../Store.js"
-import { type Site, storeWide, transactionRefused } from "../storeError.js"
+import { type Site, storeWide, transactionRefused, unavailable } from "../storeError.js"
 import { currentStoreTransaction } from "../storeTransaction.js"
-import { databaseFailure } from "./databaseFailure.js"
+import { databaseFailure, unanswered } from "./databaseFailure.js"
 
 const currentTransaction = Effect.serviceOption(SqlClient.TransactionConnection)
 
@@ -58,6 +59,13 @@ export const ownTransaction = <A, E, R>(
 const transactionError = (detail: string, cause?: unknown): StoreError =>
   transactionRefused(storeWide("transaction"), { detail, ...databaseFailure(cause) })
 
+// A BEGIN the database never answered says it is unreachable (worth a retry, and counted by the
+// store's breaker); one it refused says something of the transaction.
+const beginFailure = (cause: unknown): StoreError =>
+  cause instanceof SqlError && unanswered(cause)
+    ? unavailable(storeWide("transaction"), { detail: "could not begin the transaction", ...databaseFailure(cause) })
+    : transactionError("could not begin the transaction", cause)
+
 // After an error PostgreSQL aborts the transaction and answers its COMMIT with a ROLLBACK, not
 // an error: a statement whose error the transaction's effect caught would go unnoticed. One more
 // statement tells, since in an aborted transaction it fails.
@@ -91,7 +99,7 @@ export const transaction =
             Effect.zipLeft(checkBeforeCommit(sql))
           )
         ),
-        (cause) => transactionError("could not begin the transaction", cause)
+        beginFailure
       )
     })
 
