@@ -465,6 +465,44 @@ describe("RedisClusterCache", () => {
   )
 })
 
+describe("RedisClusterCache circuit breaker", () => {
+  it.live(
+    "a dead node's failures open the connection's breaker: every call fails at once until a probe finds the cluster whole",
+    () =>
+      Effect.gen(function* () {
+        const cluster = theCluster()
+        yield* cluster.waitHealthy
+        const keyPrefix = `${unique("br")}:`
+        const cache = yield* buildCache(
+          RedisClusterCache.layer({
+            nodes: nodes(),
+            keyPrefix,
+            commandTimeout: "300 millis",
+            breaker: { failures: 2, interval: "300 millis" }
+          })
+        )
+        const slots = yield* slotsOfAll
+        const onDead = keyOnClusterNode(slots, 2, keyPrefix, "dead-")
+        const onLive = keyOnClusterNode(slots, 0, keyPrefix, "live-")
+        expect(yield* cache.set(onLive, value(1, "one"), { ttl })).toBe("written")
+        const shortCircuits = Metrics.total(Metrics.breakerShortCircuits, { tier: "cache" })
+        const before = yield* shortCircuits
+        yield* cluster.kill(2)
+        for (let i = 0; i < 2; i++) expect(yield* Effect.flip(cache.get(onDead))).toMatchObject({ _tag: "CacheError" })
+        // Open: a key on a live node is refused too, without a command sent.
+        const refused = yield* Effect.flip(cache.get(onLive))
+        expect(refused.cause).toMatchObject({ _tag: "CircuitOpen", tier: "cache" })
+        expect((yield* shortCircuits) - before).toBeGreaterThanOrEqual(1)
+        yield* cluster.start(2)
+        yield* cluster.waitHealthy
+        // A probe after the interval closes it once the node answers again.
+        yield* eventually(cache.get(onLive), (got) => expect(got).toEqual(Option.some(value(1, "one"))))
+        expect(yield* cache.get(onDead)).toEqual(Option.none())
+      }).pipe(Effect.scoped),
+    60_000
+  )
+})
+
 describe("RedisClusterCache with the near tier", () => {
   // Two processes' caches on one prefix: B serves from its own memory, and hears of A's writes.
   it.scopedLive("a write in one instance reaches another's near tier through the cluster's announcements", () =>
