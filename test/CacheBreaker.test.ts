@@ -108,7 +108,28 @@ describe("cache circuit breaker", () => {
     })
   )
 
-  it.scoped("an interrupted probe leaves the breaker open, not probing forever", () =>
+  it.scoped(
+    "a probe its caller interrupted tells nothing: the breaker does not stay probing, the next call probes",
+    () =>
+      Effect.gen(function* () {
+        const { cache, faults } = yield* breakerOverFaults
+        yield* cache.set("k", value(1, "one"), ttl)
+        yield* faults.failAlways("get")
+        for (let i = 0; i < 2; i++) yield* Effect.flip(cache.get("k"))
+        yield* faults.hang("get")
+        yield* TestClock.adjust("5 seconds")
+        const probe = yield* Effect.fork(cache.get("k"))
+        yield* Effect.yieldNow()
+        // While the probe is in flight, other calls are refused.
+        expect((yield* Effect.flip(cache.get("k"))).cause).toMatchObject({ _tag: "CircuitOpen" })
+        yield* Fiber.interrupt(probe)
+        yield* faults.heal
+        expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
+        expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
+      })
+  )
+
+  it.scoped("a probe that never answers is given up on after an interval: the next call probes", () =>
     Effect.gen(function* () {
       const { cache, faults } = yield* breakerOverFaults
       yield* cache.set("k", value(1, "one"), ttl)
@@ -116,13 +137,12 @@ describe("cache circuit breaker", () => {
       for (let i = 0; i < 2; i++) yield* Effect.flip(cache.get("k"))
       yield* faults.hang("get")
       yield* TestClock.adjust("5 seconds")
-      const probe = yield* Effect.fork(cache.get("k"))
+      yield* Effect.fork(cache.get("k"))
       yield* Effect.yieldNow()
-      // While the probe is in flight, other calls are refused.
-      expect((yield* Effect.flip(cache.get("k"))).cause).toMatchObject({ _tag: "CircuitOpen" })
-      yield* Fiber.interrupt(probe)
       yield* faults.heal
+      expect((yield* Effect.flip(cache.get("k"))).cause).toMatchObject({ _tag: "CircuitOpen" })
       yield* TestClock.adjust("5 seconds")
+      expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
       expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
     })
   )
@@ -220,6 +240,32 @@ describe("cache circuit breaker", () => {
         expect(Option.getOrThrow(yield* cache.get("users:1"))).toMatchObject({ _tag: "Tombstone", version: 2 })
         expect(Option.getOrThrow(yield* users.get("1")).name).toBe("v2")
         expect(yield* faults.calls("get")).toBe(calls2 + 2)
+      }).pipe(Effect.provide(MemoryStore.layer))
+  )
+
+  it.scoped(
+    "the background repair probes the cache once it is back, closes the breaker and lands every owed tombstone",
+    () =>
+      Effect.gen(function* () {
+        const { cache, faults, transitions } = yield* breakerOverFaults
+        const users = yield* WriteThrough.make({
+          entity: "users",
+          key: Schema.String,
+          value: User,
+          repairInterval: "1 second"
+        }).pipe(Effect.provideService(Cache.Cache, cache))
+        const keys = ["1", "2", "3", "4"]
+        for (const key of keys) yield* users.set(key, user(key, "v1"))
+        yield* faults.failAlways("get", "set", "invalidate")
+        for (let i = 0; i < 2; i++) yield* users.get("1")
+        for (const key of keys) yield* Effect.flip(users.set(key, user(key, "v2")))
+        yield* faults.heal
+        // No call of the application's: the repair's own first call is the probe.
+        yield* TestClock.adjust("7 seconds")
+        expect(yield* transitions("closed")).toBe(1)
+        for (const key of keys) {
+          expect(Option.getOrThrow(yield* cache.get(`users:${key}`))).toMatchObject({ _tag: "Tombstone" })
+        }
       }).pipe(Effect.provide(MemoryStore.layer))
   )
 

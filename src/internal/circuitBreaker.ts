@@ -45,6 +45,9 @@ type State =
 
 const closed: State = { _tag: "Closed", failures: 0 }
 
+type Restore = <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E>
+const identity: Restore = (effect) => effect
+
 /** Checks the options; a bad figure is a defect of the caller's configuration, named in the message. */
 export const resolve = (options: Options): { readonly threshold: number; readonly interval: number } => {
   const threshold = options.failures ?? 3
@@ -65,7 +68,6 @@ export const make = (options: Options, target: Target): Breaker => {
     const from = state
     state = next
     if (next._tag === "Closed") return from._tag === "Closed" ? Effect.void : instruments.closed
-    if (next._tag === "Probing") return Effect.void
     target.onOpen?.()
     return from._tag === "Probing" ? instruments.probeFailed(interval) : instruments.opened(threshold, interval)
   }
@@ -80,8 +82,16 @@ export const make = (options: Options, target: Target): Breaker => {
           : moveTo({ _tag: "Open", until: now + interval })
     )
 
+  // A probe its caller gave up on (a race lost, a scope closed) tells nothing: the next call probes.
+  const probeAgain = (): Effect.Effect<void> =>
+    state._tag === "Probing"
+      ? Effect.map(Clock.currentTimeMillis, (now) => {
+          state = { _tag: "Open", until: now }
+        })
+      : Effect.void
+
   // Counts every outcome: after a failure, and for the probe, whose interruption must not leave
-  // the breaker probing forever.
+  // the breaker probing.
   const counted = <A, E>(
     effect: Effect.Effect<A, E>,
     { interruptionIsOutage, isOutage }: Policy<E>
@@ -90,9 +100,9 @@ export const make = (options: Options, target: Target): Breaker => {
       Exit.isSuccess(exit)
         ? succeeded()
         : Exit.isInterrupted(exit)
-          ? interruptionIsOutage === true || state._tag === "Probing"
+          ? interruptionIsOutage === true
             ? failed()
-            : Effect.void
+            : probeAgain()
           : exit.cause._tag === "Fail" && !isOutage(exit.cause.error)
             ? succeeded()
             : failed()
@@ -101,12 +111,18 @@ export const make = (options: Options, target: Target): Breaker => {
   // A call cut short by its caller counts at once, not once it has stopped: stopping a call to a
   // database gone silent can take as long as the database does. It runs in a fiber of its own,
   // left to stop in the background.
-  const countedWhenCut = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>): Effect.Effect<A, E> =>
+  const countedWhenCut = <A, E>(
+    effect: Effect.Effect<A, E>,
+    policy: Policy<E>,
+    restore: Restore
+  ): Effect.Effect<A, E> =>
     Effect.flatMap(Effect.forkDaemon(counted(effect, { ...policy, interruptionIsOutage: false })), (fiber) =>
-      Effect.onInterrupt(Fiber.join(fiber), () => Effect.zipRight(failed(), Fiber.interruptFork(fiber)))
+      Effect.onInterrupt(restore(Fiber.join(fiber)), () => Effect.zipRight(failed(), Fiber.interruptFork(fiber)))
     )
-  const observed = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>): Effect.Effect<A, E> =>
-    policy.interruptionIsOutage === true ? countedWhenCut(effect, policy) : counted(effect, policy)
+  const observed = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>, restore: Restore = identity) =>
+    policy.interruptionIsOutage === true
+      ? countedWhenCut(restore(effect), policy, restore)
+      : counted(restore(effect), policy)
 
   const refused = <E>(policy: Policy<E>, until: number): Effect.Effect<never, E> =>
     Effect.zipRight(
@@ -122,11 +138,15 @@ export const make = (options: Options, target: Target): Breaker => {
       }
       if (state._tag === "Closed") return observed(effect, policy)
       const { until } = state
-      if (state._tag === "Probing") return refused(policy, until)
-      return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        now < until
-          ? refused(policy, until)
-          : Effect.zipRight(moveTo({ _tag: "Probing", until: now + interval }), observed(effect, policy))
+      // Open until `until`, or probing until then: refused. Then this call probes (a probe that
+      // outlived an interval is given up on). Becoming the probe and counting its outcome happen
+      // without a gap an interruption could fall into, which would leave the breaker probing.
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          if (now < until) return refused(policy, until)
+          state = { _tag: "Probing", until: now + interval }
+          return observed(effect, policy, restore)
+        })
       )
     })
 

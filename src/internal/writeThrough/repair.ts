@@ -106,15 +106,18 @@ export const run = (ledger: Ledger, repairer: Repairer): Effect.Effect<void, nev
     )
   )
 
-// One pass over the owed keys; a refusal of the cache's breaker ends it, since every other call
-// would be refused too.
+// One pass over the owed keys. The first goes alone: while the cache's breaker is open it is the
+// probe, or is refused, and then so would every other be; once it landed, the rest go 8 at a time.
 const retryOwed = (ledger: Ledger, repairer: Repairer): Effect.Effect<void> =>
-  Effect.flatMap(Clock.currentTimeMillis, (now) =>
-    Effect.forEach([...ledger.pending], ([key, pending]) => retryOne(ledger, repairer, key, pending, now), {
-      concurrency: 8,
-      discard: true
-    })
-  ).pipe(Effect.ignore)
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const [first, ...rest] = ledger.pending
+    if (first === undefined) return Effect.void
+    const retry = ([key, pending]: readonly [string, Pending]) => retryOne(ledger, repairer, key, pending, now)
+    return Effect.zipRight(
+      retry(first),
+      Effect.forEach(rest, (entry) => Effect.ignore(retry(entry)), { concurrency: 8, discard: true })
+    )
+  }).pipe(Effect.ignore)
 
 const retryOne = (
   ledger: Ledger,
@@ -128,7 +131,8 @@ const retryOne = (
     : boundCache("invalidate", key, cache.invalidate(prefix + key, pending.version, settings.tombstoneTtl)).pipe(
         Effect.matchEffect({
           onSuccess: () => Effect.sync(() => settle(ledger, key, pending)),
-          onFailure: (error) => (isCircuitOpen(error.cause) ? Effect.fail(error) : Effect.void)
+          onFailure: (error) =>
+            error.reason === "Timeout" || isCircuitOpen(error.cause) ? Effect.fail(error) : Effect.void
         })
       )
 
