@@ -21,14 +21,20 @@ interface Timing {
   readonly outcomes: ReadonlyMap<string, number>
 }
 
+/** Calls of two kinds in turn: the outcomes of the even calls and of the odd ones. */
+interface Interleaved extends Timing {
+  readonly kinds: readonly [ReadonlyMap<string, number>, ReadonlyMap<string, number>]
+}
+
 // Runs `op` `times` times in a row; the time of each and what each returned (an error's tag).
 const timed = <A, E extends { readonly _tag: string }>(
   times: number,
   op: (i: number) => Effect.Effect<A, E>
-): Effect.Effect<Timing> =>
+): Effect.Effect<Interleaved> =>
   Effect.gen(function* () {
     const millis: Array<number> = []
     const outcomes = new Map<string, number>()
+    const kinds = [new Map<string, number>(), new Map<string, number>()] as const
     for (let i = 0; i < times; i++) {
       const started = performance.now()
       const exit = yield* Effect.exit(op(i))
@@ -39,8 +45,9 @@ const timed = <A, E extends { readonly _tag: string }>(
           ? `${exit.cause.error._tag}${"reason" in exit.cause.error ? ` ${String(exit.cause.error.reason)}` : ""}`
           : "defect"
       outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+      kinds[i % 2]!.set(outcome, (kinds[i % 2]!.get(outcome) ?? 0) + 1)
     }
-    return { millis, outcomes }
+    return { millis, outcomes, kinds }
   })
 
 const format = ({ millis, outcomes }: Timing): string => {
@@ -63,10 +70,13 @@ const phase = (
     const get = (i: number) => users.get(`cached-${i % 10}`)
     const set = (i: number) => users.set(`written-${i % 10}`, new User({ id: `written-${i % 10}`, name: `n${++n}` }))
     if (first > 0) {
-      // The first calls of the outage, before the breaker opens: reads first, then writes.
-      const firstGets = yield* timed(first, get)
-      const firstSets = yield* timed(first, set)
-      rows.push([`${name}: first calls`, format(firstGets), format(firstSets)])
+      // The first calls of the outage, before the breaker opens: a read, then a write, in turn.
+      const firstCalls = yield* timed(2 * first, (i) => (i % 2 === 0 ? get(i / 2) : set(i)))
+      const ofKind = (kind: 0 | 1): Timing => ({
+        millis: firstCalls.millis.filter((_, i) => i % 2 === kind),
+        outcomes: firstCalls.kinds[kind]
+      })
+      rows.push([`${name}: first calls`, format(ofKind(0)), format(ofKind(1))])
     }
     const gets = yield* timed(times, get)
     const sets = yield* timed(times, set)
@@ -76,9 +86,7 @@ const phase = (
 const program = Effect.gen(function* () {
   const redisServer = yield* startRedisServer
   const proxy = yield* Effect.acquireRelease(
-    Effect.promise(() =>
-      startFaultProxy({ host: databaseUrl.hostname, port: Number(databaseUrl.port || "5432") })
-    ),
+    Effect.promise(() => startFaultProxy({ host: databaseUrl.hostname, port: Number(databaseUrl.port || "5432") })),
     (proxy) => Effect.promise(() => proxy.close())
   )
   const proxied = new URL(databaseUrl)
@@ -115,7 +123,10 @@ const program = Effect.gen(function* () {
   // Back: the breaker closes on a probe once its interval (5 s) has passed.
   const backAt = performance.now()
   yield* Effect.sleep("6 seconds")
-  yield* phase(`Redis back (restarted empty, measured from ${((performance.now() - backAt) / 1000).toFixed(0)} s)`, users)
+  yield* phase(
+    `Redis back (restarted empty, measured from ${((performance.now() - backAt) / 1000).toFixed(0)} s)`,
+    users
+  )
   yield* phase("Redis back, cache warm again", users)
   proxy.setMode({ _tag: "Blackhole" })
   yield* phase("PostgreSQL black-holed", users, { first: 3 })
@@ -128,11 +139,7 @@ const program = Effect.gen(function* () {
   for (const [name, get, set] of rows) console.log(`| ${name} | ${get} | ${set} |`)
 })
 
-program.pipe(
-  Effect.scoped,
-  Logger.withMinimumLogLevel(LogLevel.None),
-  Effect.runPromise
-).then(
+program.pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.None), Effect.runPromise).then(
   () => process.exit(0),
   (error) => {
     console.error(error)
