@@ -44,15 +44,11 @@ const breakerOverFaults = Effect.gen(function* () {
 /** The users entity over `cache`; its repair waits for the test, since it would be the probe otherwise. */
 const usersOver = (
   cache: Cache.Cache.Service,
-  owedTombstones?: WriteThrough.Options<string, User, unknown>["owedTombstones"]
+  options: Pick<WriteThrough.Options<string, User, unknown>, "owedTombstones" | "repairInterval"> = {}
 ) =>
-  WriteThrough.make({
-    entity: "users",
-    key: Schema.String,
-    value: User,
-    owedTombstones,
-    repairInterval: "1 hour"
-  }).pipe(Effect.provideService(Cache.Cache, cache))
+  WriteThrough.make({ entity: "users", key: Schema.String, value: User, repairInterval: "1 hour", ...options }).pipe(
+    Effect.provideService(Cache.Cache, cache)
+  )
 
 describe("cache circuit breaker", () => {
   it.scoped("opens after a run of failures, refuses reads until the interval passed, and closes on a good probe", () =>
@@ -248,12 +244,7 @@ describe("cache circuit breaker", () => {
     () =>
       Effect.gen(function* () {
         const { cache, faults, transitions } = yield* breakerOverFaults
-        const users = yield* WriteThrough.make({
-          entity: "users",
-          key: Schema.String,
-          value: User,
-          repairInterval: "1 second"
-        }).pipe(Effect.provideService(Cache.Cache, cache))
+        const users = yield* usersOver(cache, { repairInterval: "1 second" })
         const keys = ["1", "2", "3", "4"]
         for (const key of keys) yield* users.set(key, user(key, "v1"))
         yield* faults.failAlways("get", "set", "invalidate")
@@ -274,7 +265,7 @@ describe("cache circuit breaker", () => {
     () =>
       Effect.gen(function* () {
         const { cache, faults } = yield* breakerOverFaults
-        const users = yield* usersOver(cache, { maxKeys: 2 })
+        const users = yield* usersOver(cache, { owedTombstones: { maxKeys: 2 } })
         const keys = ["1", "2", "3", "4"]
         for (const key of keys) yield* users.set(key, user(key, "v1"))
         yield* faults.failAlways("get", "set", "invalidate")

@@ -429,36 +429,26 @@ const scriptedStore = Effect.sync(() => {
   const site = (operation: string, key: string) => ({ entity: "users", key, operation })
   const failure = (operation: string, key: string, current: Script & { readonly _tag: "Fail" }) =>
     new Store.StoreError({ ...site(operation, key), reason: current.reason })
-  const read = <A>(operation: string, key: string, value: A): Effect.Effect<A, Store.StoreError> =>
-    Effect.suspend(() => {
-      reached++
-      const current = script
-      switch (current._tag) {
-        case "Answer":
-          return Effect.succeed(value)
-        case "Fail":
-          return Effect.fail(failure(operation, key, current))
-        case "LoseConnection":
-          return Effect.fail(new Store.StoreError({ ...site(operation, key), reason: "Unavailable" }))
-        case "Hang":
-          return Effect.never
-      }
-    })
-  const write = <A>(operation: string, key: string, value: A) =>
-    Effect.suspend((): Effect.Effect<A, Store.StoreError | Store.StoreOutcomeUnknownError> => {
-      reached++
-      const current = script
-      switch (current._tag) {
-        case "Answer":
-          return Effect.succeed(value)
-        case "Fail":
-          return Effect.fail(failure(operation, key, current))
-        case "LoseConnection":
-          return Effect.fail(new Store.StoreOutcomeUnknownError(site(operation, key)))
-        case "Hang":
-          return Effect.never
-      }
-    })
+  // A lost connection leaves a write's outcome unknown; a read just fails.
+  const call =
+    <E>(lost: (operation: string, key: string) => E) =>
+    <A>(operation: string, key: string, value: A): Effect.Effect<A, Store.StoreError | E> =>
+      Effect.suspend((): Effect.Effect<A, Store.StoreError | E> => {
+        reached++
+        const current = script
+        switch (current._tag) {
+          case "Answer":
+            return Effect.succeed(value)
+          case "Fail":
+            return Effect.fail(failure(operation, key, current))
+          case "LoseConnection":
+            return Effect.fail(lost(operation, key))
+          case "Hang":
+            return Effect.never
+        }
+      })
+  const read = call((operation, key) => new Store.StoreError({ ...site(operation, key), reason: "Unavailable" }))
+  const write = call((operation, key) => new Store.StoreOutcomeUnknownError(site(operation, key)))
   const collection: Store.Store.Collection = {
     get: (key) => read("get", key, Option.none()),
     // As SqlStore's, an empty batch sends nothing.
