@@ -27,7 +27,7 @@ import type * as CircuitBreaker from "./CircuitBreaker.js"
 import { collection } from "./internal/sqlStore/collection.js"
 import { isPlain } from "./internal/sqlStore/identifier.js"
 import { ensure } from "./internal/sqlStore/schema.js"
-import { createSequence, storeObjects } from "./internal/sqlStore/statements.js"
+import { createSequence, createVersionFunction, storeObjects } from "./internal/sqlStore/statements.js"
 import * as StoreBreaker from "./internal/sqlStore/storeBreaker.js"
 import { inTransaction, transaction } from "./internal/sqlStore/transaction.js"
 import { schemaMismatch, storeWide } from "./internal/storeError.js"
@@ -56,6 +56,17 @@ export interface Options {
    * @since 0.2.0
    */
   readonly breaker?: CircuitBreaker.Options | false | undefined
+  /**
+   * Requires each entity table to have the trigger that gives a write made outside the library (a
+   * plain `UPDATE` from another service, a migration, `psql`) a version from the store's sequence,
+   * above the row's earlier ones: then the audit (`audit({ repair: true })`) finds the cache
+   * entries such a write left stale and repairs them. The store creates the trigger's function; an
+   * entity whose table lacks the trigger fails when its layer is built, with reason `Schema` and
+   * the `CREATE TRIGGER` that adds it (`suggestedDdl`). Default `false`.
+   *
+   * @since 0.2.0
+   */
+  readonly versionTrigger?: boolean | undefined
   /**
    * Names the store in the circuit breaker's metrics (their `target` tag) and log lines. Default
    * `postgresql`.
@@ -87,8 +98,9 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
         })
       }
     }
-    const objects = storeObjects(sequenceName, genericName)
+    const objects = storeObjects(sequenceName, genericName, options.versionTrigger === true)
     yield* ensure(sql, createSequence(objects))
+    if (objects.versionFunction !== undefined) yield* ensure(sql, createVersionFunction(objects.versionFunction))
     const store = Store.of({
       collection: (target) => collection(sql, objects, target),
       transaction: transaction(sql),

@@ -10,9 +10,10 @@ import * as Option from "effect/Option"
 import type { Row, Store, StoreError, StoreOutcomeUnknownError, Target } from "../../Store.js"
 import { type Site, undecodable, unavailable } from "../storeError.js"
 import { databaseFailure, statementFailure, writeFailure } from "./databaseFailure.js"
-import { checkTable, ensure, tableMapping } from "./schema.js"
+import { checkTable, checkVersionTrigger, ensure, tableMapping } from "./schema.js"
 import {
   createGenericTable,
+  createVersionTrigger,
   genericStatements,
   lockKeysSql,
   type Statements,
@@ -54,9 +55,17 @@ const statementsOf = (
   if (table === undefined) {
     return Effect.as(ensure(sql, createGenericTable(objects)), genericStatements(objects, target.entity))
   }
-  return Effect.flatMap(tableMapping(target, table, objects.nextVersion), (mapping) =>
-    Effect.as(checkTable(sql, mapping, table), tableStatements(mapping))
-  )
+  return Effect.flatMap(tableMapping(target, table, objects.nextVersion), (mapping) => {
+    const { versionFunction } = objects
+    const checked =
+      versionFunction === undefined
+        ? checkTable(sql, mapping, table)
+        : Effect.zipRight(
+            checkTable(sql, mapping, table),
+            checkVersionTrigger(sql, mapping, createVersionTrigger(objects, versionFunction, mapping))
+          )
+    return Effect.as(checked, tableStatements(mapping))
+  })
 }
 
 const site = (prepared: Prepared, operation: string, key: string): Site => ({

@@ -10,6 +10,7 @@ import { preparing, schemaMismatch, unavailable } from "../storeError.js"
 import { databaseFailure, sqlState, unanswered } from "./databaseFailure.js"
 import { quote } from "./identifier.js"
 import { type Mapping, mappingOf } from "./mapping.js"
+import { versionTriggerName } from "./statements.js"
 
 /** A column of the table, as information_schema describes it. */
 interface ColumnFacts {
@@ -196,4 +197,31 @@ export const checkTable = Effect.fnUntraced(function* (sql: SqlClient.SqlClient,
       `ALTER TABLE ${mapping.table} ${misfits.flatMap((misfit) => misfit.actions).join(", ")}`
     )
   }
+})
+
+/**
+ * With `versionTrigger` on: fails with the DDL that creates it, unless the table has its enabled
+ * version trigger.
+ */
+export const checkVersionTrigger = Effect.fnUntraced(function* (
+  sql: SqlClient.SqlClient,
+  mapping: Mapping,
+  createTrigger: string
+) {
+  const rows = yield* sql
+    .unsafe(
+      `SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2 AND NOT tgisinternal AND tgenabled <> 'D'`,
+      [mapping.table, versionTriggerName]
+    )
+    .values.pipe(
+      Effect.mapError((cause) => schemaError(mapping.entity, `could not inspect ${mapping.table}'s triggers`, cause))
+    )
+  if (rows.length > 0) return
+  return yield* misfitError(
+    mapping.entity,
+    [
+      `table ${mapping.table} has no enabled trigger ${quote(versionTriggerName)}, which gives writes made outside the library a version (versionTrigger is on)`
+    ],
+    createTrigger
+  )
 })

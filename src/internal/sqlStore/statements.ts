@@ -14,12 +14,41 @@ export interface StoreObjects {
   readonly genericTable: string
   /** The SQL expression drawing a version from the sequence. */
   readonly nextVersion: string
+  /** The trigger function that versions writes made outside the library; set when `versionTrigger` is on. */
+  readonly versionFunction: string | undefined
 }
 
-export const storeObjects = (sequenceName: string, genericName: string): StoreObjects => {
+export const storeObjects = (sequenceName: string, genericName: string, versionTrigger: boolean): StoreObjects => {
   const sequence = quote(sequenceName)
-  return { sequence, genericTable: quote(genericName), nextVersion: `nextval('${sequence}')` }
+  return {
+    sequence,
+    genericTable: quote(genericName),
+    nextVersion: `nextval('${sequence}')`,
+    versionFunction: versionTrigger ? quote(`${sequenceName}_bump`) : undefined
+  }
 }
+
+/**
+ * The function behind every table's version trigger: an UPDATE that leaves the version as it was
+ * (one made outside the library) gets a fresh one from the sequence, drawn while the row is locked,
+ * so it orders after the row's earlier writes. The library's own writes set a fresh version and are
+ * left alone. Created once; a concurrent creation is no error.
+ */
+export const createVersionFunction = (versionFunction: string): string =>
+  `DO $wt$ BEGIN CREATE FUNCTION ${versionFunction}() RETURNS trigger LANGUAGE plpgsql AS $fn$ ` +
+  `BEGIN IF to_jsonb(NEW) -> TG_ARGV[1] IS NOT DISTINCT FROM to_jsonb(OLD) -> TG_ARGV[1] THEN ` +
+  `NEW := jsonb_populate_record(NEW, jsonb_build_object(TG_ARGV[1], nextval(TG_ARGV[0]::regclass))); ` +
+  `END IF; RETURN NEW; END $fn$; EXCEPTION WHEN duplicate_function THEN NULL; END $wt$`
+
+/** The name every entity table's version trigger has, which the schema check looks for. */
+export const versionTriggerName = "effect_write_through_version"
+
+const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
+
+/** The DDL that gives `mapping`'s table its version trigger. */
+export const createVersionTrigger = (objects: StoreObjects, versionFunction: string, mapping: Mapping): string =>
+  `CREATE TRIGGER ${quote(versionTriggerName)} BEFORE UPDATE ON ${mapping.table} FOR EACH ROW ` +
+  `EXECUTE FUNCTION ${versionFunction}(${literal(objects.sequence)}, ${literal(mapping.versionColumn)})`
 
 export const createSequence = (objects: StoreObjects): string => `CREATE SEQUENCE IF NOT EXISTS ${objects.sequence}`
 
