@@ -63,6 +63,9 @@ const cacheLayer = config.naive
       keyPrefix: config.keyPrefix,
       commandTimeout: "300 millis",
       connectTimeout: "10 seconds",
+      // The keys written while the breaker is open converge once it closes, up to an interval after
+      // Redis is back: the interval is kept below the run's settle time, which the final check follows.
+      breaker: { interval: "1 second" },
       ...(config.near ? { near: {} } : {})
     })
 
