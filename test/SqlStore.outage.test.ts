@@ -211,7 +211,7 @@ describe("SqlStore circuit breaker, against PostgreSQL behind a fault proxy", ()
         expect(yield* transitions("open")).toBe(0)
         yield* expectReadTimedOut(users.get("missing-2"), "missing-2")
         // Counted as the caller's bound cuts the call short, not once the call has stopped.
-        yield* eventually(transitions("open"), (opened) => opened === 1)
+        expect(yield* transitions("open")).toBe(1)
 
         // Open: misses, writes and transactions fail at once, sending nothing.
         yield* expectRefused(users.get("missing-3"), { operation: "get", key: "missing-3" })
@@ -243,7 +243,7 @@ describe("SqlStore circuit breaker, against PostgreSQL behind a fault proxy", ()
       proxy.setMode(blackhole)
       yield* expectReadTimedOut(users.get("missing-1"), "missing-1")
       yield* expectReadTimedOut(users.get("missing-2"), "missing-2")
-      yield* eventually(transitions("open"), (opened) => opened === 1)
+      expect(yield* transitions("open")).toBe(1)
       yield* expectRefused(users.set("while-open", user("while-open", "Grace")), {
         operation: "put",
         key: "while-open"
@@ -388,7 +388,7 @@ describe("SqlStore circuit breaker, against PostgreSQL behind a fault proxy", ()
         )
         const { shortCircuits, transitions } = countersOf(target)
         expect(yield* bounded("k")).toMatchObject({ _tag: "TimeoutException" })
-        yield* eventually(transitions("open"), (opened) => opened === 1)
+        expect(yield* transitions("open")).toBe(1)
         yield* expectRefused(users.get("k"), { operation: "get", key: "k" })
         expect(yield* shortCircuits).toBe(1)
       }).pipe(Effect.scoped, Effect.provide(PgLive))

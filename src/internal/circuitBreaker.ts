@@ -6,10 +6,10 @@ import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import { CircuitOpen, type Options } from "../CircuitBreaker.js"
 import * as Metrics from "../Metrics.js"
+import * as Deadline from "./deadline.js"
 
 export interface Policy<E> {
   /** The error of a call refused while the breaker is open. */
@@ -108,21 +108,27 @@ export const make = (options: Options, target: Target): Breaker => {
             : failed()
     )
 
-  // A call cut short by its caller counts at once, not once it has stopped: stopping a call to a
-  // database gone silent can take as long as the database does. It runs in a fiber of its own,
-  // left to stop in the background.
-  const countedWhenCut = <A, E>(
-    effect: Effect.Effect<A, E>,
-    policy: Policy<E>,
-    restore: Restore
-  ): Effect.Effect<A, E> =>
-    Effect.flatMap(Effect.forkDaemon(counted(effect, { ...policy, interruptionIsOutage: false })), (fiber) =>
-      Effect.onInterrupt(restore(Fiber.join(fiber)), () => Effect.zipRight(failed(), Fiber.interruptFork(fiber)))
-    )
+  // A call its deadline cuts short counts at that moment, not once it has stopped: stopping a call
+  // to a database gone silent can take as long as the database does. Without a deadline of
+  // `Deadline.timeoutFail`, an interrupted call counts once it has stopped.
+  const countedWhenCut = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>): Effect.Effect<A, E> =>
+    Effect.withFiberRuntime((fiber) => {
+      const cut = fiber.getFiberRef(Deadline.whenCut)
+      if (cut === undefined) return counted(effect, policy)
+      let done = false
+      cut.push(Effect.suspend(() => (done ? Effect.void : failed())))
+      return counted(
+        Effect.ensuring(
+          effect,
+          Effect.sync(() => {
+            done = true
+          })
+        ),
+        { ...policy, interruptionIsOutage: false }
+      )
+    })
   const observed = <A, E>(effect: Effect.Effect<A, E>, policy: Policy<E>, restore: Restore = identity) =>
-    policy.interruptionIsOutage === true
-      ? countedWhenCut(restore(effect), policy, restore)
-      : counted(restore(effect), policy)
+    policy.interruptionIsOutage === true ? countedWhenCut(restore(effect), policy) : counted(restore(effect), policy)
 
   const refused = <E>(policy: Policy<E>, until: number): Effect.Effect<never, E> =>
     Effect.zipRight(

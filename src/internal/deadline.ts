@@ -2,6 +2,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 
 const liveClock = Effect.runSync(Effect.clock)
 
@@ -12,6 +13,13 @@ const liveClock = Effect.runSync(Effect.clock)
  * the effect is interrupted, and the caller goes on without waiting for it to stop. Under any other clock (`TestClock`)
  * the deadline must follow that clock, so `Effect.timeoutFail` does the work.
  */
+/**
+ * What a call bounded by `timeoutFail` under the live clock asks to be told when its deadline cuts
+ * it short: effects the caller runs at that moment, before it goes on without waiting for the call
+ * to stop (a circuit breaker counts the cut there, not once the call has stopped).
+ */
+export const whenCut = FiberRef.unsafeMake<Array<Effect.Effect<void>> | undefined>(undefined)
+
 export const timeoutFail = <A, E, R, E2>(
   self: Effect.Effect<A, E, R>,
   duration: Duration.Duration,
@@ -20,24 +28,32 @@ export const timeoutFail = <A, E, R, E2>(
   Effect.clockWith((clock) =>
     clock !== liveClock
       ? Effect.timeoutFail(self, { duration, onTimeout })
-      : Effect.flatMap(Effect.fork(self), (fiber) =>
-          Effect.async<A, E | E2>((resume) => {
-            const observer = (exit: Exit.Exit<A, E>) => {
-              clearTimeout(timer)
-              resume(exit)
-            }
-            const timer = setTimeout(() => {
-              fiber.removeObserver(observer)
-              // Not awaited: stopping a call can take as long as the dependency that does not
-              // answer (@effect/sql-pg cancels a query over a new connection to the database).
-              resume(Effect.zipRight(Fiber.interruptFork(fiber), Effect.fail(onTimeout())))
-            }, Duration.toMillis(duration))
-            fiber.addObserver(observer)
-            return Effect.suspend(() => {
-              clearTimeout(timer)
-              fiber.removeObserver(observer)
-              return Fiber.interrupt(fiber)
+      : Effect.suspend(() => {
+          const cut: Array<Effect.Effect<void>> = []
+          return Effect.flatMap(Effect.fork(Effect.locally(self, whenCut, cut)), (fiber) =>
+            Effect.async<A, E | E2>((resume) => {
+              const observer = (exit: Exit.Exit<A, E>) => {
+                clearTimeout(timer)
+                resume(exit)
+              }
+              const timer = setTimeout(() => {
+                fiber.removeObserver(observer)
+                // Not awaited: stopping a call can take as long as the dependency that does not
+                // answer (@effect/sql-pg cancels a query over a new connection to the database).
+                resume(
+                  Effect.zipRight(
+                    Effect.all(cut, { discard: true }),
+                    Effect.zipRight(Fiber.interruptFork(fiber), Effect.fail(onTimeout()))
+                  )
+                )
+              }, Duration.toMillis(duration))
+              fiber.addObserver(observer)
+              return Effect.suspend(() => {
+                clearTimeout(timer)
+                fiber.removeObserver(observer)
+                return Fiber.interrupt(fiber)
+              })
             })
-          })
-        )
+          )
+        })
   )
