@@ -29,6 +29,7 @@ import { User, user } from "./support/fixtures.js"
 import {
   adminClient,
   applicationName,
+  blockedBackends,
   databaseUrl,
   PgLive,
   redisCacheLayer,
@@ -170,19 +171,6 @@ const lockTable = (admin: SqlClient.SqlClient, table: string) =>
     return Effect.zipRight(release.open, Fiber.join(holder))
   })
 
-/** Waits until `count` statements of the library's pool on `table` wait on a lock. */
-const blockedOn = (admin: SqlClient.SqlClient, table: string, count: number) =>
-  admin
-    .unsafe(
-      `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' ` +
-        `AND state = 'active' AND position($2 in query) > 0`,
-      [applicationName, table]
-    )
-    .values.pipe(
-      Effect.filterOrFail((rows) => rows.length >= count),
-      Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(500))))
-    )
-
 describe("SqlStore circuit breaker, against PostgreSQL behind a fault proxy", () => {
   it.live(
     "black-holed: cached keys answer from Redis; misses and writes wait out storeTimeout until the breaker opens, then fail at once and write nothing",
@@ -294,7 +282,7 @@ describe("SqlStore circuit breaker, against PostgreSQL behind a fault proxy", ()
             { concurrency: "unbounded" }
           )
         )
-        yield* blockedOn(admin, table, 3)
+        yield* blockedBackends(admin, table, 3)
         expect(proxy.resetConnections()).toBeGreaterThanOrEqual(3)
         const [firstRead, write, secondRead] = yield* Fiber.join(running)
         for (const [read, key] of [

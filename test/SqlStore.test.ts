@@ -13,15 +13,22 @@ import {
   Fiber,
   Layer,
   Option,
-  Redacted,
-  Schedule
+  Redacted
 } from "effect"
 import { randomUUID } from "node:crypto"
 import { createServer } from "node:net"
 import { SqlStore, Store } from "../src/index.js"
 import { FaultyStore } from "../src/testing.js"
 import { storeContract, type StoreSubject, user, userFields } from "./contract/StoreContract.js"
-import { adminClient, applicationName, databaseUrl, PgLive, scopedTable, unique } from "./support/services.js"
+import {
+  adminClient,
+  applicationName,
+  blockedBackends,
+  databaseUrl,
+  PgLive,
+  scopedTable,
+  unique
+} from "./support/services.js"
 
 const StoreLive = SqlStore.layer().pipe(Layer.provideMerge(PgLive))
 
@@ -77,23 +84,6 @@ const fixedBySuggestion = (target: Store.Target, ddl: string, value: Record<stri
     expect(yield* collection.get("fits")).toEqual(Option.some({ version: updated, value }))
     return { error, collection }
   })
-
-/**
- * The pids of the library's backends (found by application name) that wait on a lock
- * while running a statement on `table`: a put, get or delete blocked by the test.
- */
-const blockedBackends = (admin: SqlClient.SqlClient, table: string, count = 1) =>
-  admin
-    .unsafe(
-      `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' ` +
-        `AND state = 'active' AND position($2 in query) > 0`,
-      [applicationName, table]
-    )
-    .values.pipe(
-      Effect.map((rows) => rows.map((row) => Number(row[0]))),
-      Effect.filterOrFail((pids) => pids.length >= count),
-      Effect.retry(Schedule.spaced(Duration.millis(20)).pipe(Schedule.intersect(Schedule.recurs(500))))
-    )
 
 /**
  * Holds a lock in a transaction on the admin connection until `release` completes (or the

@@ -1,7 +1,7 @@
 // The real services the suites run against, and per-test isolation on them.
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Duration, Effect, Layer, Redacted } from "effect"
+import { Context, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { RedisCache } from "../../src/index.js"
@@ -89,3 +89,20 @@ export const usersTable = scopedTable(
   (name) =>
     `CREATE TABLE "${name}" (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, version bigint NOT NULL)`
 )
+
+/**
+ * The pids of the library's backends (found by application name) that wait on a lock
+ * while running a statement on `table`: a put, get or delete blocked by the test.
+ */
+export const blockedBackends = (admin: SqlClient.SqlClient, table: string, count = 1) =>
+  admin
+    .unsafe(
+      `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' ` +
+        `AND state = 'active' AND position($2 in query) > 0`,
+      [applicationName, table]
+    )
+    .values.pipe(
+      Effect.map((rows) => rows.map((row) => Number(row[0]))),
+      Effect.filterOrFail((pids) => pids.length >= count),
+      Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(500))))
+    )
