@@ -233,20 +233,15 @@ const cacheManagerGet = (fx: Fixture) => async (i: number) => {
 
 // After every round of an outage case: a breaker that closed (or never opened) means the round
 // measured something other than the outage.
-const stillOpen = async (outage: Outage) => {
-  if (!(await outage.breakerOpen())) throw new Error("the outage library's cache breaker is no longer open")
-}
-
-// users.get of a key warm in the black-holed cache: refused at once by the breaker, served by the
-// store. A round whose reads did not all reach the store was not measuring the outage.
-const outageGets = async (fx: Fixture): Promise<Runner> => {
-  const outage = await fx.outage()
-  const { run, storeGets, users } = outage.library
+// users.get of `keyAt(i)`, each of which must reach the store: a round in which the cache answered
+// a read fails with `otherwise`.
+const storeReads = (library: Library, keyAt: (i: number) => string, otherwise: string) => {
+  const { run, storeGets, users } = library
   let before = 0
   let reads = 0
   return {
-    op: async (i) => {
-      const key = cycle(fx.keys.outageRead, i)
+    op: async (i: number) => {
+      const key = keyAt(i)
       reads++
       const user = await run(users.get(key))
       if (Option.isNone(user)) throw new Error(`no row for ${key}`)
@@ -258,8 +253,26 @@ const outageGets = async (fx: Fixture): Promise<Runner> => {
     },
     afterRound: async () => {
       if (storeGets() - before !== reads) {
-        throw new Error(`${reads} reads made ${storeGets() - before} store queries: the cache answered some`)
+        throw new Error(`${reads} reads made ${storeGets() - before} store queries: ${otherwise}`)
       }
+      return {}
+    }
+  }
+}
+
+const stillOpen = async (outage: Outage) => {
+  if (!(await outage.breakerOpen())) throw new Error("the outage library's cache breaker is no longer open")
+}
+
+// users.get of a key warm in the black-holed cache: refused at once by the breaker, served by the
+// store. A round whose reads did not all reach the store was not measuring the outage.
+const outageGets = async (fx: Fixture): Promise<Runner> => {
+  const outage = await fx.outage()
+  const runner = storeReads(outage.library, (i) => cycle(fx.keys.outageRead, i), "the cache answered some")
+  return {
+    ...runner,
+    afterRound: async () => {
+      await runner.afterRound()
       await stillOpen(outage)
       return {}
     }
@@ -526,31 +539,8 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     baseline: HAND_READ_THROUGH,
     also: [{ baseline: PG_SELECT }],
     note: "users.get of rows never cached, each read once",
-    setup: async (fx) => {
-      const { run, storeGets, users } = fx.library
-      let before = 0
-      let reads = 0
-      return {
-        op: async (i) => {
-          const key = fresh(fx.keys.miss, i, "lib: miss")
-          reads++
-          const user = await run(users.get(key))
-          if (Option.isNone(user)) throw new Error(`no row for ${key}`)
-          return user
-        },
-        beforeRound: () => {
-          before = storeGets()
-          reads = 0
-        },
-        // Every read must have gone to the store, or this case does not measure misses.
-        afterRound: () => {
-          if (storeGets() - before !== reads) {
-            throw new Error(`${reads} reads made ${storeGets() - before} store queries: not all were misses`)
-          }
-          return {}
-        }
-      }
-    }
+    // Every read must have gone to the store, or this case does not measure misses.
+    setup: async (fx) => storeReads(fx.library, (i) => fresh(fx.keys.miss, i, "lib: miss"), "not all were misses")
   },
   // ---- Write ----
   {

@@ -50,6 +50,24 @@ const usersOver = (
     Effect.provideService(Cache.Cache, cache)
   )
 
+/**
+ * Writes `keys` at "v1", breaks every cache call, opens the breaker with two reads, then writes the
+ * keys at "v2" while it is open: each commits and fails with StaleCacheError.
+ */
+const writtenWhileOpen = (
+  users: WriteThrough.WriteThrough<string, User>,
+  faults: FaultyCache.Controls,
+  keys: ReadonlyArray<string>
+) =>
+  Effect.gen(function* () {
+    for (const key of keys) yield* users.set(key, user(key, "v1"))
+    yield* faults.failAlways("get", "set", "invalidate")
+    for (let i = 0; i < 2; i++) yield* users.get(keys[0]!)
+    for (const key of keys) {
+      expect(yield* Effect.flip(users.set(key, user(key, "v2")))).toMatchObject({ _tag: "StaleCacheError" })
+    }
+  })
+
 describe("cache circuit breaker", () => {
   it.scoped("opens after a run of failures, refuses reads until the interval passed, and closes on a good probe", () =>
     Effect.gen(function* () {
@@ -246,10 +264,7 @@ describe("cache circuit breaker", () => {
         const { cache, faults, transitions } = yield* breakerOverFaults
         const users = yield* usersOver(cache, { repairInterval: "1 second" })
         const keys = ["1", "2", "3", "4"]
-        for (const key of keys) yield* users.set(key, user(key, "v1"))
-        yield* faults.failAlways("get", "set", "invalidate")
-        for (let i = 0; i < 2; i++) yield* users.get("1")
-        for (const key of keys) yield* Effect.flip(users.set(key, user(key, "v2")))
+        yield* writtenWhileOpen(users, faults, keys)
         yield* faults.heal
         // No call of the application's: the repair's own first call is the probe.
         yield* TestClock.adjust("7 seconds")
@@ -267,11 +282,8 @@ describe("cache circuit breaker", () => {
         const { cache, faults } = yield* breakerOverFaults
         const users = yield* usersOver(cache, { owedTombstones: { maxKeys: 2 } })
         const keys = ["1", "2", "3", "4"]
-        for (const key of keys) yield* users.set(key, user(key, "v1"))
-        yield* faults.failAlways("get", "set", "invalidate")
-        for (let i = 0; i < 2; i++) yield* users.get("1")
         // Four writes while open: two keys fit the ledger, the rest overflow it.
-        for (const key of keys) yield* Effect.flip(users.set(key, user(key, "v2")))
+        yield* writtenWhileOpen(users, faults, keys)
         yield* faults.heal
         yield* TestClock.adjust("5 seconds")
         yield* cache.get("probe")
