@@ -191,7 +191,9 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 collection.putMany(entries),
                 lostWrite("put", entries[0]?.[0] ?? "")
               ),
-            delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key))
+            delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key)),
+            horizon: collection.horizon,
+            changes: collection.changes
           } satisfies Store.Collection
         }),
       transaction,

@@ -117,7 +117,8 @@ export const make: Effect.Effect<Store.Service> = Effect.map(Effect.makeSemaphor
                 writes.set(key, null)
                 return ++lastVersion
               }
-            )
+            ),
+          horizon: Effect.sync(() => lastVersion)
         }
       }),
     inTransaction: Effect.map(staged, (transaction) => transaction !== undefined),

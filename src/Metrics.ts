@@ -113,6 +113,38 @@ export const breakerOpen = Metric.gauge("write_through_breaker_open", {
   description: "1 while a circuit breaker is open, 0 while it is closed"
 })
 /**
+ * Changes of the store (by anyone) that the change feed brought to the cache, tagged with `entity`.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const changesApplied = counter(
+  "write_through_changes_applied",
+  "committed changes of the store brought to the cache by the change feed"
+)
+/**
+ * How long after its statement each change reached the cache, in milliseconds, tagged with
+ * `entity`: from 1 ms to about 16 s in doubling buckets.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const changeLag = Metric.histogram(
+  "write_through_change_lag_ms",
+  MetricBoundaries.exponential({ start: 1, factor: 2, count: 15 }),
+  "time from a change's statement to its tombstone in the cache, in milliseconds"
+)
+/**
+ * 1 while this process consumes an entity's change feed, 0 while another does; tagged with `entity`.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const changeFeedConsuming = Metric.gauge("write_through_change_feed_consuming", {
+  description: "1 while this process consumes the entity's change feed"
+})
+
+/**
  * The time each public operation took, in milliseconds, failures included: from 50 us to about
  * 1.6 s in doubling buckets.
  *

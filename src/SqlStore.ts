@@ -23,10 +23,12 @@ import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as ChangeCapture from "./ChangeCapture.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
+import * as Capture from "./internal/sqlStore/changeCapture.js"
 import { collection } from "./internal/sqlStore/collection.js"
 import { isPlain } from "./internal/sqlStore/identifier.js"
-import { ensure } from "./internal/sqlStore/schema.js"
+import { currentSchema, ensure } from "./internal/sqlStore/schema.js"
 import { createSequence, createVersionFunction, storeObjects } from "./internal/sqlStore/statements.js"
 import * as StoreBreaker from "./internal/sqlStore/storeBreaker.js"
 import { inTransaction, transaction } from "./internal/sqlStore/transaction.js"
@@ -68,6 +70,16 @@ export interface Options {
    */
   readonly versionTrigger?: boolean | undefined
   /**
+   * Captures every committed change of the entities' rows, by anyone, and brings it to the cache:
+   * see the `ChangeCapture` module. `true` for the defaults, or the feed's options. Turns
+   * `versionTrigger` on too. Each entity table must have the capture trigger as well as the
+   * version trigger: an entity whose table lacks one fails when its layer is built, with reason
+   * `Schema` and the `CREATE TRIGGER` that adds it. Needs PostgreSQL 13 or later. Default `false`.
+   *
+   * @since 0.2.0
+   */
+  readonly changeCapture?: boolean | ChangeCapture.Options | undefined
+  /**
    * Names the store in the circuit breaker's metrics (their `target` tag) and log lines. Default
    * `postgresql`.
    *
@@ -98,11 +110,17 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
         })
       }
     }
-    const objects = storeObjects(sequenceName, genericName, options.versionTrigger === true)
+    const capture = options.changeCapture === true ? {} : options.changeCapture || undefined
+    const objects = storeObjects(yield* currentSchema(sql), sequenceName, genericName, {
+      versionTrigger: options.versionTrigger === true,
+      changeCapture: capture !== undefined
+    })
     yield* ensure(sql, createSequence(objects))
     if (objects.versionFunction !== undefined) yield* ensure(sql, createVersionFunction(objects.versionFunction))
+    if (objects.capture !== undefined) yield* Capture.prepare(sql, objects.capture)
+    const feedSettings = capture === undefined ? undefined : Capture.feedSettings(capture)
     const store = Store.of({
-      collection: (target) => collection(sql, objects, target),
+      collection: (target) => collection(sql, objects, target, feedSettings),
       transaction: transaction(sql),
       inTransaction
     })

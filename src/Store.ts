@@ -6,6 +6,7 @@
  */
 import { TypeIdError } from "./internal/typeIdError.js"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
 import { isWriteThroughError, WriteThroughErrorTypeId } from "./WriteThroughError.js"
@@ -52,6 +53,21 @@ export interface Target {
 export interface Row {
   readonly version: number
   readonly value: unknown
+}
+
+/**
+ * A committed change of one key, by anyone: the library, another service, a migration, `psql`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Change {
+  readonly key: string
+  /** The version the row was written with; for a deletion, the deleted row's version. */
+  readonly version: number
+  readonly deleted: boolean
+  /** Milliseconds from the statement that made the change to the pull that returned it (the database's clock). */
+  readonly age: number
 }
 
 /**
@@ -219,6 +235,44 @@ export declare namespace Store {
       entries: ReadonlyArray<readonly [key: string, value: unknown]>
     ) => Effect.Effect<ReadonlyMap<string, number>, StoreError | StoreOutcomeUnknownError>
     readonly delete: (key: string) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
+    /**
+     * A version at least as high as every version the store has handed out so far, committed or
+     * not: what a reader that found no row may leave in the cache as a tombstone, so that no older
+     * write of the key lands there after it. A store without it leaves no such tombstone.
+     *
+     * @since 0.2.0
+     */
+    readonly horizon?: Effect.Effect<number, StoreError> | undefined
+    /**
+     * Every committed change of the entity's rows, by anyone, when the store captures them
+     * (`SqlStore`'s `changeCapture`); the write-through then consumes it and tombstones each
+     * changed key's older entries.
+     *
+     * @since 0.2.0
+     */
+    readonly changes?: ChangeFeed | undefined
+  }
+
+  /**
+   * The changes of one entity, in pages, each pulled until it is committed. One process at a time
+   * consumes an entity's changes; the others' pulls return `undefined` and take over when it stops
+   * renewing its claim. A page may repeat changes already seen (after a takeover, a restart, or a
+   * pull that was not committed): applying one is idempotent.
+   *
+   * @since 0.2.0
+   * @category models
+   */
+  export interface ChangeFeed {
+    /** How long the consumer waits before pulling again, unless the last pull returned a full page. */
+    readonly pollInterval: Duration.Duration
+    /** The most changes one pull returns. */
+    readonly batchSize: number
+    /** A change that reaches the cache this long after its statement is logged as the feed falling behind. */
+    readonly warnAfter: Duration.Duration
+    /** The next page of changes not yet committed; `undefined` while another process consumes them. */
+    readonly pull: Effect.Effect<ReadonlyArray<Change> | undefined, StoreError>
+    /** The last page pulled reached the cache: the next pull goes on after it, and the position is kept durably. */
+    readonly commit: Effect.Effect<void, StoreError>
   }
 
   /**

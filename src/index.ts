@@ -10,6 +10,11 @@ export * as Cache from "./Cache.js"
 /**
  * @since 0.2.0
  */
+export * as ChangeCapture from "./ChangeCapture.js"
+
+/**
+ * @since 0.2.0
+ */
 export * as CircuitBreaker from "./CircuitBreaker.js"
 
 /**

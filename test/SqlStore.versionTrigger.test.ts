@@ -7,7 +7,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import { Cache, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { User, user } from "./support/fixtures.js"
-import { PgLive, redisCacheLayer, unique, usersTable } from "./support/services.js"
+import { captureObjects } from "./support/changeCapture.js"
+import { PgLive, redisCacheLayer, usersTable } from "./support/services.js"
 
 /**
  * A store with `versionTrigger` on and a sequence of its own (so its trigger function is its own
@@ -16,14 +17,7 @@ import { PgLive, redisCacheLayer, unique, usersTable } from "./support/services.
 const versionedStore = (bare = false) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    const versionSequence = unique("wt_seq")
-    yield* Effect.addFinalizer(() =>
-      Effect.orDie(
-        sql.unsafe(
-          `DROP FUNCTION IF EXISTS "${versionSequence}_bump" CASCADE; DROP SEQUENCE IF EXISTS "${versionSequence}"`
-        ).raw
-      )
-    )
+    const { versionSequence } = yield* captureObjects
     const store = yield* SqlStore.make({ versionSequence, versionTrigger: true })
     const table = yield* usersTable
     const target: Store.Target = {
@@ -49,17 +43,30 @@ describe("SqlStore versionTrigger", () => {
       const refused = yield* Effect.flip(store.collection(target))
       expect(refused).toBeInstanceOf(Store.StoreError)
       expect(refused).toMatchObject({ reason: "Schema", entity: table })
-      expect(refused.message).toContain(`no enabled trigger "effect_write_through_version"`)
+      expect(refused.message).toContain(`has no trigger "effect_write_through_version"`)
+      // Names qualified by the schema, so that a writer with another search_path runs the same trigger.
       expect(refused.suggestedDdl).toBe(
-        `CREATE TRIGGER "effect_write_through_version" BEFORE UPDATE ON "${table}" FOR EACH ROW ` +
-          `EXECUTE FUNCTION "${versionSequence}_bump"('"${versionSequence}"', 'version')`
+        `CREATE TRIGGER "effect_write_through_version" BEFORE INSERT OR UPDATE ON "${table}" FOR EACH ROW ` +
+          `EXECUTE FUNCTION "public"."${versionSequence}_bump"('"public"."${versionSequence}"', 'version')`
       )
       yield* sql.unsafe(refused.suggestedDdl!).raw
       const users = yield* store.collection(target)
       expect(yield* users.get("absent")).toEqual(Option.none())
-      // A disabled trigger does not count.
+      // A disabled trigger does not count; nor does one on other events, which is replaced.
       yield* sql.unsafe(`ALTER TABLE "${table}" DISABLE TRIGGER "effect_write_through_version"`).raw
       expect(yield* Effect.flip(store.collection(target))).toMatchObject({ reason: "Schema" })
+      yield* sql.unsafe(`DROP TRIGGER "effect_write_through_version" ON "${table}"`).raw
+      yield* sql.unsafe(
+        `CREATE TRIGGER "effect_write_through_version" BEFORE UPDATE ON "${table}" FOR EACH ROW ` +
+          `EXECUTE FUNCTION "${versionSequence}_bump"('"${versionSequence}"', 'version')`
+      ).raw
+      const narrow = yield* Effect.flip(store.collection(target))
+      expect(narrow.message).toContain("disabled or fires on other events")
+      expect(narrow.suggestedDdl).toBe(
+        `DROP TRIGGER "effect_write_through_version" ON "${table}"; ${refused.suggestedDdl}`
+      )
+      yield* sql.unsafe(narrow.suggestedDdl!).raw
+      yield* store.collection(target)
     }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 
@@ -78,6 +85,9 @@ describe("SqlStore versionTrigger", () => {
         expect(again).toBeGreaterThan(outside)
         expect(yield* version("k")).toBe(again)
         expect(Option.getOrThrow(yield* users.get("k"))).toEqual({ version: again, value: user("k", "Grace") })
+        // An INSERT without a version gets one from the sequence.
+        yield* sql.unsafe(`INSERT INTO "${table}" (id, name, email) VALUES ('n', 'new', 'n@example.com')`).raw
+        expect(yield* version("n")).toBeGreaterThan(again)
         // Another writer's explicit version is left as it set it.
         yield* sql.unsafe(`UPDATE "${table}" SET name = 'explicit', version = version + 1000 WHERE id = 'k'`).raw
         expect(yield* version("k")).toBe(again + 1000)

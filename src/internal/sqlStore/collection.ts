@@ -9,8 +9,10 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type { Row, Store, StoreError, StoreOutcomeUnknownError, Target } from "../../Store.js"
 import { type Site, undecodable, unavailable } from "../storeError.js"
+import * as ChangeCapture from "./changeCapture.js"
 import { databaseFailure, statementFailure, writeFailure } from "./databaseFailure.js"
-import { checkTable, checkVersionTrigger, ensure, tableMapping } from "./schema.js"
+import type { Mapping } from "./mapping.js"
+import { checkTable, checkTrigger, ensure, tableMapping } from "./schema.js"
 import {
   createGenericTable,
   createVersionTrigger,
@@ -18,7 +20,8 @@ import {
   lockKeysSql,
   type Statements,
   type StoreObjects,
-  tableStatements
+  tableStatements,
+  versionTriggerName
 } from "./statements.js"
 import { inTransaction, ownTransaction, writable } from "./transaction.js"
 
@@ -33,40 +36,83 @@ interface Prepared {
 export const collection = (
   sql: SqlClient.SqlClient,
   objects: StoreObjects,
-  target: Target
+  target: Target,
+  feedSettings: ChangeCapture.FeedSettings | undefined
 ): Effect.Effect<Store.Collection, StoreError> =>
-  Effect.map(statementsOf(sql, objects, target), (statements) => {
+  Effect.map(statementsOf(sql, objects, target), ({ statements, tag }) => {
     const prepared: Prepared = { sql, statements, entity: target.entity }
+    const { capture } = objects
     return {
       get: (key) => get(prepared, key),
       getMany: (keys) => getMany(prepared, keys),
       put: (key, value) => put(prepared, key, value),
       putMany: (entries) => putMany(prepared, entries),
-      delete: (key) => remove(prepared, key)
+      delete: (key) => remove(prepared, key),
+      horizon: horizon(prepared, objects),
+      changes:
+        capture === undefined || feedSettings === undefined
+          ? undefined
+          : ChangeCapture.feed(sql, capture, tag, target.entity, feedSettings)
     }
   })
 
+/** The entity's statements, once its table is found to fit; and the tag of its change feed. */
 const statementsOf = (
   sql: SqlClient.SqlClient,
   objects: StoreObjects,
   target: Target
-): Effect.Effect<Statements, StoreError> => {
+): Effect.Effect<{ readonly statements: Statements; readonly tag: string }, StoreError> => {
   const table = target.table
   if (table === undefined) {
-    return Effect.as(ensure(sql, createGenericTable(objects)), genericStatements(objects, target.entity))
-  }
-  return Effect.flatMap(tableMapping(target, table, objects.nextVersion), (mapping) => {
-    const { versionFunction } = objects
-    const checked =
-      versionFunction === undefined
-        ? checkTable(sql, mapping, table)
+    const { capture } = objects
+    const ensured =
+      capture === undefined
+        ? ensure(sql, createGenericTable(objects))
         : Effect.zipRight(
-            checkTable(sql, mapping, table),
-            checkVersionTrigger(sql, mapping, createVersionTrigger(objects, versionFunction, mapping))
+            ensure(sql, createGenericTable(objects)),
+            ensure(sql, ChangeCapture.createGenericCaptureTrigger(capture, objects.genericTable))
           )
-    return Effect.as(checked, tableStatements(mapping))
-  })
+    return Effect.as(ensured, {
+      statements: genericStatements(objects, target.entity),
+      tag: ChangeCapture.tagOfEntity(target.entity)
+    })
+  }
+  return Effect.flatMap(tableMapping(target, table, objects.nextVersion), (mapping) =>
+    Effect.as(Effect.zipRight(checkTable(sql, mapping, table), checkTriggers(sql, objects, mapping)), {
+      statements: tableStatements(mapping),
+      tag: ChangeCapture.tagOfTable(mapping)
+    })
+  )
 }
+
+// The version trigger with `versionTrigger` (or `changeCapture`) on; the capture trigger with `changeCapture`.
+const checkTriggers = (
+  sql: SqlClient.SqlClient,
+  objects: StoreObjects,
+  mapping: Mapping
+): Effect.Effect<void, StoreError> => {
+  const { versionFunction, capture } = objects
+  const version =
+    versionFunction === undefined
+      ? Effect.void
+      : checkTrigger(sql, mapping, {
+          name: versionTriggerName,
+          // Row, before, insert, update.
+          events: 1 | 2 | 4 | 16,
+          excluded: 0,
+          purpose: "gives writes made outside the library a version (versionTrigger is on)",
+          createDdl: createVersionTrigger(objects, versionFunction, mapping)
+        })
+  return capture === undefined
+    ? version
+    : Effect.zipRight(version, checkTrigger(sql, mapping, ChangeCapture.captureTrigger(capture, mapping)))
+}
+
+const horizon = (prepared: Prepared, objects: StoreObjects): Effect.Effect<number, StoreError> =>
+  prepared.sql.unsafe(`SELECT last_value FROM ${objects.sequence}`).values.pipe(
+    Effect.mapError(statementFailure(site(prepared, "get", ""))),
+    Effect.flatMap((rows) => toVersion(site(prepared, "get", ""), rows[0]?.[0]))
+  )
 
 const site = (prepared: Prepared, operation: string, key: string): Site => ({
   entity: prepared.entity,

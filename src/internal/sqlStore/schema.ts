@@ -10,7 +10,6 @@ import { preparing, schemaMismatch, unavailable } from "../storeError.js"
 import { databaseFailure, sqlState, unanswered } from "./databaseFailure.js"
 import { quote } from "./identifier.js"
 import { type Mapping, mappingOf } from "./mapping.js"
-import { versionTriggerName } from "./statements.js"
 
 /** A column of the table, as information_schema describes it. */
 interface ColumnFacts {
@@ -49,6 +48,24 @@ export const ensure = (sql: SqlClient.SqlClient, ddl: string): Effect.Effect<voi
     Effect.retry({ times: 2, while: (error) => sqlState(error) === "23505" || sqlState(error) === "42P07" }),
     Effect.mapError((cause) => schemaError("*", `could not run ${ddl}`, cause)),
     Effect.asVoid
+  )
+
+/** The schema the connection creates objects in: the store qualifies the names its triggers use with it. */
+export const currentSchema = (sql: SqlClient.SqlClient): Effect.Effect<string, StoreError> =>
+  sql.unsafe(`SELECT current_schema()`).values.pipe(
+    Effect.mapError((cause) => schemaError("*", "could not read the current schema", cause)),
+    Effect.flatMap((rows) =>
+      typeof rows[0]?.[0] === "string"
+        ? Effect.succeed(rows[0][0])
+        : Effect.fail(schemaError("*", "the connection has no current schema (its search_path names none that exists)"))
+    )
+  )
+
+/** The server's version as `server_version_num` gives it, for example 150020. */
+export const serverVersion = (sql: SqlClient.SqlClient): Effect.Effect<number, StoreError> =>
+  sql.unsafe(`SELECT current_setting('server_version_num')::int`).values.pipe(
+    Effect.mapError((cause) => schemaError("*", "could not read the server's version", cause)),
+    Effect.map((rows) => Number(rows[0]?.[0]))
   )
 
 // The store only knows the fields' names, not their types: text holds what a field encodes to
@@ -199,29 +216,42 @@ export const checkTable = Effect.fnUntraced(function* (sql: SqlClient.SqlClient,
   }
 })
 
-/**
- * With `versionTrigger` on: fails with the DDL that creates it, unless the table has its enabled
- * version trigger.
- */
-export const checkVersionTrigger = Effect.fnUntraced(function* (
+/** A row trigger an entity table must have, and the events it must fire on. */
+export interface RequiredTrigger {
+  readonly name: string
+  /** Bits of `pg_trigger.tgtype` that must be set (1 row, 2 before, 4 insert, 8 delete, 16 update). */
+  readonly events: number
+  /** Bits that must not be set: 2 for an AFTER trigger. */
+  readonly excluded: number
+  /** What the trigger is for, as the error says it. */
+  readonly purpose: string
+  readonly createDdl: string
+}
+
+/** Fails with the DDL that adds `trigger` when `mapping`'s table lacks it, or has it disabled or on other events. */
+export const checkTrigger = Effect.fnUntraced(function* (
   sql: SqlClient.SqlClient,
   mapping: Mapping,
-  createTrigger: string
+  trigger: RequiredTrigger
 ) {
   const rows = yield* sql
     .unsafe(
-      `SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2 AND NOT tgisinternal AND tgenabled <> 'D'`,
-      [mapping.table, versionTriggerName]
+      `SELECT tgenabled <> 'D' AND (tgtype & $3) = $3 AND (tgtype & $4) = 0 FROM pg_trigger ` +
+        `WHERE tgrelid = $1::regclass AND tgname = $2 AND NOT tgisinternal`,
+      [mapping.table, trigger.name, trigger.events, trigger.excluded]
     )
     .values.pipe(
       Effect.mapError((cause) => schemaError(mapping.entity, `could not inspect ${mapping.table}'s triggers`, cause))
     )
-  if (rows.length > 0) return
+  if (rows[0]?.[0] === true) return
+  const found = rows.length > 0
   return yield* misfitError(
     mapping.entity,
     [
-      `table ${mapping.table} has no enabled trigger ${quote(versionTriggerName)}, which gives writes made outside the library a version (versionTrigger is on)`
+      `table ${mapping.table} ${found ? "has a trigger" : "has no trigger"} ${quote(trigger.name)}${
+        found ? " that is disabled or fires on other events" : ""
+      }, which ${trigger.purpose}`
     ],
-    createTrigger
+    found ? `DROP TRIGGER ${quote(trigger.name)} ON ${mapping.table}; ${trigger.createDdl}` : trigger.createDdl
   )
 })

@@ -79,9 +79,17 @@ const guardCollection = (collection: Store.Collection, entity: string, guarded: 
       entries.length === 0
         ? collection.putMany(entries)
         : guarded(at("put", entries[0]![0]), collection.putMany(entries)),
-    delete: (key) => guarded(at("delete", key), collection.delete(key))
+    delete: (key) => guarded(at("delete", key), collection.delete(key)),
+    horizon: collection.horizon && guarded(at("get", ""), collection.horizon),
+    changes: collection.changes && guardFeed(collection.changes, at("changes", ""), guarded)
   }
 }
+
+const guardFeed = (feed: Store.ChangeFeed, site: Site, guarded: Guarded): Store.ChangeFeed => ({
+  ...feed,
+  pull: guarded(site, feed.pull),
+  commit: guarded(site, feed.commit)
+})
 
 /** `store` behind a breaker unless it is turned off. */
 export const around = (store: Store.Service, options: Options | false | undefined, name: string): Store.Service =>

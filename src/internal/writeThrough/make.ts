@@ -6,6 +6,7 @@ import type { Cache } from "../../Cache.js"
 import type { Store, StoreError, Table } from "../../Store.js"
 import type { Options, WriteThrough } from "../../WriteThrough.js"
 import { audit } from "./audit.js"
+import * as ChangeFeed from "./changeFeed.js"
 import * as Entity from "./entity.js"
 import * as Read from "./read.js"
 import * as Repair from "./repair.js"
@@ -18,7 +19,10 @@ export const make = <K, A, I>(
   owner: string = describeOwner(options)
 ): Effect.Effect<WriteThrough<K, A>, StoreError, Cache | Store | Scope.Scope> =>
   Effect.flatMap(Entity.make(options, owner), (entity) =>
-    Effect.as(Repair.run(entity.repairs, { ...entity, sweep: audit(entity, { repair: true }) }), operations(entity))
+    Effect.all([
+      Repair.run(entity.repairs, { ...entity, sweep: audit(entity, { repair: true }) }),
+      ChangeFeed.run(entity, entity.collection.changes)
+    ]).pipe(Effect.as(operations(entity)))
   )
 
 const operations = <K, A, I>(entity: Entity.Entity<K, A, I>): WriteThrough<K, A> => {

@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
-import { Entry, type Ticket } from "../../Cache.js"
+import { type CacheError, Entry, type Ticket } from "../../Cache.js"
 import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
@@ -124,8 +124,60 @@ const fillOne = <K, A, I>(
     Effect.flatMap((entryTtl) =>
       entity.boundCache("set", key, entity.cache.set(entity.prefix + key, entry, { ttl: entryTtl, replacing, ticket }))
     ),
-    Effect.flatMap((outcome) => (outcome === "written" ? entity.metrics.get.fills.increment : Effect.void)),
+    Effect.flatMap((outcome) =>
+      outcome === "written"
+        ? entity.metrics.get.fills.increment
+        : outcome === "outdated"
+          ? leaveNoOlder(entity, key, loaded.version)
+          : Effect.void
+    ),
     Effect.catchAll(() => entity.metrics.get.fillFailures.increment)
+  )
+}
+
+// A reader that returns what it read from the store leaves the cache no older than that, so that
+// no read beginning after it returns an older version. A fill refused for its ticket (the cache lost
+// its memory, or the ticket ran out) may leave an older write's update to land after it; a tombstone
+// one below the version read keeps it out and lets that version's fill in.
+const leaveNoOlder = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string,
+  version: number
+): Effect.Effect<void, CacheError> =>
+  Effect.asVoid(
+    entity.boundCache(
+      "invalidate",
+      key,
+      entity.cache.invalidate(entity.prefix + key, version - 1, entity.settings.tombstoneTtl)
+    )
+  )
+
+// A reader that found no row leaves a tombstone at the store's horizon, at least the version of the
+// delete it saw and of every write before it: an older write's cache update, not landed yet, would
+// otherwise serve the deleted row to readers that begin after this one returned. A write drawing its
+// version meanwhile may be held off by it too: its readers then go to the store until it expires.
+const leaveAbsence = <K, A, I>(
+  entity: Entity<K, A, I>,
+  found: Option.Option<unknown> | ReadonlyMap<string, unknown>,
+  keys: ReadonlyArray<string>
+): Effect.Effect<void> => {
+  const { horizon } = entity.collection
+  const absent = Option.isOption(found) ? (Option.isNone(found) ? keys : []) : keys.filter((key) => !found.has(key))
+  if (horizon === undefined || absent.length === 0) return Effect.void
+  return Deadline.timeoutFail(horizon, entity.settings.storeTimeout, () => storeReadTimeout(entity, absent[0]!)).pipe(
+    Effect.flatMap((version) =>
+      Effect.forEach(
+        absent,
+        (key) =>
+          entity.boundCache(
+            "invalidate",
+            key,
+            entity.cache.invalidate(entity.prefix + key, version, entity.settings.tombstoneTtl)
+          ),
+        { concurrency: 16, discard: true }
+      )
+    ),
+    Effect.ignore
   )
 }
 
@@ -156,7 +208,10 @@ const sharedRead = <K, A, I>(
       result: Deferred.unsafeMake<Option.Option<Loaded<A>>, StoreError>(FiberId.none)
     }
     loads.set(key, load)
-    return Effect.onExit(leased ? leasedRead(entity, key) : storeRead(entity, key), (exit) => {
+    const read = leased
+      ? Effect.tap(leasedRead(entity, key), (loaded) => leaveAbsence(entity, loaded, [key]))
+      : storeRead(entity, key)
+    return Effect.onExit(read, (exit) => {
       if (loads.get(key) === load) loads.delete(key)
       return Deferred.done(load.result, exit)
     })
@@ -249,10 +304,12 @@ export const getMany = <K, A, I>(
         const loaded = yield* loadMisses(entity, misses, found)
         // A read inside a database transaction may see rows that are not committed: not for the cache.
         if (Either.isRight(cached) && !(yield* entity.store.inTransaction)) {
-          yield* fillMany(
+          const fillable = loaded.filter(({ key }) => !entity.repairs.owes(key))
+          yield* fillMany(entity, ticket, fillable)
+          yield* leaveAbsence(
             entity,
-            ticket,
-            loaded.filter(({ key }) => !entity.repairs.owes(key))
+            new Map(loaded.map((row) => [row.key, row])),
+            misses.map(({ key }) => key).filter((key) => !entity.repairs.owes(key))
           )
         }
       }
@@ -353,23 +410,27 @@ const fillMany = <K, A, I>(
   loaded: ReadonlyArray<LoadedKey<A>>
 ): Effect.Effect<void> =>
   Effect.flatMap(entity.ttlWithJitter, (entryTtl) => {
-    const items = loaded.flatMap(({ key, replacing, value, version }) => {
-      const encoded = entity.codec.encodeValue(value)
-      return Either.isLeft(encoded)
-        ? []
-        : [
-            {
-              key: entity.prefix + key,
-              entry: Entry.Value({ version, payload: JSON.stringify(encoded.right) }),
-              options: { ttl: entryTtl, ticket, replacing }
-            }
-          ]
+    const filled = loaded.flatMap((row) => {
+      const encoded = entity.codec.encodeValue(row.value)
+      return Either.isLeft(encoded) ? [] : [{ row, payload: JSON.stringify(encoded.right) }]
     })
+    const items = filled.map(({ payload, row }) => ({
+      key: entity.prefix + row.key,
+      entry: Entry.Value({ version: row.version, payload }),
+      options: { ttl: entryTtl, ticket, replacing: row.replacing }
+    }))
     return items.length === 0
       ? Effect.void
       : entity.boundCache("setMany", loaded[0]!.key, entity.cache.setMany(items)).pipe(
-          Effect.flatMap((outcomes) =>
+          Effect.tap((outcomes) =>
             entity.metrics.getMany.fills.incrementBy(outcomes.filter((outcome) => outcome === "written").length)
+          ),
+          Effect.flatMap((outcomes) =>
+            Effect.forEach(
+              filled.filter((_, i) => outcomes[i] === "outdated"),
+              ({ row }) => leaveNoOlder(entity, row.key, row.version),
+              { concurrency: 16, discard: true }
+            )
           ),
           Effect.catchAll(() => entity.metrics.getMany.fillFailures.incrementBy(items.length)),
           Effect.asVoid

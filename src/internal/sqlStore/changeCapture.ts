@@ -1,0 +1,296 @@
+/**
+ * Change capture in PostgreSQL: a trigger on each entity table records every committed change in
+ * an outbox, in the writing transaction; one process per entity polls it (the feed) under a lease.
+ *
+ * Outbox rows are taken in the order of the database's snapshots, not of their positions: a
+ * position (like a version) is drawn before its transaction commits, so a lower one can become
+ * visible after a higher one was read. Each pull reads the rows of the transactions that the
+ * previous pass could not see (those in progress in its snapshot, or begun after it), and the
+ * durable position is the oldest transaction still in progress when a pass began: every
+ * transaction before it has ended, and its rows were seen.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type { Options } from "../../ChangeCapture.js"
+import type { Change, Store, StoreError } from "../../Store.js"
+import { schemaMismatch, type Site, storeWide, undecodable } from "../storeError.js"
+import { statementFailure } from "./databaseFailure.js"
+import { quote } from "./identifier.js"
+import type { Mapping } from "./mapping.js"
+import { ensure, type RequiredTrigger, serverVersion } from "./schema.js"
+import { type CaptureObjects, literal } from "./statements.js"
+
+/** The name every entity table's capture trigger has, which the schema check looks for. */
+export const captureTriggerName = "effect_write_through_capture"
+
+export const createChangesTable = ({ changes }: CaptureObjects): string =>
+  `CREATE TABLE IF NOT EXISTS ${changes} (` +
+  `"position" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ` +
+  `"xid" xid8 NOT NULL DEFAULT pg_current_xact_id(), "tag" text NOT NULL, "key" text NOT NULL, ` +
+  `"version" bigint NOT NULL, "deleted" boolean NOT NULL, "at" timestamptz NOT NULL DEFAULT clock_timestamp())`
+
+export const createChangesIndex = ({ changes, changesIndex }: CaptureObjects): string =>
+  `CREATE INDEX IF NOT EXISTS ${changesIndex} ON ${changes} ("tag", "xid")`
+
+export const createFeedsTable = ({ feeds }: CaptureObjects): string =>
+  `CREATE TABLE IF NOT EXISTS ${feeds} ("tag" text PRIMARY KEY, "holder" text NOT NULL, ` +
+  `"until" timestamptz NOT NULL, "watermark" xid8 NOT NULL DEFAULT '0')`
+
+/**
+ * The capture trigger's function: its arguments are the feed's tag (empty in the generic table,
+ * whose rows name their entity), the key column and the version column. An update that moves a row
+ * to another key is the old key's deletion and the new key's write.
+ */
+export const createCaptureFunction = ({ changes, captureFunction }: CaptureObjects): string => {
+  const record = (row: string, deleted: boolean) =>
+    `INSERT INTO ${changes} ("tag", "key", "version", "deleted") VALUES (` +
+    `coalesce(nullif(TG_ARGV[0], ''), 'entity:' || (${row} ->> 'entity')), ${row} ->> TG_ARGV[1], ` +
+    `(${row} ->> TG_ARGV[2])::bigint, ${deleted})`
+  return (
+    `DO $wt$ BEGIN CREATE FUNCTION ${captureFunction}() RETURNS trigger LANGUAGE plpgsql AS $fn$ ` +
+    `DECLARE fresh jsonb; gone jsonb; BEGIN ` +
+    `IF TG_OP <> 'DELETE' THEN fresh := to_jsonb(NEW); END IF; ` +
+    `IF TG_OP <> 'INSERT' THEN gone := to_jsonb(OLD); END IF; ` +
+    `IF gone IS NOT NULL AND (fresh IS NULL OR fresh -> TG_ARGV[1] IS DISTINCT FROM gone -> TG_ARGV[1] ` +
+    `OR fresh -> 'entity' IS DISTINCT FROM gone -> 'entity') THEN ${record("gone", true)}; END IF; ` +
+    `IF fresh IS NOT NULL THEN ${record("fresh", false)}; END IF; ` +
+    `RETURN NULL; END $fn$; EXCEPTION WHEN duplicate_function THEN NULL; END $wt$`
+  )
+}
+
+/** Creates the outbox, its index, the positions' table and the trigger function, when missing. */
+export const prepare = (sql: SqlClient.SqlClient, objects: CaptureObjects): Effect.Effect<void, StoreError> =>
+  Effect.flatMap(serverVersion(sql), (version) =>
+    version < 130000
+      ? Effect.fail(
+          schemaMismatch(storeWide("make"), {
+            detail: `changeCapture needs PostgreSQL 13 or later (xid8 and pg_current_snapshot); the server is ${version}`
+          })
+        )
+      : Effect.forEach(
+          [
+            createChangesTable(objects),
+            createChangesIndex(objects),
+            createFeedsTable(objects),
+            createCaptureFunction(objects)
+          ],
+          (ddl) => ensure(sql, ddl),
+          { discard: true }
+        )
+  )
+
+/** The capture trigger `mapping`'s table must have. */
+export const captureTrigger = (objects: CaptureObjects, mapping: Mapping): RequiredTrigger => ({
+  name: captureTriggerName,
+  // Row, insert, delete, update; after.
+  events: 1 | 4 | 8 | 16,
+  excluded: 2,
+  purpose: "records its changes for the cache (changeCapture is on)",
+  createDdl:
+    `CREATE TRIGGER ${quote(captureTriggerName)} AFTER INSERT OR UPDATE OR DELETE ON ${mapping.table} ` +
+    `FOR EACH ROW EXECUTE FUNCTION ${objects.captureFunction}(${literal(tagOfTable(mapping))}, ` +
+    `${literal(mapping.keyColumn)}, ${literal(mapping.versionColumn)})`
+})
+
+/** The generic table's capture trigger, which the store adds itself. */
+export const createGenericCaptureTrigger = (objects: CaptureObjects, genericTable: string): string =>
+  `DO $wt$ BEGIN CREATE TRIGGER ${quote(captureTriggerName)} AFTER INSERT OR UPDATE OR DELETE ON ${genericTable} ` +
+  `FOR EACH ROW EXECUTE FUNCTION ${objects.captureFunction}('', 'key', 'version'); ` +
+  `EXCEPTION WHEN duplicate_object THEN NULL; END $wt$`
+
+/** An entity table's feed is named by the table, a generic entity's by its name. */
+export const tagOfTable = (mapping: Mapping): string => mapping.table
+export const tagOfEntity = (entity: string): string => `entity:${entity}`
+
+/** Where the next pull starts: the rows of transactions at or after `xmax`, or among `inProgress`. */
+interface Cursor {
+  readonly xmax: string
+  readonly inProgress: ReadonlyArray<string>
+}
+
+interface Snapshot extends Cursor {
+  readonly xmin: string
+}
+
+/** A pass over the cursor's rows, page by page; its first page's snapshot becomes the next cursor. */
+interface Pass {
+  readonly snapshot: Snapshot
+  readonly after: string
+}
+
+interface Pulled {
+  readonly snapshot: Snapshot
+  readonly last: string | undefined
+  readonly full: boolean
+}
+
+type Role =
+  | { readonly _tag: "Waiting"; readonly retryAt: number }
+  | {
+      readonly _tag: "Consuming"
+      renewAt: number
+      cursor: Cursor
+      pass: Pass | undefined
+      pulled: Pulled | undefined
+      /** The xmin of the last pass completed: what the next renewal records as the position. */
+      applied: string
+    }
+
+/** `pg_snapshot`'s text form: `xmin:xmax:xip,xip,...`. */
+const parseSnapshot = (text: string): Snapshot => {
+  const [xmin, xmax, list] = text.split(":")
+  return { xmin: xmin!, xmax: xmax!, inProgress: list === undefined || list === "" ? [] : list.split(",") }
+}
+
+export interface FeedSettings {
+  readonly pollInterval: Duration.Duration
+  readonly lease: Duration.Duration
+  readonly batchSize: number
+  readonly warnAfter: Duration.Duration
+}
+
+export const feedSettings = (options: Options): FeedSettings => ({
+  pollInterval: Duration.decode(options.pollInterval ?? "20 millis"),
+  lease: Duration.decode(options.lease ?? "600 millis"),
+  batchSize: options.batchSize ?? 1000,
+  warnAfter: Duration.decode(options.warnAfter ?? "1 second")
+})
+
+/**
+ * One entity's feed. `holder` names this process's claim; the claim is renewed (and the position
+ * recorded, and the outbox rows below it deleted) every third of the lease.
+ */
+export const feed = (
+  sql: SqlClient.SqlClient,
+  objects: CaptureObjects,
+  tag: string,
+  entity: string,
+  settings: FeedSettings
+): Store.ChangeFeed => {
+  const holder = crypto.randomUUID()
+  const leaseMillis = Duration.toMillis(settings.lease)
+  const renewEvery = leaseMillis / 3
+  const site: Site = storeWide("changes")
+  const at: Site = { ...site, entity }
+  let role: Role = { _tag: "Waiting", retryAt: 0 }
+
+  // Takes the feed when it is free (or its lease ran out), or renews this process's claim; records
+  // the position reached and deletes the outbox rows below it. The position, when claimed.
+  const claim = (applied: string) =>
+    sql
+      .unsafe(
+        `WITH "claimed" AS (INSERT INTO ${objects.feeds} ("tag", "holder", "until") ` +
+          `VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond') ` +
+          `ON CONFLICT ("tag") DO UPDATE SET "holder" = EXCLUDED."holder", "until" = EXCLUDED."until", ` +
+          `"watermark" = CASE WHEN ${objects.feeds}."holder" = EXCLUDED."holder" ` +
+          `THEN greatest(${objects.feeds}."watermark", $4::xid8) ELSE ${objects.feeds}."watermark" END ` +
+          `WHERE ${objects.feeds}."holder" = EXCLUDED."holder" OR ${objects.feeds}."until" < clock_timestamp() ` +
+          `RETURNING "watermark"), ` +
+          `"cleared" AS (DELETE FROM ${objects.changes} WHERE "tag" = $1 AND "xid" < (SELECT "watermark" FROM "claimed")) ` +
+          `SELECT "watermark"::text FROM "claimed"`,
+        [tag, holder, leaseMillis, applied]
+      )
+      .values.pipe(
+        Effect.mapError(statementFailure(at)),
+        Effect.map((rows) => (rows[0] === undefined ? undefined : String(rows[0][0])))
+      )
+
+  const page = (cursor: Cursor, after: string) =>
+    sql
+      .unsafe(
+        `SELECT pg_current_snapshot()::text, "c"."position"::text, "c"."key", "c"."version", "c"."deleted", ` +
+          `(extract(epoch FROM clock_timestamp() - "c"."at") * 1000)::float8 ` +
+          `FROM (SELECT 1) AS "one" LEFT JOIN LATERAL (SELECT "position", "key", "version", "deleted", "at" ` +
+          `FROM ${objects.changes} WHERE "tag" = $1 AND ("xid" >= $2::xid8 OR "xid" = ANY($3::text[]::xid8[])) ` +
+          `AND "position" > $4::bigint ORDER BY "position" LIMIT $5) AS "c" ON true`,
+        [tag, cursor.xmax, cursor.inProgress, after, settings.batchSize]
+      )
+      .values.pipe(Effect.mapError(statementFailure(at)))
+
+  const becomeConsumer = (now: number, watermark: string) =>
+    Effect.as(
+      Effect.logInfo("consuming the change feed from its durable position").pipe(
+        Effect.annotateLogs({ entity, position: watermark })
+      ),
+      (role = {
+        _tag: "Consuming",
+        renewAt: now + renewEvery,
+        cursor: { xmax: watermark, inProgress: [] },
+        pass: undefined,
+        pulled: undefined,
+        applied: watermark
+      })
+    )
+
+  const waitUntil = (retryAt: number) => {
+    role = { _tag: "Waiting", retryAt }
+  }
+
+  // Whether this process consumes the feed now, claiming or renewing as due.
+  const consuming = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const current = role
+    if (current._tag === "Waiting") {
+      if (now < current.retryAt) return Effect.succeed(false)
+      return Effect.flatMap(claim("0"), (watermark) => {
+        if (watermark !== undefined) return Effect.as(becomeConsumer(now, watermark), true)
+        waitUntil(now + renewEvery)
+        return Effect.succeed(false)
+      })
+    }
+    if (now < current.renewAt) return Effect.succeed(true)
+    return Effect.flatMap(claim(current.applied), (watermark) => {
+      if (watermark !== undefined) {
+        current.renewAt = now + renewEvery
+        return Effect.succeed(true)
+      }
+      waitUntil(now + renewEvery)
+      return Effect.as(
+        Effect.logInfo("another process took the change feed over").pipe(Effect.annotateLogs({ entity })),
+        false
+      )
+    })
+  })
+
+  const pull: Effect.Effect<ReadonlyArray<Change> | undefined, StoreError> = Effect.flatMap(consuming, (yes) => {
+    if (!yes || role._tag !== "Consuming") return Effect.succeed(undefined)
+    const state = role
+    return Effect.flatMap(page(state.cursor, state.pass?.after ?? "0"), (rows) => {
+      const changes: Array<Change> = []
+      let last: string | undefined
+      for (const row of rows) {
+        if (row[1] === null) continue
+        const version = Number(row[3])
+        if (!Number.isSafeInteger(version)) {
+          return Effect.fail(undecodable(at, { detail: `change version ${String(row[3])} is not a safe integer` }))
+        }
+        last = String(row[1])
+        changes.push({ key: String(row[2]), version, deleted: row[4] === true, age: Number(row[5]) })
+      }
+      state.pulled = {
+        snapshot: parseSnapshot(String(rows[0]![0])),
+        last,
+        full: changes.length >= settings.batchSize
+      }
+      return Effect.succeed(changes)
+    })
+  })
+
+  const commit: Effect.Effect<void> = Effect.sync(() => {
+    if (role._tag !== "Consuming" || role.pulled === undefined) return
+    const { pulled } = role
+    const snapshot = role.pass?.snapshot ?? pulled.snapshot
+    role.pulled = undefined
+    if (pulled.full) {
+      role.pass = { snapshot, after: pulled.last! }
+    } else {
+      role.cursor = snapshot
+      role.applied = snapshot.xmin
+      role.pass = undefined
+    }
+  })
+
+  const { batchSize, pollInterval, warnAfter } = settings
+  return { pollInterval, batchSize, warnAfter, pull, commit }
+}
