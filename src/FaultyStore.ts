@@ -192,7 +192,7 @@ export const layer: Layer.Layer<Store | FaultyStore, never, Store> = Layer.effec
                 lostWrite("put", entries[0]?.[0] ?? "")
               ),
             delete: (key) => inject("delete", key, collection.delete(key), lostWrite("delete", key)),
-            horizon: collection.horizon,
+            deletions: collection.deletions,
             changes: collection.changes
           } satisfies Store.Collection
         }),

@@ -117,8 +117,7 @@ export const make: Effect.Effect<Store.Service> = Effect.map(Effect.makeSemaphor
                 writes.set(key, null)
                 return ++lastVersion
               }
-            ),
-          horizon: Effect.sync(() => lastVersion)
+            )
         }
       }),
     inTransaction: Effect.map(staged, (transaction) => transaction !== undefined),

@@ -236,13 +236,16 @@ export declare namespace Store {
     ) => Effect.Effect<ReadonlyMap<string, number>, StoreError | StoreOutcomeUnknownError>
     readonly delete: (key: string) => Effect.Effect<number, StoreError | StoreOutcomeUnknownError>
     /**
-     * A version at least as high as every version the store has handed out so far, committed or
-     * not: what a reader that found no row may leave in the cache as a tombstone, so that no older
-     * write of the key lands there after it. A store without it leaves no such tombstone.
+     * For each of `keys` whose deletion the store still records, the version of the row it deleted:
+     * what a reader that found no row leaves in the cache as a tombstone, so that no write older
+     * than the deletion lands there after it returned. `SqlStore` records deletions with
+     * `changeCapture` on, until the change feed has consumed them (and left that tombstone itself).
+     * A store without it leaves no such tombstone.
      *
      * @since 0.2.0
      */
-    readonly horizon?: Effect.Effect<number, StoreError> | undefined
+    readonly deletions?:
+      ((keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, number>, StoreError>) | undefined
     /**
      * Every committed change of the entity's rows, by anyone, when the store captures them
      * (`SqlStore`'s `changeCapture`); the write-through then consumes it and tombstones each

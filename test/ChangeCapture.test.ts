@@ -4,10 +4,11 @@
 // feed over when its consumer stops.
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Option, Scope } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { Cache, Metrics, type Store } from "../src/index.js"
+import { Cache, Metrics, Store, WriteThrough } from "../src/index.js"
+import { FaultyCache } from "../src/testing.js"
 import {
   captureObjects,
   capturedUsersTable,
@@ -183,4 +184,85 @@ describe("ChangeCapture", () => {
       )
     }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
+
+  describe("read monotonicity: no read returns an older version than a read that returned before it began", () => {
+    // The deletion's record in the outbox, with no consumer in this process: the reader's tombstone alone is tested.
+    const withoutConsumer = (store: Store.Store.Service): Store.Store.Service => ({
+      ...store,
+      collection: (target) =>
+        Effect.map(store.collection(target), (collection) => ({ ...collection, changes: undefined }))
+    })
+
+    const racing = Effect.gen(function* () {
+      const objects = yield* captureObjects
+      const store = yield* captureStore(objects)
+      const { table, target } = yield* capturedUsersTable(store)
+      const collection = yield* store.collection(target)
+      const prefix = unique("cc")
+      const context = yield* Layer.build(FaultyCache.layer.pipe(Layer.provide(redisCacheLayer(prefix))))
+      const users = yield* usersOn(table, Context.get(context, Cache.Cache), withoutConsumer(store))
+      const redis = yield* rawRedis
+      return {
+        users,
+        collection,
+        store: withoutConsumer(store),
+        faults: Context.get(context, FaultyCache.FaultyCache),
+        raw: (key: string) => entryOf(redis, `${prefix}:${table}:${key}`)
+      }
+    })
+
+    for (const via of ["get", "getMany"] as const) {
+      it.live(
+        `a reader (${via}) that found the row deleted leaves a tombstone: an older write's cache update landing later is refused`,
+        () =>
+          Effect.gen(function* () {
+            const { collection, users, faults, raw } = yield* racing
+            const read = (key: string) =>
+              via === "get" ? users.get(key) : Effect.map(users.getMany([key]), (found) => found[0]!)
+            // Not in the cache: the first read after the delete goes to the store.
+            yield* collection.put("1", user("1", "v0"))
+            const publish = yield* faults.pause({ when: "before" }, "set")
+            const older = yield* Effect.fork(users.set("1", user("1", "v1")))
+            yield* publish.reached // v1 committed; its cache update not sent
+            const tombstone = yield* faults.pause({ when: "before" }, "invalidate")
+            const deleted = yield* Effect.fork(users.delete("1"))
+            yield* tombstone.reached // the delete committed; its tombstone not sent
+            expect(yield* read("1")).toEqual(Option.none()) // from the store: the row is gone
+            expect((yield* raw("1"))?._tag).toBe("Tombstone")
+            yield* publish.release
+            yield* Fiber.join(older)
+            // Without the reader's tombstone, v1 would now be in the cache and served.
+            expect(yield* read("1")).toEqual(Option.none())
+            yield* tombstone.release
+            yield* Fiber.join(deleted)
+            expect(yield* read("1")).toEqual(Option.none())
+          }).pipe(Effect.scoped, Effect.provide(PgLive))
+      )
+    }
+
+    it.live("a row inserted by a transaction still open when a reader found it absent is published at its COMMIT", () =>
+      Effect.gen(function* () {
+        const { users, raw, store } = yield* racing
+        yield* users.set("2", user("2", "first"))
+        yield* users.delete("2")
+        const written = yield* Deferred.make<void>()
+        const proceed = yield* Deferred.make<void>()
+        const transaction = yield* Effect.fork(
+          WriteThrough.transaction(
+            users
+              .set("2", user("2", "again"))
+              .pipe(Effect.zipRight(Deferred.succeed(written, undefined)), Effect.zipRight(Deferred.await(proceed)))
+          ).pipe(Effect.provideService(Store.Store, store))
+        )
+        yield* Deferred.await(written) // its version drawn, not committed
+        expect(yield* users.get("2")).toEqual(Option.none())
+        expect((yield* raw("2"))?._tag).toBe("Tombstone")
+        yield* Deferred.succeed(proceed, undefined)
+        yield* Fiber.join(transaction)
+        // The reader's tombstone is at the deleted row's version, below the insert's: the insert lands.
+        expect((yield* raw("2"))?._tag).toBe("Value")
+        expect(Option.getOrThrow(yield* users.get("2")).name).toBe("again")
+      }).pipe(Effect.scoped, Effect.provide(PgLive))
+    )
+  })
 })

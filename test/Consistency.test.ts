@@ -165,55 +165,6 @@ describe("races", () => {
   )
 })
 
-describe("read monotonicity: no read returns an older version than a read that returned before it began", () => {
-  it.effect(
-    "a reader that found the row deleted leaves a tombstone: an older write's cache update landing later is refused",
-    () =>
-      withHarness(({ users, collection, cacheFaults, raw }) =>
-        Effect.gen(function* () {
-          yield* collection.put("1", { id: "1", name: "v0", email: "1@example.com" })
-          const publish = yield* cacheFaults.pause({ when: "before" }, "set")
-          const older = yield* Effect.fork(users.set("1", user("1", "v1")))
-          yield* publish.reached // v1 committed; its cache update not sent
-          const tombstone = yield* cacheFaults.pause({ when: "before" }, "invalidate")
-          const deleted = yield* Effect.fork(users.delete("1"))
-          yield* tombstone.reached // the delete committed; its tombstone not sent
-          expect(yield* users.get("1")).toEqual(Option.none()) // from the store: the row is gone
-          expect(yield* raw("1")).toMatch(/^t\d+:$/)
-          yield* publish.release
-          yield* Fiber.join(older)
-          // Without the reader's tombstone, v1 would now be in the cache and served.
-          expect(yield* users.get("1")).toEqual(Option.none())
-          yield* tombstone.release
-          yield* Fiber.join(deleted)
-          expect(yield* users.get("1")).toEqual(Option.none())
-        })
-      )
-  )
-
-  it.effect("getMany leaves the same tombstone for each key it found absent", () =>
-    withHarness(({ users, collection, cacheFaults, raw }) =>
-      Effect.gen(function* () {
-        yield* collection.put("1", { id: "1", name: "v0", email: "1@example.com" })
-        const publish = yield* cacheFaults.pause({ when: "before" }, "set")
-        const older = yield* Effect.fork(users.set("1", user("1", "v1")))
-        yield* publish.reached
-        const tombstone = yield* cacheFaults.pause({ when: "before" }, "invalidate")
-        const deleted = yield* Effect.fork(users.delete("1"))
-        yield* tombstone.reached
-        expect(yield* users.getMany(["1", "2"])).toEqual([Option.none(), Option.none()])
-        expect(yield* raw("1")).toMatch(/^t\d+:$/)
-        expect(yield* raw("2")).toMatch(/^t\d+:$/)
-        yield* publish.release
-        yield* Fiber.join(older)
-        expect(yield* users.getMany(["1"])).toEqual([Option.none()])
-        yield* tombstone.release
-        yield* Fiber.join(deleted)
-      })
-    )
-  )
-})
-
 describe("(h) the cache loses its memory", () => {
   it.live("a fill in flight across a Redis restart does not land an old value in the empty cache", () =>
     Effect.gen(function* () {

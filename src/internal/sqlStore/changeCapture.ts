@@ -34,6 +34,14 @@ export const createChangesTable = ({ changes }: CaptureObjects): string =>
 export const createChangesIndex = ({ changes, changesIndex }: CaptureObjects): string =>
   `CREATE INDEX IF NOT EXISTS ${changesIndex} ON ${changes} ("tag", "xid")`
 
+// Deletions only, for the readers that find a key absent (`deletions`).
+export const createDeletionsIndex = ({ changes, deletionsIndex }: CaptureObjects): string =>
+  `CREATE INDEX IF NOT EXISTS ${deletionsIndex} ON ${changes} ("tag", "key") WHERE "deleted"`
+
+/** For each key of `$2` whose deletion the outbox holds: the newest deleted row's version. */
+export const deletionsSql = ({ changes }: CaptureObjects): string =>
+  `SELECT "key", max("version") FROM ${changes} WHERE "tag" = $1 AND "deleted" AND "key" = ANY($2) GROUP BY "key"`
+
 export const createFeedsTable = ({ feeds }: CaptureObjects): string =>
   `CREATE TABLE IF NOT EXISTS ${feeds} ("tag" text PRIMARY KEY, "holder" text NOT NULL, ` +
   `"until" timestamptz NOT NULL, "watermark" xid8 NOT NULL DEFAULT '0')`

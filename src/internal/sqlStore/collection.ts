@@ -18,6 +18,7 @@ import {
   createVersionTrigger,
   genericStatements,
   lockKeysSql,
+  type CaptureObjects,
   type Statements,
   type StoreObjects,
   tableStatements,
@@ -48,7 +49,7 @@ export const collection = (
       put: (key, value) => put(prepared, key, value),
       putMany: (entries) => putMany(prepared, entries),
       delete: (key) => remove(prepared, key),
-      horizon: horizon(prepared, objects),
+      deletions: capture === undefined ? undefined : (keys) => deletions(prepared, capture, tag, keys),
       changes:
         capture === undefined || feedSettings === undefined
           ? undefined
@@ -108,10 +109,23 @@ const checkTriggers = (
     : Effect.zipRight(version, checkTrigger(sql, mapping, ChangeCapture.captureTrigger(capture, mapping)))
 }
 
-const horizon = (prepared: Prepared, objects: StoreObjects): Effect.Effect<number, StoreError> =>
-  prepared.sql.unsafe(`SELECT last_value FROM ${objects.sequence}`).values.pipe(
-    Effect.mapError(statementFailure(site(prepared, "get", ""))),
-    Effect.flatMap((rows) => toVersion(site(prepared, "get", ""), rows[0]?.[0]))
+const deletions = (
+  prepared: Prepared,
+  capture: CaptureObjects,
+  tag: string,
+  keys: ReadonlyArray<string>
+): Effect.Effect<ReadonlyMap<string, number>, StoreError> =>
+  prepared.sql.unsafe(ChangeCapture.deletionsSql(capture), [tag, keys]).values.pipe(
+    Effect.mapError(statementFailure(site(prepared, "get", keys[0] ?? ""))),
+    Effect.flatMap((rows) =>
+      Effect.forEach(rows, (row) =>
+        Effect.map(
+          toVersion(site(prepared, "get", String(row[0])), row[1]),
+          (version) => [String(row[0]), version] as const
+        )
+      )
+    ),
+    Effect.map((entries): ReadonlyMap<string, number> => new Map(entries))
   )
 
 const site = (prepared: Prepared, operation: string, key: string): Site => ({

@@ -27,6 +27,7 @@ export interface CaptureObjects {
   readonly feeds: string
   readonly captureFunction: string
   readonly changesIndex: string
+  readonly deletionsIndex: string
 }
 
 export const storeObjects = (
@@ -48,7 +49,8 @@ export const storeObjects = (
           changes: qualified(`${sequenceName}_changes`),
           feeds: qualified(`${sequenceName}_feeds`),
           captureFunction: qualified(`${sequenceName}_capture`),
-          changesIndex: quote(`${sequenceName}_changes_tag_xid`)
+          changesIndex: quote(`${sequenceName}_changes_tag_xid`),
+          deletionsIndex: quote(`${sequenceName}_changes_deleted`)
         }
       : undefined
   }

@@ -80,10 +80,15 @@ const guardCollection = (collection: Store.Collection, entity: string, guarded: 
         ? collection.putMany(entries)
         : guarded(at("put", entries[0]![0]), collection.putMany(entries)),
     delete: (key) => guarded(at("delete", key), collection.delete(key)),
-    horizon: collection.horizon && guarded(at("get", ""), collection.horizon),
+    deletions: collection.deletions && guardDeletions(collection.deletions, entity, guarded),
     changes: collection.changes && guardFeed(collection.changes, at("changes", ""), guarded)
   }
 }
+
+const guardDeletions =
+  (deletions: NonNullable<Store.Collection["deletions"]>, entity: string, guarded: Guarded) =>
+  (keys: ReadonlyArray<string>) =>
+    guarded({ entity, key: keys[0] ?? "", operation: "get" }, deletions(keys))
 
 const guardFeed = (feed: Store.ChangeFeed, site: Site, guarded: Guarded): Store.ChangeFeed => ({
   ...feed,

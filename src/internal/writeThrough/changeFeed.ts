@@ -75,11 +75,22 @@ const consume = (entity: Consumer, feed: Store.ChangeFeed): Effect.Effect<never>
       )
     })
 
+  // A pass that took part of the poll interval waits only for the rest of it: under load, a pass
+  // that applied many changes is followed by the next pull that much sooner.
+  const interval = Duration.toMillis(feed.pollInterval)
   return Effect.forever(
-    step.pipe(
-      Effect.tap(() => recovered),
-      Effect.catchAll((error) => Effect.as(failed(error), false)),
-      Effect.flatMap((more) => (more ? Effect.void : Effect.sleep(feed.pollInterval)))
+    Effect.flatMap(Clock.currentTimeMillis, (startedAt) =>
+      step.pipe(
+        Effect.tap(() => recovered),
+        Effect.catchAll((error) => Effect.as(failed(error), false)),
+        Effect.flatMap((more) =>
+          more
+            ? Effect.void
+            : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+                Effect.sleep(Duration.millis(Math.max(0, interval - (now - startedAt))))
+              )
+        )
+      )
     )
   )
 }

@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
-import { type CacheError, Entry, type Ticket } from "../../Cache.js"
+import { Entry, type Ticket } from "../../Cache.js"
 import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
@@ -40,14 +40,14 @@ const getOutsideTransaction = <K, A, I>(
   // The cache may hold a value older than a write this process acknowledged: the store answers.
   if (entity.repairs.owes(text)) {
     outcome("degraded")
-    return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, false))
+    return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "skipped"))
   }
   return Effect.flatMap(
     Effect.either(entity.boundCache("get", text, entity.cache.get(entity.prefix + text))),
     (cached) => {
       if (Either.isLeft(cached)) {
         outcome("degraded")
-        return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, false))
+        return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
       }
       const entry = cached.right
       if (Option.isSome(entry) && entry.value._tag === "Value") {
@@ -57,10 +57,13 @@ const getOutsideTransaction = <K, A, I>(
           return Effect.as(metrics.get.hits.increment, Option.some(decoded.right))
         }
         outcome("miss")
-        return Effect.zipRight(metrics.get.corrupt.increment, readThrough(entity, text, invokedAt, true, entry.value))
+        return Effect.zipRight(
+          metrics.get.corrupt.increment,
+          readThrough(entity, text, invokedAt, "answered", entry.value)
+        )
       }
       outcome("miss")
-      return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, true))
+      return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered"))
     }
   )
 }
@@ -82,23 +85,39 @@ const getInTransaction = <K, A, I>(
         return storeValue(entity, key)
       })
 
-// Reads the store and, unless the cache just failed, fills it under a ticket taken before the
-// read; `replacing` is an entry that failed to decode. After a failed cache call neither a lease nor
-// a fill is worth another call to the cache: each would cost up to another `cacheTimeout`.
+/**
+ * What the cache said before the store is read: it `answered` (a miss), it `failed` (a degraded
+ * read), or it was `skipped` because this process owes the key a tombstone.
+ */
+type CacheAnswer = "answered" | "failed" | "skipped"
+
+// Reads the store and, when the cache answered, fills it under a ticket taken before the read;
+// `replacing` is an entry that failed to decode. After a failed cache call neither a lease nor a
+// fill is worth another call to the cache: each would cost up to another `cacheTimeout`. A read of
+// an owed key leaves a tombstone below what it read, so that no reader in another process, served
+// by the cache after it returned, gets an older version (the owed tombstone may land later).
 const readThrough = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
   invokedAt: number,
-  cacheAnswered: boolean,
+  cache: CacheAnswer,
   replacing?: Entry
 ): Effect.Effect<Option.Option<A>, StoreError> =>
   Effect.flatMap(entity.store.inTransaction, (inside) =>
     inside
       ? // The transaction's view: not for the cache, nor for readers outside it.
         storeValue(entity, key)
-      : !cacheAnswered
+      : cache !== "answered"
         ? Effect.map(
-            sharedRead(entity, key, invokedAt, false),
+            sharedRead(entity, key, invokedAt, false).pipe(
+              Effect.tap((loaded) =>
+                cache === "failed"
+                  ? oweNoOlder(entity, key, loaded)
+                  : Option.isSome(loaded)
+                    ? leaveNoOlder(entity, key, loaded.value.version)
+                    : leaveAbsence(entity, loaded, [key])
+              )
+            ),
             Option.map((loaded) => loaded.value)
           )
         : Effect.flatMap(entity.takeTicket, (ticket) =>
@@ -131,7 +150,9 @@ const fillOne = <K, A, I>(
           ? leaveNoOlder(entity, key, loaded.version)
           : Effect.void
     ),
-    Effect.catchAll(() => entity.metrics.get.fillFailures.increment)
+    Effect.catchAll(() =>
+      Effect.zipRight(entity.metrics.get.fillFailures.increment, oweNoOlder(entity, key, Option.some(loaded)))
+    )
   )
 }
 
@@ -139,43 +160,49 @@ const fillOne = <K, A, I>(
 // no read beginning after it returns an older version. A fill refused for its ticket (the cache lost
 // its memory, or the ticket ran out) may leave an older write's update to land after it; a tombstone
 // one below the version read keeps it out and lets that version's fill in.
-const leaveNoOlder = <K, A, I>(
+const leaveNoOlder = <K, A, I>(entity: Entity<K, A, I>, key: string, version: number): Effect.Effect<void> =>
+  leaveTombstone(entity, key, version - 1)
+
+// When the cache fails to take it, this process owes it: it reads the key from the store until it
+// landed (so none of its reads goes back to an older cached value), and the repair sends it once
+// the cache answers. Best effort: past the ledger's bound it is dropped, so a long outage does not
+// make the whole entity owed.
+const leaveTombstone = <K, A, I>(entity: Entity<K, A, I>, key: string, version: number): Effect.Effect<void> =>
+  entity
+    .boundCache("invalidate", key, entity.cache.invalidate(entity.prefix + key, version, entity.settings.tombstoneTtl))
+    .pipe(
+      Effect.asVoid,
+      Effect.catchAll(() => entity.repairs.schedule(key, version, true))
+    )
+
+// A reader the cache failed does not try it again: it owes the tombstone at once.
+const oweNoOlder = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
-  version: number
-): Effect.Effect<void, CacheError> =>
-  Effect.asVoid(
-    entity.boundCache(
-      "invalidate",
-      key,
-      entity.cache.invalidate(entity.prefix + key, version - 1, entity.settings.tombstoneTtl)
-    )
-  )
+  loaded: Option.Option<Loaded<A>>
+): Effect.Effect<void> =>
+  Option.isSome(loaded) ? entity.repairs.schedule(key, loaded.value.version - 1, true) : Effect.void
 
-// A reader that found no row leaves a tombstone at the store's horizon, at least the version of the
-// delete it saw and of every write before it: an older write's cache update, not landed yet, would
-// otherwise serve the deleted row to readers that begin after this one returned. A write drawing its
-// version meanwhile may be held off by it too: its readers then go to the store until it expires.
+// A reader that found no row leaves a tombstone at the version of the row whose deletion it saw
+// (the store's record of it): an older write's cache update, not landed yet, would otherwise serve
+// the deleted row to readers that begin after this one returned. A write after the deletion has a
+// higher version and is not held off.
 const leaveAbsence = <K, A, I>(
   entity: Entity<K, A, I>,
   found: Option.Option<unknown> | ReadonlyMap<string, unknown>,
   keys: ReadonlyArray<string>
 ): Effect.Effect<void> => {
-  const { horizon } = entity.collection
+  const { deletions } = entity.collection
   const absent = Option.isOption(found) ? (Option.isNone(found) ? keys : []) : keys.filter((key) => !found.has(key))
-  if (horizon === undefined || absent.length === 0) return Effect.void
-  return Deadline.timeoutFail(horizon, entity.settings.storeTimeout, () => storeReadTimeout(entity, absent[0]!)).pipe(
-    Effect.flatMap((version) =>
-      Effect.forEach(
-        absent,
-        (key) =>
-          entity.boundCache(
-            "invalidate",
-            key,
-            entity.cache.invalidate(entity.prefix + key, version, entity.settings.tombstoneTtl)
-          ),
-        { concurrency: 16, discard: true }
-      )
+  if (deletions === undefined || absent.length === 0) return Effect.void
+  return Deadline.timeoutFail(deletions(absent), entity.settings.storeTimeout, () =>
+    storeReadTimeout(entity, absent[0]!)
+  ).pipe(
+    Effect.flatMap((versions) =>
+      Effect.forEach(versions, ([key, version]) => leaveTombstone(entity, key, version), {
+        concurrency: 16,
+        discard: true
+      })
     ),
     Effect.ignore
   )
@@ -303,13 +330,26 @@ export const getMany = <K, A, I>(
       if (misses.length > 0) {
         const loaded = yield* loadMisses(entity, misses, found)
         // A read inside a database transaction may see rows that are not committed: not for the cache.
+        if (Either.isLeft(cached) && !(yield* entity.store.inTransaction)) {
+          yield* Effect.forEach(loaded, (row) => oweNoOlder(entity, row.key, Option.some(row)), { discard: true })
+        }
         if (Either.isRight(cached) && !(yield* entity.store.inTransaction)) {
-          const fillable = loaded.filter(({ key }) => !entity.repairs.owes(key))
-          yield* fillMany(entity, ticket, fillable)
+          // An owed key is not filled (its value in the cache may be older than a write this process
+          // acknowledged): it gets a tombstone below what was read, as `get` leaves one.
+          const owed = loaded.filter(({ key }) => entity.repairs.owes(key))
+          yield* fillMany(
+            entity,
+            ticket,
+            loaded.filter(({ key }) => !entity.repairs.owes(key))
+          )
+          yield* Effect.forEach(owed, ({ key, version }) => leaveNoOlder(entity, key, version), {
+            concurrency: 16,
+            discard: true
+          })
           yield* leaveAbsence(
             entity,
             new Map(loaded.map((row) => [row.key, row])),
-            misses.map(({ key }) => key).filter((key) => !entity.repairs.owes(key))
+            misses.map(({ key }) => key)
           )
         }
       }
@@ -432,7 +472,12 @@ const fillMany = <K, A, I>(
               { concurrency: 16, discard: true }
             )
           ),
-          Effect.catchAll(() => entity.metrics.getMany.fillFailures.incrementBy(items.length)),
+          Effect.catchAll(() =>
+            Effect.zipRight(
+              entity.metrics.getMany.fillFailures.incrementBy(items.length),
+              Effect.forEach(filled, ({ row }) => oweNoOlder(entity, row.key, Option.some(row)), { discard: true })
+            )
+          ),
           Effect.asVoid
         )
   })

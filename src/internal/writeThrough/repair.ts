@@ -19,8 +19,12 @@ import { type Cache, type CacheError, FENCE_VERSION } from "../../Cache.js"
 import { isCircuitOpen } from "../../CircuitBreaker.js"
 
 export interface Repairs {
-  /** Owes `key` a tombstone of `version`, retried in the background until it lands or the key's TTL has passed. */
-  readonly schedule: (key: string, version: number) => Effect.Effect<void>
+  /**
+   * Owes `key` a tombstone of `version`, retried in the background until it lands or the key's TTL
+   * has passed. A `bestEffort` one (for monotonic reads, not for a write's sake) is dropped rather
+   * than overflowing the ledger.
+   */
+  readonly schedule: (key: string, version: number, bestEffort?: boolean) => Effect.Effect<void>
   /** Whether the cache may hold a value of `key` older than a write this process acknowledged. */
   readonly owes: (key: string) => boolean
 }
@@ -51,7 +55,7 @@ export const make = (bounds: Bounds, maxTtl: Duration.Duration, entity: string):
     bytes: 0,
     overflow: undefined,
     owes: (key) => ledger.overflow !== undefined || (ledger.pending.size > 0 && ledger.pending.has(key)),
-    schedule: (key, version) =>
+    schedule: (key, version, bestEffort = false) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         const until = now + Duration.toMillis(maxTtl)
         const earlier = ledger.pending.get(key)
@@ -62,7 +66,7 @@ export const make = (bounds: Bounds, maxTtl: Duration.Duration, entity: string):
         const bytes = ledger.bytes + bytesOf(key)
         const full = ledger.pending.size >= bounds.maxKeys || bytes > bounds.maxBytes
         if (version !== FENCE_VERSION && (ledger.overflow !== undefined || full))
-          return overflowed(ledger, until, entity)
+          return bestEffort ? Effect.void : overflowed(ledger, until, entity)
         ledger.pending.set(key, { version, until })
         ledger.bytes = bytes
         return Effect.void
