@@ -1,7 +1,9 @@
 // A short run of the chaos workload (test/chaos/run.ts; `npm run chaos` runs the full one): three
 // processes against the real Postgres and a Redis of the test's own behind a fault proxy, every
-// fault kind firing, setMany and WriteThrough.transaction among the writes, checked by the history
-// checker. And the naive write-through it must catch.
+// fault kind firing (a worker SIGKILLed among them), setMany and WriteThrough.transaction among the
+// writes, a foreign writer updating the hot keys with plain SQL, the store capturing every change;
+// checked by the history checker. The same without faults, where no read may go back in time. And
+// the naive write-through it must catch.
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { type ChaosOptions, pgLayer, runChaos, summaryLine } from "./chaos/run.js"
@@ -10,13 +12,16 @@ const short: ChaosOptions = {
   processes: 3,
   fibers: 8,
   keys: 4,
-  runMillis: 7_000,
+  runMillis: 9_000,
   settleMillis: 3_000,
   naive: false,
   near: false,
   faults: true,
+  changeCapture: true,
+  foreignWrites: true,
+  workerKills: true,
   pauseProbability: 0.1,
-  faultEveryMillis: 1_000
+  faultEveryMillis: 800
 }
 
 describe("chaos", () => {
@@ -32,7 +37,13 @@ describe("chaos", () => {
         expect(summary.writes).toBeGreaterThan(200)
         expect(summary.calls.setMany.ok, "acknowledged setMany calls").toBeGreaterThan(0)
         expect(summary.calls.transaction.ok, "acknowledged transactions").toBeGreaterThan(0)
-        expect(summary.violations.slice(0, 10)).toEqual([])
+        expect(summary.foreignWrites, "acknowledged foreign writes").toBeGreaterThan(10)
+        // Under faults, a process the cache failed reads the store, and may see a write whose cache
+        // update has not landed while another process still reads the older cached value: reads
+        // across processes may go back in time until the update or the feed's tombstone lands
+        // (measured, not asserted). Within a process they never do.
+        const crossProcess = summary.violations.filter((v) => v.check === "non-monotonic read" && v.ownProcess !== true)
+        expect(summary.violations.filter((v) => !crossProcess.includes(v)).slice(0, 10)).toEqual([])
         expect(summary).toMatchObject({
           staleReads: 0,
           failedWriteReads: 0,
@@ -40,8 +51,30 @@ describe("chaos", () => {
           unconverged: 0,
           committedFailedWrites: 0,
           partialCalls: 0,
-          unlistedKeys: 0
+          unlistedKeys: 0,
+          ownNonMonotonicReads: 0
         })
+        console.log(
+          `under faults: ${summary.nonMonotonicReads} of ${summary.reads} reads went back in time across processes; ` +
+            `foreign-write lag p50 ${summary.foreignLag.p50} ms, p99 ${summary.foreignLag.p99} ms, max ${summary.foreignLag.max} ms`
+        )
+      }).pipe(Effect.scoped, Effect.provide(pgLayer)),
+    120_000
+  )
+
+  it.live(
+    "without faults: no read goes back in time, and plain SQL writes reach the cache through the feed",
+    () =>
+      Effect.gen(function* () {
+        const summary = yield* runChaos({ ...short, faults: false, workerKills: false })
+        expect(summary.reads).toBeGreaterThan(500)
+        expect(summary.foreignWrites, "acknowledged foreign writes").toBeGreaterThan(10)
+        expect(summary.violations.slice(0, 10)).toEqual([])
+        expect(summary).toMatchObject({ staleReads: 0, nonMonotonicReads: 0, lostWrites: 0, unconverged: 0 })
+        // The lag is a timing: measured here, its aim checked by `npm run chaos` and `npm run bench`.
+        console.log(
+          `without faults: foreign-write lag p50 ${summary.foreignLag.p50} ms, p99 ${summary.foreignLag.p99} ms, max ${summary.foreignLag.max} ms`
+        )
       }).pipe(Effect.scoped, Effect.provide(pgLayer)),
     120_000
   )

@@ -1,7 +1,7 @@
 // The history checker on small hand-made histories: each rule fires on the history that breaks it,
 // and stays quiet on the ones that only look suspicious.
 import { describe, expect, it } from "vitest"
-import { check, type Committed, type FinalState, type Op } from "./chaos/checker.js"
+import { check, type Committed, type FinalState, foreignProcess, type Op } from "./chaos/checker.js"
 
 const op = (fields: Partial<Op> & Pick<Op, "kind" | "invoke" | "complete">): Op => ({
   process: 0,
@@ -317,5 +317,97 @@ describe("history checker", () => {
       settled({ value: "b", version: 2 })
     )
     expect(oneStale).toMatchObject({ staleReads: 1, nines: 3, ninesIsLowerBound: false })
+  })
+
+  describe("foreign writes (plain SQL, made outside the library)", () => {
+    const foreignWrite = (value: string, invoke: number, complete: number) =>
+      op({ kind: "write", value, invoke, complete, process: foreignProcess })
+
+    it("a read they left stale counts apart from staleReads, and gives the write its lag", () => {
+      const report = check(
+        [
+          write("a", 0, 10),
+          foreignWrite("f", 20, 30),
+          read("a", 40, 50),
+          read("a", 60, 70_030),
+          read("f", 80_000, 80_010)
+        ],
+        committed(["a", 1], ["f", 2]),
+        settled({ value: "f", version: 2 })
+      )
+      expect(report).toMatchObject({ staleReads: 0, foreignStaleReads: 2 })
+      // The last read of the older value completed 70 ms after the foreign write was acknowledged.
+      expect(report.foreignLag).toEqual({ writes: 1, p50: 70, p99: 70, max: 70 })
+    })
+
+    it("a foreign write no read trailed has no lag", () => {
+      const report = check(
+        [write("a", 0, 10), foreignWrite("f", 20, 30), read("f", 40, 50)],
+        committed(["a", 1], ["f", 2]),
+        settled({ value: "f", version: 2 })
+      )
+      expect(report).toMatchObject({ foreignStaleReads: 0, foreignLag: { writes: 1, max: 0 } })
+    })
+  })
+
+  describe("read monotonicity", () => {
+    it("a read of an older version after a read of a newer one completed, though no write was acknowledged", () => {
+      // b's write is in flight throughout (its outcome unknown): no stale read, but the reads go back in time.
+      const report = check(
+        [write("a", 0, 10), write("b", 20, 1000, "unknown"), read("b", 30, 40), read("a", 50, 60)],
+        committed(["a", 1], ["b", 2]),
+        settled({ value: "b", version: 2 })
+      )
+      expect(report.staleReads).toBe(0)
+      expect(report.nonMonotonicReads).toBe(1)
+      expect(report.violations.find((v) => v.check === "non-monotonic read")?.detail).toContain("older than b")
+    })
+
+    it("concurrent reads may see either version", () => {
+      const report = check(
+        [write("a", 0, 10), write("b", 20, 1000, "unknown"), read("b", 30, 55), read("a", 50, 60)],
+        committed(["a", 1], ["b", 2]),
+        settled({ value: "b", version: 2 })
+      )
+      expect(report.nonMonotonicReads).toBe(0)
+    })
+
+    it("a read of the row after a read found it deleted (the delete's cache update not landed yet)", () => {
+      const report = check(
+        [write("a", 0, 10), remove(20, 1000, "unknown"), read(null, 30, 40), read("a", 50, 60)],
+        committed(["a", 1], [null, 2]),
+        settled(null)
+      )
+      expect(report).toMatchObject({ staleReads: 0, nonMonotonicReads: 1 })
+    })
+
+    it("a read of none after a read of a value no delete superseded goes back in time; after one that a delete did, it does not", () => {
+      const back = check(
+        [write("a", 0, 10), read("a", 20, 30), read(null, 40, 50)],
+        committed(["a", 1]),
+        settled({ value: "a", version: 1 })
+      )
+      expect(back.nonMonotonicReads).toBe(1)
+      const deleted = check(
+        [write("a", 0, 10), read("a", 20, 30), remove(35, 1000, "unknown"), read(null, 40, 50)],
+        committed(["a", 1], [null, 2]),
+        settled(null)
+      )
+      expect(deleted.nonMonotonicReads).toBe(0)
+    })
+
+    it("the same process's reads are marked as its own", () => {
+      const report = check(
+        [
+          write("a", 0, 10),
+          write("b", 20, 1000, "unknown"),
+          read("b", 30, 40),
+          op({ kind: "read", value: "a", invoke: 50, complete: 60, process: 1 })
+        ],
+        committed(["a", 1], ["b", 2]),
+        settled({ value: "b", version: 2 })
+      )
+      expect(report).toMatchObject({ nonMonotonicReads: 1, ownNonMonotonicReads: 0 })
+    })
   })
 })

@@ -3,6 +3,11 @@
 // versions, in commit order per key), and the final state of both tiers, it counts what broke the
 // promise "no read returns a value older than an acknowledged write".
 //
+// Writes made outside the library (plain SQL, by the orchestrator's foreign writer) are operations of
+// process `foreignProcess`. A read they leave stale counts apart: the change feed brings them to the
+// cache after a lag, which the report gives as a distribution. And no read may return an older
+// version than a read that completed before it began (read monotonicity).
+//
 // An operation is invoke -> ok | fail | unknown, as in Jepsen's histories: `fail` means it certainly
 // did not happen, `unknown` that it may have (a lost commit, or a write the library reported as
 // possibly stale).
@@ -15,6 +20,9 @@
 // whether or not a read returned it.
 
 export type Outcome = "ok" | "fail" | "unknown"
+
+/** The process of writes made outside the library, with plain SQL. */
+export const foreignProcess = -1
 
 export interface Op {
   readonly process: number
@@ -34,6 +42,8 @@ export interface Op {
   readonly call?: string | undefined
   /** What made the operation: `setMany`, `transaction`; absent for a single get, set or delete. */
   readonly via?: "setMany" | "transaction" | undefined
+  /** In a worker's journal: the write's begin and its completion share it; the later line wins. */
+  readonly id?: string | undefined
 }
 
 /** One committed change of the store, in the order the store's versions give. `value` null: a delete. */
@@ -52,11 +62,26 @@ export interface FinalState {
 
 export interface Violation {
   readonly check:
-    "stale read" | "failed-write read" | "lost write" | "unconverged" | "committed failed write" | "partial call"
+    | "stale read"
+    | "failed-write read"
+    | "lost write"
+    | "unconverged"
+    | "committed failed write"
+    | "partial call"
+    | "non-monotonic read"
   readonly key: string
   readonly detail: string
-  /** A stale read superseded by a write or delete of the reader's own process. */
+  /** A stale read superseded by a write or delete of the reader's own process; a non-monotonic read after one of its own. */
   readonly ownProcess?: boolean | undefined
+}
+
+/** How long after a foreign write was acknowledged reads still returned an older version, in milliseconds. */
+export interface Lag {
+  /** Foreign writes judged. */
+  readonly writes: number
+  readonly p50: number
+  readonly p99: number
+  readonly max: number
 }
 
 export interface Report {
@@ -80,6 +105,13 @@ export interface Report {
   readonly partialCalls: number
   /** The longest a stale read came after the write that superseded it was acknowledged, in microseconds. */
   readonly maxStaleMicros: number
+  /** Reads left stale only by foreign writes (not counted in `staleReads`): the change feed's lag. */
+  readonly foreignStaleReads: number
+  readonly foreignLag: Lag
+  /** Reads that returned an older version than a read that completed before they began. */
+  readonly nonMonotonicReads: number
+  /** Of those, the ones whose earlier read was of the same process. */
+  readonly ownNonMonotonicReads: number
   /** Consistent reads as "nines": -log10(stale / reads); with none stale, a lower bound from the read count. */
   readonly nines: number
   readonly ninesIsLowerBound: boolean
@@ -108,8 +140,12 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
   let ownStaleReads = 0
   let maxStaleMicros = 0
   let failedWriteReads = 0
+  const stale = new Set<Op>()
   for (const [key, keyOps] of group(ops, (op) => op.key)) {
-    const ackedWrites = keyOps.filter((op) => op.kind === "write" && op.outcome === "ok")
+    // The library's own writes: a read a foreign write left stale is the change feed's lag, judged apart.
+    const ackedWrites = keyOps.filter(
+      (op) => op.kind === "write" && op.outcome === "ok" && op.process !== foreignProcess
+    )
     const ackedDeletes = keyOps.filter((op) => op.kind === "delete" && op.outcome === "ok")
     const possibleDeletes = keyOps.filter((op) => op.kind === "delete" && op.outcome !== "fail")
     for (const read of keyOps) {
@@ -130,6 +166,7 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
         const latest = latestOf(ackedWrites)
         if (latest !== undefined) {
           staleReads++
+          stale.add(read)
           // The latest write of the read's own process is no later than the latest of all: stale too, if any.
           const own = latestOf(ackedWrites.filter((w) => w.process === read.process))
           if (own !== undefined) ownStaleReads++
@@ -169,6 +206,7 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
       const newerDelete = ackedDeletes.find(deletes)
       if (newerWrite !== undefined || newerDelete !== undefined) {
         staleReads++
+        stale.add(read)
         const own =
           ackedWrites.find((w) => w.process === read.process && supersedes(w)) ??
           ackedDeletes.find((d) => d.process === read.process && deletes(d))
@@ -265,6 +303,10 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
     }
   }
 
+  const foreign = foreignLag(ops, versionOf, stale)
+  const monotonic = monotonicity(ops, committed, versionOf)
+  violations.push(...monotonic.violations)
+
   const reads = ops.filter((op) => op.kind === "read" && op.outcome === "ok").length
   const nines = staleReads === 0 ? Math.log10(Math.max(reads, 1)) : -Math.log10(staleReads / Math.max(reads, 1))
   return {
@@ -280,8 +322,148 @@ export const check = (ops: ReadonlyArray<Op>, committed: ReadonlyArray<Committed
     committedFailedWrites,
     partialCalls,
     maxStaleMicros,
+    foreignStaleReads: foreign.staleReads,
+    foreignLag: foreign.lag,
+    nonMonotonicReads: monotonic.violations.length,
+    ownNonMonotonicReads: monotonic.violations.filter((v) => v.ownProcess === true).length,
     nines: Math.round(nines * 100) / 100,
     ninesIsLowerBound: staleReads === 0,
     violations
   }
+}
+
+const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
+  sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!
+
+/** The first index of `sorted` whose `at` is above `time`. */
+const firstAfter = <A>(sorted: ReadonlyArray<A>, at: (a: A) => number, time: number): number => {
+  let low = 0
+  let high = sorted.length
+  while (low < high) {
+    const middle = (low + high) >> 1
+    if (at(sorted[middle]!) > time) high = middle
+    else low = middle + 1
+  }
+  return low
+}
+
+/**
+ * Per acknowledged foreign write: how long after it was acknowledged a read that began after it
+ * still returned an older version of its key (0 when none did). And the reads left stale by foreign
+ * writes alone.
+ */
+const foreignLag = (
+  ops: ReadonlyArray<Op>,
+  versionOf: ReadonlyMap<string, number>,
+  libraryStale: ReadonlySet<Op>
+): { readonly staleReads: number; readonly lag: Lag } => {
+  const readsByKey = group(
+    ops.filter((op) => op.kind === "read" && op.outcome === "ok" && op.value !== null && versionOf.has(op.value)),
+    (op) => op.key
+  )
+  for (const reads of readsByKey.values()) reads.sort((a, b) => a.invoke - b.invoke)
+  const staleReads = new Set<Op>()
+  const lags: Array<number> = []
+  for (const write of ops) {
+    if (write.process !== foreignProcess || write.kind !== "write" || write.outcome !== "ok") continue
+    const version = versionOf.get(write.value!)
+    if (version === undefined) continue
+    const reads = readsByKey.get(write.key) ?? []
+    let lag = 0
+    for (let i = firstAfter(reads, (read) => read.invoke, write.complete); i < reads.length; i++) {
+      const read = reads[i]!
+      if (versionOf.get(read.value!)! >= version) continue
+      lag = Math.max(lag, read.complete - write.complete)
+      if (!libraryStale.has(read)) staleReads.add(read)
+    }
+    lags.push(lag / 1000)
+  }
+  lags.sort((a, b) => a - b)
+  const round = (millis: number) => Math.round(millis * 10) / 10
+  return {
+    staleReads: staleReads.size,
+    lag: {
+      writes: lags.length,
+      p50: round(percentile(lags, 50)),
+      p99: round(percentile(lags, 99)),
+      max: round(lags.at(-1) ?? 0)
+    }
+  }
+}
+
+/**
+ * No read returns an older version than a read that completed before it began. A value read stands
+ * for its version. A read of none stands for a delete newer than every write acknowledged before it
+ * began (the row existed from that write on, and was gone when it was read): a later read of that
+ * write, or of an older one, went back in time. A read of none after a read of a value went back in
+ * time when no delete newer than that value was ever committed.
+ */
+const monotonicity = (
+  ops: ReadonlyArray<Op>,
+  committed: ReadonlyArray<Committed>,
+  versionOf: ReadonlyMap<string, number>
+): { readonly violations: ReadonlyArray<Violation> } => {
+  const violations: Array<Violation> = []
+  const newestDelete = new Map<string, number>()
+  for (const change of committed) {
+    if (change.value === null) newestDelete.set(change.key, Math.max(newestDelete.get(change.key) ?? 0, change.version))
+  }
+  for (const [key, keyOps] of group(ops, (op) => op.key)) {
+    // Acknowledged writes by completion, each with the newest version acknowledged by then.
+    const acked = keyOps
+      .filter((op) => op.kind === "write" && op.outcome === "ok" && versionOf.has(op.value!))
+      .sort((a, b) => a.complete - b.complete)
+    const newestBy: Array<number> = []
+    for (const write of acked) newestBy.push(Math.max(newestBy.at(-1) ?? 0, versionOf.get(write.value!)!))
+    const ackedBefore = (time: number) => {
+      const i = firstAfter(acked, (write) => write.complete, time - 1)
+      return i === 0 ? 0 : newestBy[i - 1]!
+    }
+    const reads = keyOps.filter(
+      (op) => op.kind === "read" && op.outcome === "ok" && (op.value === null || versionOf.has(op.value))
+    )
+    const byComplete = [...reads].sort((a, b) => a.complete - b.complete)
+    const byInvoke = [...reads].sort((a, b) => a.invoke - b.invoke)
+    // What the reads completed so far establish: the newest version read, and the newest floor a read of none set.
+    let newestRead: { version: number; read: Op } | undefined
+    let newestFloor: { version: number; read: Op } | undefined
+    let done = 0
+    for (const later of byInvoke) {
+      while (done < byComplete.length && byComplete[done]!.complete < later.invoke) {
+        const earlier = byComplete[done++]!
+        if (earlier.value === null) {
+          const floor = ackedBefore(earlier.invoke)
+          if (floor > 0 && (newestFloor === undefined || floor > newestFloor.version))
+            newestFloor = { version: floor, read: earlier }
+        } else {
+          const version = versionOf.get(earlier.value)!
+          if (newestRead === undefined || version > newestRead.version) newestRead = { version, read: earlier }
+        }
+      }
+      const report = (earlier: Op, what: string) =>
+        violations.push({
+          check: "non-monotonic read",
+          key,
+          detail: `read at ${later.invoke} (process ${later.process}) returned ${later.value ?? "none"} ${what}, read at ${earlier.invoke}-${earlier.complete} (process ${earlier.process})`,
+          ...(earlier.process === later.process ? { ownProcess: true } : {})
+        })
+      if (later.value !== null) {
+        const version = versionOf.get(later.value)!
+        if (newestRead !== undefined && version < newestRead.version) {
+          report(
+            newestRead.read,
+            `(version ${version}), older than ${newestRead.read.value} (version ${newestRead.version})`
+          )
+        } else if (newestFloor !== undefined && version <= newestFloor.version) {
+          report(newestFloor.read, `(version ${version}), deleted before the read of none by the`)
+        }
+      } else if (newestRead !== undefined && (newestDelete.get(key) ?? 0) < newestRead.version) {
+        report(
+          newestRead.read,
+          `though no delete newer than ${newestRead.read.value} (version ${newestRead.version}) committed, after the`
+        )
+      }
+    }
+  }
+  return { violations }
 }

@@ -1,8 +1,10 @@
 // The chaos workload: several worker processes hammer a few hot keys through the library, on the
 // real Postgres and on a Redis this run starts itself behind a fault proxy, while faults fire: Redis
 // killed with SIGKILL and restarted, the workers' Postgres backends terminated, the proxy delaying,
-// black-holing and resetting. Then the history checker reads every operation, the store's commit
-// history and both tiers' final state.
+// black-holing and resetting, a worker process SIGKILLed (and another started in its place). A
+// foreign writer updates the hot keys with plain SQL meanwhile, and the store captures every change
+// for the cache. Then the history checker reads every operation, the store's commit history and both
+// tiers' final state.
 //
 // `npm run chaos` runs the full workload; test/Chaos.test.ts runs a short one, and the naive variant.
 import { PgClient } from "@effect/sql-pg"
@@ -10,7 +12,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Duration, Effect, Option, Random, Redacted, Schedule } from "effect"
 import type * as Scope from "effect/Scope"
 import { Redis } from "ioredis"
-import { spawn } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -19,9 +21,10 @@ import { fileURLToPath } from "node:url"
 import { decodeEntry } from "../support/fixtures.js"
 import { databaseUrl } from "../support/services.js"
 import { startRedisServer } from "../support/redisServer.js"
-import { check, type Committed, type FinalState, type Op, type Report } from "./checker.js"
+import { SqlStore, type Store } from "../../src/index.js"
+import { check, type Committed, type FinalState, foreignProcess, type Op, type Report } from "./checker.js"
 import { faultProxy } from "./faultProxy.js"
-import { createTables, dropTables, historyTable, type WorkerConfig } from "./workload.js"
+import { createTables, dropTables, historyTable, monotonicMicros, type WorkerConfig } from "./workload.js"
 
 export interface ChaosOptions {
   readonly processes: number
@@ -33,6 +36,12 @@ export interface ChaosOptions {
   /** RedisCache with its in-process tier on in every worker. */
   readonly near: boolean
   readonly faults: boolean
+  /** SqlStore's change capture on in every worker. */
+  readonly changeCapture: boolean
+  /** Plain SQL UPDATEs of the hot keys every 50-100 ms, made outside the library. */
+  readonly foreignWrites: boolean
+  /** Among the faults: a worker SIGKILLed mid-operation, and another started in its place. */
+  readonly workerKills: boolean
   readonly pauseProbability: number
   /** A fault fires every this many milliseconds, give or take a third; kinds take turns, so all fire. */
   readonly faultEveryMillis: number
@@ -40,7 +49,7 @@ export interface ChaosOptions {
   readonly historyFile?: string | undefined
 }
 
-export type FaultKind = "redisKill" | "pgTerminate" | "proxyDelay" | "proxyBlackhole" | "proxyReset"
+export type FaultKind = "redisKill" | "pgTerminate" | "proxyDelay" | "proxyBlackhole" | "proxyReset" | "workerKill"
 
 export interface ChaosSummary extends Omit<Report, "violations"> {
   readonly processes: number
@@ -57,6 +66,9 @@ export interface ChaosSummary extends Omit<Report, "violations"> {
   readonly unlistedKeys: number
   readonly naive: boolean
   readonly near: boolean
+  readonly changeCapture: boolean
+  /** Acknowledged plain SQL UPDATEs of the foreign writer. */
+  readonly foreignWrites: number
   readonly faults: Readonly<Record<FaultKind, number>>
   readonly durationMillis: number
   readonly violations: Report["violations"]
@@ -64,18 +76,52 @@ export interface ChaosSummary extends Omit<Report, "violations"> {
 
 const workerPath = fileURLToPath(new URL("./worker.ts", import.meta.url))
 
-const runWorker = (config: WorkerConfig) =>
-  Effect.async<void, Error>((resume) => {
-    const child = spawn(process.execPath, ["--import", "tsx", workerPath, JSON.stringify(config)], {
-      stdio: ["ignore", "inherit", "inherit"]
-    })
-    child.once("exit", (code, signal) =>
-      resume(
-        code === 0 ? Effect.void : Effect.fail(new Error(`worker ${config.process} exited with ${code ?? signal}`))
-      )
-    )
-    return Effect.sync(() => child.kill("SIGKILL"))
+interface Worker {
+  readonly config: WorkerConfig
+  readonly child: ChildProcess
+  /** SIGKILLed by the run on purpose. */
+  killed: boolean
+  readonly exited: Promise<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+}
+
+const spawnWorker = (config: WorkerConfig): Worker => {
+  const child = spawn(process.execPath, ["--import", "tsx", workerPath, JSON.stringify(config)], {
+    stdio: ["ignore", "inherit", "inherit"]
   })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal }))
+  )
+  return { config, child, killed: false, exited }
+}
+
+/** Waits for every worker; one that was not killed on purpose must have exited cleanly. */
+const awaitWorkers = (workers: ReadonlyArray<Worker>) =>
+  Effect.forEach(
+    workers,
+    (worker) =>
+      Effect.flatMap(
+        Effect.promise(() => worker.exited),
+        ({ code, signal }) =>
+          worker.killed || code === 0
+            ? Effect.void
+            : Effect.fail(new Error(`worker ${worker.config.process} exited with ${code ?? signal}`))
+      ),
+    { concurrency: "unbounded", discard: true }
+  )
+
+/** A worker's journal: every operation, the last line of each write winning (a write still in flight when it died stays unknown). */
+const readJournal = (path: string): ReadonlyArray<Op> => {
+  if (!existsSync(path)) return []
+  const reads: Array<Op> = []
+  const writes = new Map<string, Op>()
+  for (const line of readFileSync(path, "utf8").split("\n")) {
+    if (line.length === 0) continue
+    const op = JSON.parse(line) as Op
+    if (op.id === undefined) reads.push(op)
+    else writes.set(op.id, op)
+  }
+  return [...reads, ...writes.values()]
+}
 
 /** A raw Redis entry as the checker reads it: its kind and version, or null when it is none. */
 const cacheState = (raw: string | null) =>
@@ -97,7 +143,13 @@ export const runChaos = (
     const server = yield* startRedisServer
     const proxy = yield* faultProxy({ host: "127.0.0.1", port: server.port })
     const table = runId
-    yield* Effect.acquireRelease(createTables(table), () => Effect.orDie(dropTables(table)))
+    const versionSequence = `${runId}_version`
+    yield* Effect.acquireRelease(createTables(table, versionSequence), () =>
+      Effect.orDie(dropTables(table, versionSequence))
+    )
+    if (options.changeCapture || options.foreignWrites) {
+      yield* addTriggers(table, versionSequence, options.changeCapture)
+    }
     const directory = mkdtempSync(join(tmpdir(), "chaos-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(directory, { recursive: true, force: true })))
     const keys = Array.from({ length: options.keys }, (_, i) => `key-${i}`)
@@ -108,11 +160,55 @@ export const runChaos = (
       pgTerminate: 0,
       proxyDelay: 0,
       proxyBlackhole: 0,
-      proxyReset: 0
+      proxyReset: 0,
+      workerKill: 0
     }
-    const kinds: ReadonlyArray<FaultKind> = ["redisKill", "proxyDelay", "pgTerminate", "proxyBlackhole", "proxyReset"]
+    const kinds: ReadonlyArray<FaultKind> = [
+      "redisKill",
+      "proxyDelay",
+      "pgTerminate",
+      "proxyBlackhole",
+      "proxyReset",
+      ...(options.workerKills ? (["workerKill"] as const) : [])
+    ]
+    const runUntil = Date.now() + options.runMillis
+    const workerConfig = (process: number): WorkerConfig => ({
+      process,
+      databaseUrl,
+      redisUrl: proxy.url,
+      keyPrefix,
+      table,
+      keys,
+      fibers: options.fibers,
+      runMillis: Math.max(0, runUntil - Date.now()),
+      settleMillis: options.settleMillis,
+      applicationName: `${runId}-worker-${process}`,
+      versionSequence,
+      changeCapture: options.changeCapture,
+      naive: options.naive,
+      near: options.near,
+      pauseProbability: options.pauseProbability,
+      output: join(directory, `worker-${process}.jsonl`)
+    })
+    const workers: Array<Worker> = []
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const worker of workers) worker.child.kill("SIGKILL")
+      })
+    )
+    // SIGKILL one worker mid-operation, and start another in its place (a process of a new number).
+    const killWorker = Effect.gen(function* () {
+      const alive = workers.filter((worker) => !worker.killed && worker.child.exitCode === null)
+      if (alive.length === 0) return
+      const victim = alive[yield* Random.nextIntBetween(0, alive.length)]!
+      victim.killed = true
+      victim.child.kill("SIGKILL")
+      workers.push(spawnWorker(workerConfig(workers.length)))
+    })
     const fire = (kind: FaultKind): Effect.Effect<void, unknown> => {
       switch (kind) {
+        case "workerKill":
+          return killWorker
         case "redisKill":
           return Effect.zipRight(server.kill, Effect.zipRight(Effect.sleep("200 millis"), server.start))
         case "pgTerminate":
@@ -151,46 +247,36 @@ export const runChaos = (
       }
     })
 
-    const configs = Array.from({ length: options.processes }, (_, process): WorkerConfig => ({
-      process,
-      databaseUrl,
-      redisUrl: proxy.url,
-      keyPrefix,
-      table,
-      keys,
-      fibers: options.fibers,
-      runMillis: options.runMillis,
-      settleMillis: options.settleMillis,
-      applicationName: `${runId}-worker-${process}`,
-      naive: options.naive,
-      near: options.near,
-      pauseProbability: options.pauseProbability,
-      output: join(directory, `worker-${process}.jsonl`)
-    }))
-    const workers = yield* Effect.fork(Effect.forEach(configs, runWorker, { concurrency: "unbounded", discard: true }))
+    for (let i = 0; i < options.processes; i++) workers.push(spawnWorker(workerConfig(i)))
+    const first = [...workers]
     // Faults start once every worker has connected and prepared its statements: a worker that
     // cannot start is a broken run, not a finding. (Under load, starting tsx takes seconds.)
-    yield* Effect.sync(() => configs.every((config) => existsSync(`${config.output}.ready`))).pipe(
+    yield* Effect.sync(() => first.every((worker) => existsSync(`${worker.config.output}.ready`))).pipe(
       Effect.filterOrFail((ready) => ready),
       Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("60 seconds"))),
       Effect.raceFirst(
-        Effect.flatMap(workers.await, () => Effect.fail(new Error("a worker ended before it was ready")))
+        Effect.flatMap(
+          Effect.promise(() => Promise.race(first.map((worker) => worker.exited))),
+          () => Effect.fail(new Error("a worker ended before it was ready"))
+        )
       )
     )
-    if (options.faults) {
-      // Faults stop when the workload does, then the tiers heal.
-      yield* faultLoop.pipe(Effect.timeout(Duration.millis(options.runMillis)), Effect.ignore)
-      proxy.setMode({ _tag: "Pass" })
-      yield* server.start.pipe(Effect.ignore)
-    }
-    yield* workers.await.pipe(Effect.flatMap((exit) => exit))
-
-    const ops: Array<Op> = configs.flatMap((config) =>
-      readFileSync(config.output, "utf8")
-        .split("\n")
-        .filter((line) => line.length > 0)
-        .map((line) => JSON.parse(line) as Op)
+    const foreignOps: Array<Op> = []
+    const loops = [
+      ...(options.faults ? [faultLoop] : []),
+      ...(options.foreignWrites ? [foreignWriter(sql, table, keys, foreignOps)] : [])
+    ]
+    // Faults and foreign writes stop when the workload does, then the tiers heal.
+    yield* Effect.all(loops, { concurrency: "unbounded", discard: true }).pipe(
+      Effect.timeout(Duration.millis(Math.max(0, runUntil - Date.now()))),
+      Effect.ignore
     )
+    proxy.setMode({ _tag: "Pass" })
+    yield* server.start.pipe(Effect.ignore)
+    // A worker started in a dead one's place may still be starting: every one ends on its own.
+    yield* awaitWorkers(workers)
+
+    const ops: Array<Op> = [...workers.flatMap((worker) => readJournal(worker.config.output)), ...foreignOps]
     const committed = (yield* sql.unsafe<{ key: string; value: string | null; version: string }>(
       `SELECT key, value, version FROM "${historyTable(table)}" ORDER BY version`
     )).map((row): Committed => ({ key: row.key, value: row.value, version: Number(row.version) }))
@@ -244,8 +330,43 @@ export const runChaos = (
       unlistedKeys: ops.filter((op) => op.error === "InconsistentCacheError (key not listed)").length,
       naive: options.naive,
       near: options.near,
+      changeCapture: options.changeCapture,
+      foreignWrites: foreignOps.filter((op) => op.outcome === "ok").length,
       faults,
       durationMillis: Date.now() - startedAt
+    }
+  })
+
+/** The version trigger (a plain UPDATE gets a version) and, with change capture, the capture trigger, with the DDL the store suggests. */
+const addTriggers = (table: string, versionSequence: string, changeCapture: boolean) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const store = yield* SqlStore.make({ versionSequence, versionTrigger: true, changeCapture, breaker: false })
+    const target: Store.Target = { entity: table, fields: ["id", "payload"], table: { name: table, primaryKey: "id" } }
+    for (let i = 0; i < 2; i++) {
+      const refused = yield* Effect.either(store.collection(target))
+      if (refused._tag === "Right") return
+      yield* sql.unsafe(refused.left.suggestedDdl!).raw
+    }
+    yield* store.collection(target)
+  })
+
+/** Plain SQL UPDATEs of random hot keys every 50-100 ms, each recorded as an operation of the foreign process. */
+const foreignWriter = (sql: SqlClient.SqlClient, table: string, keys: ReadonlyArray<string>, ops: Array<Op>) =>
+  Effect.gen(function* () {
+    for (let n = 0; ; n++) {
+      const key = keys[yield* Random.nextIntBetween(0, keys.length)]!
+      const value = `foreign.${n}`
+      const invoke = monotonicMicros()
+      const exit = yield* Effect.exit(
+        sql.unsafe(`UPDATE "${table}" SET payload = $1 WHERE id = $2 RETURNING 1`, [value, key]).values
+      )
+      const complete = monotonicMicros()
+      const op = { process: foreignProcess, key, kind: "write" as const, value, invoke, complete }
+      // No row (the key deleted meanwhile): nothing changed. A failed statement may have committed.
+      if (exit._tag === "Failure") ops.push({ ...op, outcome: "unknown", complete: Number.MAX_SAFE_INTEGER })
+      else if (exit.value.length > 0) ops.push({ ...op, outcome: "ok" })
+      yield* Effect.sleep(Duration.millis(yield* Random.nextIntBetween(50, 101)))
     }
   })
 
@@ -273,6 +394,12 @@ export const summaryLine = (summary: ChaosSummary) =>
     partialCalls: summary.partialCalls,
     unlistedKeys: summary.unlistedKeys,
     maxStaleMillis: Math.round(summary.maxStaleMicros / 100) / 10,
+    foreignWrites: summary.foreignWrites,
+    foreignStaleReads: summary.foreignStaleReads,
+    foreignLag: summary.foreignLag,
+    nonMonotonicReads: summary.nonMonotonicReads,
+    ownNonMonotonicReads: summary.ownNonMonotonicReads,
+    changeCapture: summary.changeCapture,
     nines: summary.nines,
     ninesIsLowerBound: summary.ninesIsLowerBound,
     naive: summary.naive,
@@ -280,9 +407,12 @@ export const summaryLine = (summary: ChaosSummary) =>
     durationMillis: summary.durationMillis
   })
 
+/** The change feed's aim for foreign writes: p99 under 100 ms, max under 1 s. */
+export const lagWithinAim = (summary: ChaosSummary) => summary.foreignLag.p99 < 100 && summary.foreignLag.max < 1000
+
 const printSummary = (summary: ChaosSummary) => {
   const tolerated = (v: ChaosSummary["violations"][number]) =>
-    summary.near && v.check === "stale read" && v.ownProcess !== true
+    summary.near && (v.check === "stale read" || v.check === "non-monotonic read") && v.ownProcess !== true
   const faults = Object.entries(summary.faults)
     .map(([kind, count]) => `${kind} ${count}`)
     .join(", ")
@@ -307,6 +437,10 @@ const printSummary = (summary: ChaosSummary) => {
           `longest staleness:  ${(summary.maxStaleMicros / 1000).toFixed(1)} ms after the superseding write was acknowledged`
         ]
       : []),
+    `non-monotonic reads: ${summary.nonMonotonicReads} (${summary.ownNonMonotonicReads} after a read of the same process)`,
+    `foreign writes:     ${summary.foreignWrites} acknowledged; ${summary.foreignStaleReads} reads trailed one; ` +
+      `lag p50 ${summary.foreignLag.p50} ms, p99 ${summary.foreignLag.p99} ms, max ${summary.foreignLag.max} ms` +
+      ` (aim: p99 under 100 ms, max under 1 s: ${lagWithinAim(summary) ? "met" : "MISSED"})`,
     `consistency:        ${summary.ninesIsLowerBound ? "at least " : ""}${summary.nines} nines over ${summary.reads} reads`,
     // Those that fail the run first: with the in-process tier, a stale read behind another process's write does not.
     ...[...summary.violations]
@@ -318,7 +452,7 @@ const printSummary = (summary: ChaosSummary) => {
   console.log(summaryLine(summary))
 }
 
-// `npm run chaos [-- --naive] [-- --near] [-- --history=FILE]`: the full workload, bounded well under three minutes.
+// `npm run chaos [-- --naive] [-- --near] [-- --no-capture] [-- --no-faults] [-- --history=FILE]`: the full workload, bounded well under three minutes.
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const naive = process.argv.includes("--naive")
   const near = process.argv.includes("--near")
@@ -331,7 +465,10 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     settleMillis: 4_000,
     naive,
     near,
-    faults: true,
+    faults: !process.argv.includes("--no-faults"),
+    changeCapture: !process.argv.includes("--no-capture"),
+    foreignWrites: true,
+    workerKills: !process.argv.includes("--no-faults"),
     pauseProbability: 0.1,
     faultEveryMillis: 1_500,
     historyFile
@@ -342,7 +479,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       // With the in-process tier, reads in other processes may lag a write by the announcement's delay;
       // a process still reads its own writes at once.
       const clean =
-        (near ? summary.ownStaleReads : summary.staleReads) +
+        (near ? summary.ownStaleReads + summary.ownNonMonotonicReads : summary.staleReads + summary.nonMonotonicReads) +
           summary.failedWriteReads +
           summary.lostWrites +
           summary.unconverged +

@@ -4,7 +4,7 @@
 // multi-key call as one operation per key). Started by run.ts with its configuration as the only argument.
 import { PgClient } from "@effect/sql-pg"
 import { Cause, Chunk, Effect, Exit, Layer, Option, Random, Redacted, Schedule, Schema } from "effect"
-import { writeFileSync } from "node:fs"
+import { closeSync, openSync, writeFileSync, writeSync } from "node:fs"
 import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../../src/index.js"
 import type { Op, Outcome } from "./checker.js"
 import { monotonicMicros, naiveRedisCache, refusedPayload, type WorkerConfig } from "./workload.js"
@@ -32,7 +32,9 @@ const racingStore = Layer.effect(
           getMany: (keys) => Effect.zipLeft(collection.getMany(keys), hold),
           put: (key, value) => Effect.zipLeft(collection.put(key, value), hold),
           putMany: (entries) => Effect.zipLeft(collection.putMany(entries), hold),
-          delete: (key) => Effect.zipLeft(collection.delete(key), hold)
+          delete: (key) => Effect.zipLeft(collection.delete(key), hold),
+          deletions: collection.deletions,
+          changes: collection.changes
         }))
     })
   )
@@ -71,7 +73,9 @@ const cacheLayer = config.naive
 
 const layer = Layer.merge(
   racingCache.pipe(Layer.provide(cacheLayer)),
-  racingStore.pipe(Layer.provide(SqlStore.layer()))
+  racingStore.pipe(
+    Layer.provide(SqlStore.layer({ versionSequence: config.versionSequence, changeCapture: config.changeCapture }))
+  )
 ).pipe(
   Layer.provide(
     PgClient.layer({
@@ -165,7 +169,30 @@ const program = Effect.gen(function* () {
     retry: Schedule.exponential("10 millis").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(3))),
     repairInterval: "250 millis"
   })
+  // The journal survives a SIGKILL: a write is journaled as it begins, its outcome unknown, and
+  // again once it completes; a read once it completes (one in flight when the process dies told
+  // nobody anything).
+  const journal = yield* Effect.acquireRelease(
+    Effect.sync(() => openSync(config.output, "a")),
+    (fd) => Effect.sync(() => closeSync(fd))
+  )
   const ops: Array<Op> = []
+  let ids = 0
+  const journaled = (op: Op) => writeSync(journal, `${JSON.stringify(op)}\n`)
+  const record = (op: Op) => {
+    ops.push(op)
+    journaled(op)
+  }
+  const begin = (op: Omit<Op, "complete" | "outcome" | "id">): Op => {
+    const invoked = {
+      ...op,
+      id: `${config.process}.${++ids}`,
+      complete: Number.MAX_SAFE_INTEGER,
+      outcome: "unknown" as const
+    }
+    journaled(invoked)
+    return invoked
+  }
   // Connected and prepared: the orchestrator starts the faults once every worker says so.
   writeFileSync(`${config.output}.ready`, "")
   const deadline = monotonicMicros() + config.runMillis * 1000
@@ -189,30 +216,16 @@ const program = Effect.gen(function* () {
           const complete = monotonicMicros()
           const { outcome, error } = outcomeOf(exit)
           const value = Exit.isSuccess(exit) ? Option.getOrNull(Option.map(exit.value, (row) => row.payload)) : null
-          ops.push({ process: config.process, key, kind: "read", value, invoke, complete, outcome, error })
+          record({ process: config.process, key, kind: "read", value, invoke, complete, outcome, error })
         } else if (roll < 0.84) {
           const value = nextValue()
+          const invoked = begin({ process: config.process, key, kind: "write", value, invoke })
           const exit = yield* Effect.exit(users.set(key, { id: key, payload: value }))
-          ops.push({
-            process: config.process,
-            key,
-            kind: "write",
-            value,
-            invoke,
-            complete: monotonicMicros(),
-            ...outcomeOf(exit)
-          })
+          record({ ...invoked, complete: monotonicMicros(), ...outcomeOf(exit) })
         } else if (roll < 0.92) {
+          const invoked = begin({ process: config.process, key, kind: "delete", value: null, invoke })
           const exit = yield* Effect.exit(users.delete(key))
-          ops.push({
-            process: config.process,
-            key,
-            kind: "delete",
-            value: null,
-            invoke,
-            complete: monotonicMicros(),
-            ...outcomeOf(exit)
-          })
+          record({ ...invoked, complete: monotonicMicros(), ...outcomeOf(exit) })
         } else if (roll < 0.96) {
           // Two to four keys in one setMany. One in ten carries a value the database refuses (its
           // CHECK): the whole batch must fail, none of its keys written.
@@ -223,21 +236,12 @@ const program = Effect.gen(function* () {
           )
           const call = `p${config.process}.f${fiberId}.setMany${++counter}${poisoned ? ".poisoned" : ""}`
           const start = monotonicMicros()
+          const invoked = entries.map(([key, value]) =>
+            begin({ process: config.process, key, kind: "write", value, invoke: start, call, via: "setMany" })
+          )
           const exit = yield* Effect.exit(users.setMany(entries.map(([key, payload]) => [key, { id: key, payload }])))
           const complete = monotonicMicros()
-          for (const [key, value] of entries) {
-            ops.push({
-              process: config.process,
-              key,
-              kind: "write",
-              value,
-              invoke: start,
-              complete,
-              ...keyOutcomeOf(exit, key),
-              call,
-              via: "setMany"
-            })
-          }
+          for (const op of invoked) record({ ...op, complete, ...keyOutcomeOf(exit, op.key) })
         } else {
           // Two or three sets and deletes of distinct keys in one transaction, in the order setMany
           // locks keys (as an application avoiding deadlocks would: one costs a second of every
@@ -294,6 +298,17 @@ const program = Effect.gen(function* () {
             )
           )
           const start = monotonicMicros()
+          const invoked = steps.map((step) =>
+            begin({
+              process: config.process,
+              key: step.key,
+              kind: step.kind,
+              value: step.value,
+              invoke: start,
+              call,
+              via: "transaction"
+            })
+          )
           const exit = yield* Effect.exit(WriteThrough.transaction(body))
           const complete = monotonicMicros()
           const seen = [
@@ -301,25 +316,19 @@ const program = Effect.gen(function* () {
             ...(bodyFailed === undefined ? [] : [`the body failed with ${bodyFailed}`]),
             ...(caught.length === 0 ? [] : [`the body caught ${caught.join("; ")}`])
           ].join("; ")
-          for (const step of steps) {
+          for (const [i, step] of steps.entries()) {
             const result = keyOutcomeOf(exit, step.key)
             // A defect after a body that never ran (BEGIN failed), failed, or caught a failed write is
             // the ROLLBACK's: such a transaction must not commit (the checker then tells if it did).
             const rolledBack =
               result.error === "defect" &&
               (!bodyRan || (bodyFailed !== undefined && bodyFailed !== "a defect") || caught.length > 0)
-            ops.push({
-              process: config.process,
-              key: step.key,
-              kind: step.kind,
-              value: step.value,
-              invoke: start,
+            record({
+              ...invoked[i]!,
               complete,
               ...result,
               ...(rolledBack ? { outcome: "fail" as const } : {}),
-              ...(seen === "" ? {} : { detail: `${result.detail ?? ""} (${seen})` }),
-              call,
-              via: "transaction"
+              ...(seen === "" ? {} : { detail: `${result.detail ?? ""} (${seen})` })
             })
           }
         }
@@ -335,10 +344,18 @@ const program = Effect.gen(function* () {
     fiber,
     { concurrency: "unbounded", discard: true }
   )
-  writeFileSync(config.output, ops.map((op) => JSON.stringify(op)).join("\n"))
   // Stay up while retries and background repairs finish, as a long-running service would.
   yield* Effect.sleep(config.settleMillis)
-}).pipe(Effect.scoped, Effect.provide(layer))
+}).pipe(
+  Effect.scoped,
+  Effect.provide(layer),
+  // A worker started in a killed one's place may start during a fault: it connects once Redis answers.
+  Effect.retry({
+    while: (error) => error._tag === "CacheConnectionError",
+    schedule: Schedule.spaced("500 millis"),
+    times: 40
+  })
+)
 
 Effect.runPromiseExit(program).then((exit) => {
   if (Exit.isFailure(exit)) {

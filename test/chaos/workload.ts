@@ -17,12 +17,17 @@ export interface WorkerConfig {
   readonly runMillis: number
   readonly settleMillis: number
   readonly applicationName: string
+  /** The store's version sequence, the run's own: the change feed's outbox and positions are named after it. */
+  readonly versionSequence: string
+  /** SqlStore's change capture on: every committed change, the foreign writer's too, reaches the cache. */
+  readonly changeCapture: boolean
   /** A write-through over a cache that ignores versions: what the checker must catch. */
   readonly naive: boolean
   /** RedisCache with its in-process tier on. */
   readonly near: boolean
   /** Probability of holding a step between the store and the cache, forcing races (a), (b), (c), (f). */
   readonly pauseProbability: number
+  /** The journal: each write's invocation as it begins and every operation as it completes, one JSON object a line. */
   readonly output: string
 }
 
@@ -34,11 +39,11 @@ const refusedMarker = "!refused"
 export const refusedPayload = (value: string): string => `${value}${refusedMarker}`
 
 /** The workload's table, and a history of every committed change written by a trigger in the same transaction. */
-export const createTables = (table: string) =>
+export const createTables = (table: string, versionSequence: string) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const history = historyTable(table)
-    yield* sql.unsafe(`CREATE SEQUENCE IF NOT EXISTS effect_write_through_version`).raw
+    yield* sql.unsafe(`CREATE SEQUENCE IF NOT EXISTS "${versionSequence}"`).raw
     // The check lets the workload write values the library takes and the database refuses (refusedPayload).
     yield* sql.unsafe(
       `CREATE TABLE "${table}" (id text PRIMARY KEY, payload text NOT NULL CHECK (payload NOT LIKE '%${refusedMarker}'), ` +
@@ -50,7 +55,7 @@ export const createTables = (table: string) =>
     yield* sql.unsafe(`CREATE FUNCTION "${table}_record"() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
         IF TG_OP = 'DELETE' THEN
-          INSERT INTO "${history}" VALUES (OLD.id, NULL, nextval('effect_write_through_version'));
+          INSERT INTO "${history}" VALUES (OLD.id, NULL, nextval('"${versionSequence}"'));
           RETURN OLD;
         END IF;
         INSERT INTO "${history}" VALUES (NEW.id, NEW.payload, NEW.version);
@@ -62,12 +67,16 @@ export const createTables = (table: string) =>
     ).raw
   })
 
-export const dropTables = (table: string) =>
+export const dropTables = (table: string, versionSequence: string) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     yield* sql.unsafe(`DROP TABLE IF EXISTS "${table}"`).raw
     yield* sql.unsafe(`DROP TABLE IF EXISTS "${historyTable(table)}"`).raw
     yield* sql.unsafe(`DROP FUNCTION IF EXISTS "${table}_record"()`).raw
+    // The change feed's objects, named after the run's sequence (see SqlStore's changeCapture).
+    yield* sql.unsafe(`DROP TABLE IF EXISTS "${versionSequence}_changes", "${versionSequence}_feeds"`).raw
+    yield* sql.unsafe(`DROP FUNCTION IF EXISTS "${versionSequence}_capture", "${versionSequence}_bump" CASCADE`).raw
+    yield* sql.unsafe(`DROP SEQUENCE IF EXISTS "${versionSequence}"`).raw
   })
 
 /**
