@@ -8,8 +8,18 @@
 import { PgClient } from "@effect/sql-pg"
 import { Context, Duration, Effect, Either, Layer, ManagedRuntime, Option, Redacted } from "effect"
 import { Cache, MemoryCache, RedisCache, SqlStore, Store } from "../src/index.js"
+import { capturedSet, lagProbe } from "./changeFeed.js"
 import type { Case, Runner } from "./harness.js"
-import { ahead, concurrent, extraAtMost, extraMillisAtMost, ratioAtMost, sequential } from "./harness.js"
+import {
+  ahead,
+  concurrent,
+  extraAtMost,
+  extraMillisAtMost,
+  ratioAtMost,
+  samples,
+  samplesAtMost,
+  sequential
+} from "./harness.js"
 import {
   buildLibrary,
   columns,
@@ -329,6 +339,18 @@ const CACHE_MANAGER_64 = "cache-manager redis hit @64"
 const PG_SELECT_OUTAGE = "pg select by key (outage keys)"
 const SQLSTORE_GET_OUTAGE = "SqlStore get by key (outage keys)"
 const PG_STORE_WRITE = "pg store write (lock, nextval, upsert)"
+const LIB_SET = "lib: set"
+const LIB_SET_16 = "lib: set @16"
+const TWIN_SET = "lib: set (twin table, no capture)"
+const TWIN_SET_16 = "lib: set @16 (twin table, no capture)"
+
+/** The change feed's lag targets: p99 under 100 ms, max under 1 s (on the default 20 ms poll). */
+const lagTarget = samplesAtMost([
+  [0.99, 100],
+  [1, 1000]
+])
+/** Changes per round of each lag case: 270 samples in the default 9 rounds. */
+const lagChangesPerRound = 30
 
 export const cases: ReadonlyArray<Case<Fixture>> = [
   // ---- Redis-tier hit, one at a time ----
@@ -550,12 +572,32 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     setup: async (fx) => ({ op: await handWrittenWrite(fx) })
   },
   {
-    case: "lib: set",
+    case: LIB_SET,
     kind: sequential,
     baseline: PG_WRITE,
     target: ratioAtMost(1.1),
     note: "users.set: upsert (advisory lock, version from a sequence), then a guarded Lua SET",
     setup: async (fx) => ({ op: librarySet(fx) })
+  },
+  {
+    case: TWIN_SET,
+    kind: sequential,
+    baseline: LIB_SET,
+    note: "diagnostic: users.set without capture over a twin of the captured table (same rows, its own sequence, no triggers)",
+    setup: async (fx) => capturedSet(fx, false)
+  },
+  {
+    // What change capture costs a set: the same set over a store with changeCapture on (its own
+    // table, with the version and capture triggers, its own outbox), its feed consumed by this
+    // process meanwhile (bench/changeFeed.ts). Against `lib: set`, and against the same library
+    // without capture on a twin of its table (like for like: the fixture's table has another history).
+    case: "lib: set (change capture)",
+    kind: sequential,
+    baseline: LIB_SET,
+    target: ratioAtMost(1.25),
+    also: [{ baseline: TWIN_SET, target: ratioAtMost(1.25) }, { baseline: PG_WRITE }],
+    note: "users.set over SqlStore with changeCapture: the set, the two triggers (version check, outbox row) in its transaction; the feed consuming in-process",
+    setup: async (fx) => capturedSet(fx)
   },
   {
     case: PG_WRITE_16,
@@ -564,11 +606,49 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     setup: async (fx) => ({ op: await handWrittenWrite(fx) })
   },
   {
-    case: "lib: set @16",
+    case: LIB_SET_16,
     kind: concurrent(16),
     baseline: PG_WRITE_16,
     target: ratioAtMost(1.1),
     setup: async (fx) => ({ op: librarySet(fx) })
+  },
+  {
+    case: TWIN_SET_16,
+    kind: concurrent(16),
+    baseline: LIB_SET_16,
+    setup: async (fx) => capturedSet(fx, false)
+  },
+  {
+    case: "lib: set @16 (change capture)",
+    kind: concurrent(16),
+    baseline: LIB_SET_16,
+    also: [{ baseline: TWIN_SET_16 }, { baseline: PG_WRITE_16 }],
+    setup: async (fx) => capturedSet(fx)
+  },
+  // ---- The change feed's lag: a plain SQL UPDATE's commit to the cache no longer serving the old value ----
+  {
+    case: "change feed: lag (quiet)",
+    kind: samples,
+    ops: lagChangesPerRound,
+    unit: "change",
+    baseline: null,
+    target: lagTarget,
+    note:
+      "a cached key's row changed with a plain SQL UPDATE; from the query resolving to the raw Redis key no longer " +
+      "holding the old value (polled every ~1 ms); feed on its defaults (poll every 20 ms); changes 5-25 ms apart",
+    setup: async (fx) => lagProbe(fx)
+  },
+  {
+    case: "change feed: lag (under load: lib sets @16)",
+    kind: samples,
+    ops: lagChangesPerRound,
+    unit: "change",
+    baseline: null,
+    target: lagTarget,
+    note:
+      "as the quiet lag, while 16 library sets at once run on other keys of the same entity (their changes go " +
+      "through the same feed); loadSetsPerSecond: the load's rate per round",
+    setup: async (fx) => lagProbe(fx, 16)
   },
   // ---- Many keys (where the batched read of the same 100 keys goes) ----
   {

@@ -13,7 +13,7 @@ import { Context, Duration, Effect, Either, Layer, Logger, ManagedRuntime, Redac
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { createRequire } from "node:module"
-import { Cache, RedisCache, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { Cache, type ChangeCapture, RedisCache, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { startFaultProxy } from "../test/chaos/faultProxy.js"
 
 export const databaseUrl = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
@@ -24,6 +24,14 @@ export const ttlMillis = 60 * 60 * 1000
 
 /** PostgreSQL connections in each pool (pg's for the baselines, the library's PgClient). */
 export const poolSize = 16
+
+/**
+ * How long a pool keeps an idle connection (pg's default is 10 s). A run has about ten pools of
+ * `poolSize`; with connections kept 10 s, those warmed in the setup were still open when the next
+ * cases were calibrated, and a run could exceed PostgreSQL's default max_connections (100). A round
+ * of the whole run is longer than 10 s, so its cases reopened their connections every round anyway.
+ */
+export const idleMillis = 1000
 
 // ---- The payload ----
 
@@ -64,7 +72,8 @@ export const userFields = (id: string, n: number): UserFields => ({
 
 export const columns = ["id", "name", "email", "city", "country", "plan", "score", "bio"] as const
 
-const tableDdl = (table: string) =>
+/** The users table of the run (and of the change feed's cases, bench/changeFeed.ts). */
+export const tableDdl = (table: string) =>
   `CREATE TABLE "${table}" (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, city text NOT NULL, ` +
   `country text NOT NULL, plan text NOT NULL, score integer NOT NULL, bio text NOT NULL, version bigint NOT NULL)`
 
@@ -84,6 +93,7 @@ const pg = createRequire(import.meta.url)("pg") as {
   readonly Pool: new (config: {
     readonly connectionString: string
     readonly max: number
+    readonly idleTimeoutMillis: number
     readonly application_name: string
   }) => PgPool
 }
@@ -143,6 +153,11 @@ export interface LibraryOptions {
   readonly keyPrefix: string
   /** The version sequence the SqlStore draws from (created if missing; the run drops it). */
   readonly versionSequence: string
+  /**
+   * The SqlStore's `changeCapture` (default off). With it on, the table must have both triggers
+   * (see bench/changeFeed.ts), and the entity consumes its change feed in this process.
+   */
+  readonly changeCapture?: boolean | ChangeCapture.Options
   /** Replaces the RedisCache (e.g. a near cache over it); it gets the RedisCache layer to build on. */
   readonly cache?: (redis: Layer.Layer<Cache.Cache, Cache.CacheConnectionError>) => Layer.Layer<Cache.Cache, unknown>
   /** Further WriteThrough options (ttl, timeouts...). */
@@ -175,13 +190,21 @@ export const buildLibrary = async (options: LibraryOptions): Promise<Library> =>
   ).pipe(
     Layer.provide(options.cache === undefined ? redis : options.cache(redis)),
     Layer.provide(
-      countingStore(counter).pipe(Layer.provide(SqlStore.layer({ versionSequence: options.versionSequence })))
+      countingStore(counter).pipe(
+        Layer.provide(
+          SqlStore.layer({
+            versionSequence: options.versionSequence,
+            ...(options.changeCapture === undefined ? {} : { changeCapture: options.changeCapture })
+          })
+        )
+      )
     ),
     Layer.provide(
       PgClient.layer({
         url: Redacted.make(databaseUrl),
         applicationName: "effect-write-through-bench",
-        maxConnections: poolSize
+        maxConnections: poolSize,
+        idleTimeout: Duration.millis(idleMillis)
       })
     )
   )
@@ -337,6 +360,7 @@ export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => 
     const pool = new pg.Pool({
       connectionString: databaseUrl,
       max: poolSize,
+      idleTimeoutMillis: idleMillis,
       application_name: "effect-write-through-bench"
     })
     onCleanup("pg pool", () => pool.end())

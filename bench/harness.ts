@@ -7,17 +7,25 @@ import { runInNewContext } from "node:vm"
 /**
  * Sequential: one operation at a time; every operation's latency is recorded and a round reports
  * their median. Concurrent: `inFlight` operations at a time; a round reports only its wall time,
- * as microseconds per operation (wall time / operations) and operations per second.
+ * as microseconds per operation (wall time / operations) and operations per second. Samples: one
+ * operation at a time, each of which measures a figure itself and resolves to it, in microseconds
+ * (e.g. how long a change took to reach the cache, which is not the operation's own duration);
+ * every measured sample of every round is kept, and the case reports their distribution (p50, p90,
+ * p99, max) over the whole run.
  */
-export type Kind = { readonly _tag: "sequential" } | { readonly _tag: "concurrent"; readonly inFlight: number }
+export type Kind =
+  | { readonly _tag: "sequential" }
+  | { readonly _tag: "concurrent"; readonly inFlight: number }
+  | { readonly _tag: "samples" }
 
 export const sequential: Kind = { _tag: "sequential" }
 export const concurrent = (inFlight: number): Kind => ({ _tag: "concurrent", inFlight })
+export const samples: Kind = { _tag: "samples" }
 
 /** What a case's figures are compared on, where lower is better. */
 export type LowerIsBetter = "latency" | "1/throughput"
 
-export const lowerIsBetter = (kind: Kind): LowerIsBetter => (kind._tag === "sequential" ? "latency" : "1/throughput")
+export const lowerIsBetter = (kind: Kind): LowerIsBetter => (kind._tag === "concurrent" ? "1/throughput" : "latency")
 
 /** What a case reports, for a target to judge. `ratio` is null without a baseline (or if the baseline failed). */
 export interface Figures {
@@ -27,6 +35,8 @@ export interface Figures {
   /** The baseline's `medianMicros`, for a target on the difference; null as `ratio` is. */
   readonly baselineMicros: number | null
   readonly extras: Readonly<Record<string, number>>
+  /** A `samples` case's measured samples over all rounds, in microseconds, sorted; empty for the other kinds. */
+  readonly samples: ReadonlyArray<number>
 }
 
 export interface Target {
@@ -63,6 +73,21 @@ export const extraMillisAtMost = (millis: number): Target => ({
   }
 })
 
+const formatMillis = (micros: number): string => `${(micros / 1000).toFixed(micros >= 100_000 ? 0 : 1)} ms`
+
+/**
+ * For a `samples` case: each given quantile of the samples over the whole run (1 is the maximum)
+ * is at most its bound in milliseconds, e.g. `[[0.99, 100], [1, 1000]]`.
+ */
+export const samplesAtMost = (bounds: ReadonlyArray<readonly [quantile: number, millis: number]>): Target => ({
+  description: bounds.map(([q, millis]) => `${quantileName(q)} <= ${millis} ms`).join(", "),
+  meets: (f) => f.samples.length > 0 && bounds.every(([q, millis]) => quantile(f.samples, q) <= millis * 1000),
+  measured: (f) =>
+    f.samples.length === 0
+      ? undefined
+      : bounds.map(([q]) => `${quantileName(q)} ${formatMillis(quantile(f.samples, q))}`).join(", ")
+})
+
 /** An extra figure (see `Runner.afterRound`, aggregated as the worst round: the maximum) is at most `max`. */
 export const extraAtMost = (field: string, max: number): Target => ({
   description: `${field} <= ${max}`,
@@ -74,7 +99,8 @@ export interface Runner {
   /**
    * One operation. `i` counts this case's operations over the whole run, warm-ups included, and
    * never repeats, so a case can hand out a fresh key per operation (a miss, a cold key).
-   * A rejection fails the case (and makes the process exit non-zero).
+   * A rejection fails the case (and makes the process exit non-zero). In a `samples` case it
+   * resolves to the sample it measured, in microseconds (anything but a finite number fails it).
    */
   readonly op: (i: number) => Promise<unknown>
   /** Before each round's warm-up. */
@@ -128,16 +154,30 @@ export interface ComparisonResult {
   readonly measured?: string
 }
 
+/** A `samples` case's distribution over all its measured samples, in milliseconds. */
+export interface SampleMillis {
+  readonly count: number
+  readonly p50: number
+  readonly p90: number
+  readonly p99: number
+  readonly max: number
+}
+
 /** One entry of bench/results.json. */
 export interface Result {
   readonly case: string
-  readonly kind: "sequential" | "concurrent"
+  readonly kind: "sequential" | "concurrent" | "samples"
   readonly inFlight: number
   readonly unit: string
-  /** Median over rounds of: the median latency (sequential), or wall time / operations (concurrent). */
+  /**
+   * Median over rounds of: the median latency (sequential), or wall time / operations (concurrent);
+   * for a `samples` case, the median of all its samples.
+   */
   readonly medianMicros: number | null
-  /** Median over rounds of operations per second. */
+  /** Median over rounds of operations per second (null for a `samples` case: its operations are probes). */
   readonly opsPerSecond: number | null
+  /** A `samples` case's distribution. */
+  readonly sampleMillis?: SampleMillis
   /** The figure the ratio compares, lower is better: latency for sequential cases, 1/throughput for concurrent ones. */
   readonly lowerIsBetter: LowerIsBetter
   readonly baseline: string | null
@@ -180,6 +220,9 @@ const quantile = (values: ArrayLike<number>, q: number): number => {
   return sorted[low]! + (sorted[high]! - sorted[low]!) * (position - low)
 }
 
+/** 0.99 is "p99", 1 is "max". */
+const quantileName = (q: number): string => (q === 1 ? "max" : `p${Math.round(q * 1000) / 10}`)
+
 /** `gc()`: from `--expose-gc`, or enabled at run time through V8's flags; undefined if neither works. */
 export const findGc = (): (() => void) | undefined => {
   const exposed = (globalThis as { gc?: () => void }).gc
@@ -217,6 +260,18 @@ const runOps = async (
     const wall = Number(now() - began) / 1000
     return { micros: median(latencies.subarray(0, count)), opsPerSecond: (count * 1e6) / wall }
   }
+  if (kind._tag === "samples") {
+    const began = now()
+    for (let k = 0; k < count; k++) {
+      const sample = await op(start + k)
+      if (typeof sample !== "number" || !Number.isFinite(sample)) {
+        throw new Error(`operation ${start + k} resolved to ${String(sample)}, not a sample in microseconds`)
+      }
+      latencies[k] = sample
+    }
+    const wall = Number(now() - began) / 1000
+    return { micros: median(latencies.subarray(0, count)), opsPerSecond: (count * 1e6) / wall }
+  }
   let next = 0
   let failure: { readonly error: unknown } | undefined
   const worker = async () => {
@@ -245,6 +300,8 @@ interface State<F> {
   warmup: number
   readonly rounds: Array<RoundFigures>
   readonly extras: Map<string, Array<number>>
+  /** A `samples` case's measured samples, all rounds. */
+  readonly samples: Array<number>
   error: string | undefined
 }
 
@@ -265,8 +322,8 @@ export interface RunOptions {
 const calibrate = async <F>(state: State<F>, budgetMillis: number, latencies: Float64Array): Promise<number> => {
   const spec = state.spec
   const max = spec.maxOps ?? 1_000_000
-  const min = spec.kind._tag === "sequential" ? 5 : Math.min(max, spec.kind.inFlight * 4)
-  let count = spec.kind._tag === "sequential" ? 4 : spec.kind.inFlight * 2
+  const min = spec.kind._tag === "concurrent" ? Math.min(max, spec.kind.inFlight * 4) : 5
+  let count = spec.kind._tag === "concurrent" ? spec.kind.inFlight * 2 : 4
   for (;;) {
     count = Math.min(count, max, latencies.length)
     const began = now()
@@ -311,6 +368,7 @@ export const runCases = async <F>(
     warmup: spec.warmup ?? 0,
     rounds: [],
     extras: new Map(),
+    samples: [],
     error: undefined
   }))
   for (const state of states) {
@@ -348,6 +406,7 @@ export const runCases = async <F>(
         const figures = await runOps(spec.kind, runner.op, state.cursor, state.ops, latencies)
         state.cursor += state.ops
         state.rounds.push(figures)
+        if (spec.kind._tag === "samples") state.samples.push(...latencies.subarray(0, state.ops))
         const extras = (await runner.afterRound?.(round)) ?? {}
         for (const [field, value] of Object.entries(extras)) {
           const values = state.extras.get(field) ?? []
@@ -374,13 +433,15 @@ export const runCases = async <F>(
     if (state.error !== undefined || state.rounds.length === 0) continue
     const extras: Record<string, number> = {}
     for (const [field, values] of state.extras) extras[field] = Math.max(...values)
+    const sorted = Array.from(Float64Array.from(state.samples).sort())
     figuresOf.set(state.spec.case, {
       kind: state.spec.kind,
-      medianMicros: median(state.rounds.map((r) => r.micros)),
+      medianMicros: state.spec.kind._tag === "samples" ? median(sorted) : median(state.rounds.map((r) => r.micros)),
       opsPerSecond: median(state.rounds.map((r) => r.opsPerSecond)),
       ratio: null,
       baselineMicros: null,
       extras,
+      samples: sorted,
       rounds: state.rounds
     })
   }
@@ -388,7 +449,7 @@ export const runCases = async <F>(
     const a = figuresOf.get(ours)
     const b = figuresOf.get(baseline)
     if (a === undefined || b === undefined) return null
-    return a.kind._tag === "sequential" ? a.medianMicros / b.medianMicros : b.opsPerSecond / a.opsPerSecond
+    return a.kind._tag === "concurrent" ? b.opsPerSecond / a.opsPerSecond : a.medianMicros / b.medianMicros
   }
   const pairedRatio = (ours: string, baseline: string): number | null => {
     const a = figuresOf.get(ours)
@@ -396,9 +457,9 @@ export const runCases = async <F>(
     if (a === undefined || b === undefined) return null
     const n = Math.min(a.rounds.length, b.rounds.length)
     const ratios = Array.from({ length: n }, (_, r) =>
-      a.kind._tag === "sequential"
-        ? a.rounds[r]!.micros / b.rounds[r]!.micros
-        : b.rounds[r]!.opsPerSecond / a.rounds[r]!.opsPerSecond
+      a.kind._tag === "concurrent"
+        ? b.rounds[r]!.opsPerSecond / a.rounds[r]!.opsPerSecond
+        : a.rounds[r]!.micros / b.rounds[r]!.micros
     )
     return n === 0 ? null : median(ratios)
   }
@@ -428,13 +489,26 @@ export const runCases = async <F>(
       extras[field] = Math.max(...values)
       extras[`${field}PerRound`] = values
     }
+    const isSamples = spec.kind._tag === "samples"
+    const inMillis = (q: number) => Math.round(quantile(own!.samples, q)) / 1000
     return {
       case: spec.case,
       kind: spec.kind._tag,
       inFlight: spec.kind._tag === "concurrent" ? spec.kind.inFlight : 1,
       unit: spec.unit ?? "op",
       medianMicros: own?.medianMicros ?? null,
-      opsPerSecond: own?.opsPerSecond ?? null,
+      opsPerSecond: isSamples ? null : (own?.opsPerSecond ?? null),
+      ...(isSamples && own !== undefined && own.samples.length > 0
+        ? {
+            sampleMillis: {
+              count: own.samples.length,
+              p50: inMillis(0.5),
+              p90: inMillis(0.9),
+              p99: inMillis(0.99),
+              max: inMillis(1)
+            }
+          }
+        : {}),
       lowerIsBetter: lowerIsBetter(spec.kind),
       baseline: spec.baseline,
       ratio: mainRatio,
@@ -498,11 +572,18 @@ const table = (
 export const formatResults = (results: ReadonlyArray<Result>): string => {
   const rows: Array<Array<string>> = []
   for (const r of results) {
-    const kind = r.kind === "sequential" ? "seq" : `${r.inFlight} in flight`
+    const kind = r.kind === "sequential" ? "seq" : r.kind === "samples" ? "samples" : `${r.inFlight} in flight`
+    const distribution =
+      r.sampleMillis === undefined
+        ? []
+        : [
+            `p50 ${r.sampleMillis.p50} ms, p90 ${r.sampleMillis.p90} ms, p99 ${r.sampleMillis.p99} ms, ` +
+              `max ${r.sampleMillis.max} ms (${r.sampleMillis.count} samples)`
+          ]
     const extra = Object.keys(r)
       .filter((k) => r[`${k}PerRound`] !== undefined)
       .map((k) => `${k} ${String(r[k])} (per round: ${(r[`${k}PerRound`] as Array<number>).join(",")})`)
-    const notes = [...extra, ...(r.error === undefined ? [] : [`ERROR ${r.error}`])].join("; ")
+    const notes = [...distribution, ...extra, ...(r.error === undefined ? [] : [`ERROR ${r.error}`])].join("; ")
     rows.push([
       r.case,
       kind,
@@ -568,7 +649,8 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
   return [
     table(header, rows, new Set([3, 4, 5, 7, 8])),
     "",
-    "median µs: sequential cases, the median over rounds of each round's median latency; concurrent cases, wall time / operations.",
+    "median µs: sequential cases, the median over rounds of each round's median latency; concurrent cases, wall time / operations;",
+    "  samples cases (each operation measures a figure itself, e.g. the change feed's lag), the median of all samples (notes: p50 to max).",
     "ratio: ours / baseline where lower is better (latency when sequential, 1/throughput when concurrent); below 1.00x is ahead.",
     "paired: the median of the per-round ratios (both measured in the same round); targets are judged on ratio.",
     "spread: interquartile range of the per-round figures, relative to their median.",

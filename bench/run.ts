@@ -4,6 +4,7 @@
 //   npm run bench                       # 9 rounds, each case measured for about 400 ms a round
 //   npm run bench -- --rounds 3 --budget 100   # a smoke run
 //   npm run bench -- --only "lib: set"  # cases whose name matches (a regular expression), and their baselines
+//   npm run bench -- --only change      # the change feed cases (bench/changeFeed.ts) and their baselines
 //
 // The process exits 0 whether or not the targets are met (this is a measurement); non-zero only
 // when a case, the setup or the cleanup failed.
