@@ -276,6 +276,8 @@ export declare namespace Store {
     readonly pull: Effect.Effect<ReadonlyArray<Change> | undefined, StoreError>
     /** The last page pulled reached the cache: the next pull goes on after it, and the position is kept durably. */
     readonly commit: Effect.Effect<void, StoreError>
+    /** Gives the feed up, its position recorded, so that another process takes it over without waiting for the claim to run out. */
+    readonly release: Effect.Effect<void, StoreError>
   }
 
   /**

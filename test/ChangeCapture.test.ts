@@ -18,7 +18,7 @@ import {
   usersOn
 } from "./support/changeCapture.js"
 import { User, user } from "./support/fixtures.js"
-import { PgLive, rawRedis, redisCacheLayer, unique } from "./support/services.js"
+import { PgLive, rawRedis, redisCacheLayer, unique, usersTable } from "./support/services.js"
 
 /** The users entity over a capturing store and a Redis cache of the test's own prefix. */
 const capturedUsers = Effect.gen(function* () {
@@ -68,6 +68,41 @@ const killWriterWhen = <E, R>(args: ReadonlyArray<string>, until: Effect.Effect<
   )
 
 describe("ChangeCapture", () => {
+  it.effect(
+    "an entity table without the capture trigger is refused with reason Schema and the CREATE TRIGGER that adds it",
+    () =>
+      Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        const objects = yield* captureObjects
+        const store = yield* captureStore(objects)
+        const table = yield* usersTable
+        const target: Store.Target = {
+          entity: table,
+          fields: ["id", "name", "email"],
+          table: { name: table, primaryKey: "id" }
+        }
+        // changeCapture needs the version trigger first, then its own.
+        const version = yield* Effect.flip(store.collection(target))
+        expect(version.suggestedDdl).toContain(`CREATE TRIGGER "effect_write_through_version" BEFORE INSERT OR UPDATE`)
+        yield* sql.unsafe(version.suggestedDdl!).raw
+        const capture = yield* Effect.flip(store.collection(target))
+        expect(capture).toMatchObject({ reason: "Schema", entity: table })
+        expect(capture.message).toContain(`has no trigger "effect_write_through_capture"`)
+        expect(capture.suggestedDdl).toBe(
+          `CREATE TRIGGER "effect_write_through_capture" AFTER INSERT OR UPDATE OR DELETE ON "${table}" FOR EACH ROW ` +
+            `EXECUTE FUNCTION "public"."${objects.versionSequence}_capture"('"${table}"', 'id', 'version')`
+        )
+        yield* sql.unsafe(capture.suggestedDdl!).raw
+        const users = yield* store.collection(target)
+        expect(users.changes).toBeDefined()
+        yield* sql.unsafe(`ALTER TABLE "${table}" DISABLE TRIGGER "effect_write_through_capture"`).raw
+        expect((yield* Effect.flip(store.collection(target))).message).toContain("disabled or fires on other events")
+        // An entity in the generic table needs nothing: the store adds both triggers there itself.
+        const generic = yield* store.collection({ entity: unique("generic"), fields: undefined, table: undefined })
+        expect(generic.changes).toBeDefined()
+      }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
   it.live("plain INSERT, UPDATE, DELETE and a key changed in place reach the cache", () =>
     Effect.gen(function* () {
       const { store, table, usersOf, redis, sql, cacheKey } = yield* capturedUsers
@@ -158,6 +193,9 @@ describe("ChangeCapture", () => {
         )
       )
       yield* Scope.close(first, Exit.void)
+      // Closing the scope gave the feed up: its claim has run out, for the next process to take at once.
+      const [released] = yield* sql.unsafe(`SELECT "until" < clock_timestamp() FROM "${objects.feeds}"`).values
+      expect(released).toEqual([true])
       const cached = yield* Effect.forEach(keys, (key) => entryOf(redis, cacheKey(key)))
 
       // Nobody consumes: plain SQL changes every key, in several transactions, and the cache keeps the old entries.
@@ -168,7 +206,7 @@ describe("ChangeCapture", () => {
       expect(yield* Effect.forEach(keys, (key) => entryOf(redis, cacheKey(key)))).toEqual(cached)
       expect((yield* sql.unsafe(`SELECT count(*)::int FROM "${objects.changes}"`).values)[0]![0]).toBe(keys.length)
 
-      // Another store (another process's claim) takes the feed over once the lease ran out, and catches up.
+      // Another store (another process's claim) takes the feed over, and catches up.
       const again = yield* usersOf(yield* captureStore(objects))
       yield* eventually(
         Effect.filterOrFail(

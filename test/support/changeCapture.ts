@@ -12,11 +12,13 @@ export interface CaptureObjects {
   readonly versionSequence: string
   readonly changes: string
   readonly feeds: string
+  /** The store's generic table, the test's own too. */
+  readonly genericTable: string
 }
 
 /**
  * A version sequence of the test's own: the store's trigger functions, outbox and positions table
- * are named after it, and are dropped with it when the scope closes.
+ * are named after it, and are dropped with it when the scope closes; and a generic table of its own.
  */
 export const captureObjects: Effect.Effect<CaptureObjects, never, SqlClient.SqlClient | import("effect/Scope").Scope> =
   Effect.gen(function* () {
@@ -25,24 +27,30 @@ export const captureObjects: Effect.Effect<CaptureObjects, never, SqlClient.SqlC
     yield* Effect.addFinalizer(() =>
       Effect.orDie(
         sql.unsafe(
-          `DROP TABLE IF EXISTS "${versionSequence}_changes", "${versionSequence}_feeds"; ` +
+          `DROP TABLE IF EXISTS "${versionSequence}_changes", "${versionSequence}_feeds", "${versionSequence}_entries"; ` +
             `DROP FUNCTION IF EXISTS "${versionSequence}_capture" CASCADE; ` +
             `DROP FUNCTION IF EXISTS "${versionSequence}_bump" CASCADE; DROP SEQUENCE IF EXISTS "${versionSequence}"`
         ).raw
       )
     )
-    return { versionSequence, changes: `${versionSequence}_changes`, feeds: `${versionSequence}_feeds` }
+    return {
+      versionSequence,
+      changes: `${versionSequence}_changes`,
+      feeds: `${versionSequence}_feeds`,
+      genericTable: `${versionSequence}_entries`
+    }
   })
 
 /** A capturing store on `objects`; a fast feed unless `options` says otherwise. */
 export const captureStore = (
   objects: CaptureObjects,
   options: ChangeCapture.Options = {},
-  storeOptions: Omit<SqlStore.Options, "versionSequence" | "changeCapture"> = {}
+  storeOptions: Omit<SqlStore.Options, "versionSequence" | "genericTable" | "changeCapture"> = {}
 ) =>
   SqlStore.make({
     ...storeOptions,
     versionSequence: objects.versionSequence,
+    genericTable: objects.genericTable,
     changeCapture: { pollInterval: "10 millis", lease: "300 millis", ...options }
   })
 

@@ -102,9 +102,12 @@ export const captureTrigger = (objects: CaptureObjects, mapping: Mapping): Requi
     `${literal(mapping.keyColumn)}, ${literal(mapping.versionColumn)})`
 })
 
-/** The generic table's capture trigger, which the store adds itself. */
+/**
+ * The generic table's capture trigger, which the store adds itself, named after the store's own
+ * objects: two stores with different sequences over one generic table each record its changes.
+ */
 export const createGenericCaptureTrigger = (objects: CaptureObjects, genericTable: string): string =>
-  `DO $wt$ BEGIN CREATE TRIGGER ${quote(captureTriggerName)} AFTER INSERT OR UPDATE OR DELETE ON ${genericTable} ` +
+  `DO $wt$ BEGIN CREATE TRIGGER ${objects.genericTrigger} AFTER INSERT OR UPDATE OR DELETE ON ${genericTable} ` +
   `FOR EACH ROW EXECUTE FUNCTION ${objects.captureFunction}('', 'key', 'version'); ` +
   `EXCEPTION WHEN duplicate_object THEN NULL; END $wt$`
 
@@ -299,6 +302,19 @@ export const feed = (
     }
   })
 
+  const release: Effect.Effect<void, StoreError> = Effect.suspend(() => {
+    if (role._tag !== "Consuming") return Effect.void
+    const { applied } = role
+    role = { _tag: "Waiting", retryAt: 0 }
+    return sql
+      .unsafe(
+        `UPDATE ${objects.feeds} SET "until" = clock_timestamp() - interval '1 millisecond', ` +
+          `"watermark" = greatest("watermark", $3::xid8) WHERE "tag" = $1 AND "holder" = $2`,
+        [tag, holder, applied]
+      )
+      .raw.pipe(Effect.mapError(statementFailure(at)), Effect.asVoid)
+  })
+
   const { batchSize, pollInterval, warnAfter } = settings
-  return { pollInterval, batchSize, warnAfter, pull, commit }
+  return { pollInterval, batchSize, warnAfter, pull, commit, release }
 }

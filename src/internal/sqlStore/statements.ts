@@ -28,6 +28,8 @@ export interface CaptureObjects {
   readonly captureFunction: string
   readonly changesIndex: string
   readonly deletionsIndex: string
+  /** The capture trigger the store adds to its generic table. */
+  readonly genericTrigger: string
 }
 
 export const storeObjects = (
@@ -50,7 +52,8 @@ export const storeObjects = (
           feeds: qualified(`${sequenceName}_feeds`),
           captureFunction: qualified(`${sequenceName}_capture`),
           changesIndex: quote(`${sequenceName}_changes_tag_xid`),
-          deletionsIndex: quote(`${sequenceName}_changes_deleted`)
+          deletionsIndex: quote(`${sequenceName}_changes_deleted`),
+          genericTrigger: quote(`${sequenceName}_capture`)
         }
       : undefined
   }

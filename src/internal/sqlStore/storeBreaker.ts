@@ -93,7 +93,8 @@ const guardDeletions =
 const guardFeed = (feed: Store.ChangeFeed, site: Site, guarded: Guarded): Store.ChangeFeed => ({
   ...feed,
   pull: guarded(site, feed.pull),
-  commit: guarded(site, feed.commit)
+  commit: guarded(site, feed.commit),
+  release: guarded(site, feed.release)
 })
 
 /** `store` behind a breaker unless it is turned off. */

@@ -22,9 +22,18 @@ import type { Entity } from "./entity.js"
 /** What the consumer needs of the entity. */
 export type Consumer = Pick<Entity<unknown, unknown, unknown>, "name" | "prefix" | "cache" | "boundCache" | "settings">
 
-/** Starts the consumer when the store captures the entity's changes; the scope stops it. */
+/**
+ * Starts the consumer when the store captures the entity's changes; the scope stops it, and gives
+ * the feed up so that another process takes it over at once (within a bound: a store that does not
+ * answer leaves it to the claim's running out).
+ */
 export const run = (entity: Consumer, feed: Store.ChangeFeed | undefined): Effect.Effect<void, never, Scope.Scope> =>
-  feed === undefined ? Effect.void : Effect.asVoid(Effect.forkScoped(consume(entity, feed)))
+  feed === undefined
+    ? Effect.void
+    : Effect.zipRight(
+        Effect.addFinalizer(() => feed.release.pipe(Effect.timeout(entity.settings.storeTimeout), Effect.ignore)),
+        Effect.asVoid(Effect.forkScoped(consume(entity, feed)))
+      )
 
 interface Health {
   failing: boolean
