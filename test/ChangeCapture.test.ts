@@ -4,10 +4,10 @@
 // feed over when its consumer stops.
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import { Config, ConfigProvider, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { Cache, Metrics, Store, WriteThrough } from "../src/index.js"
+import { Cache, ChangeCapture, Metrics, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { FaultyCache } from "../src/testing.js"
 import {
   captureObjects,
@@ -101,6 +101,34 @@ describe("ChangeCapture", () => {
         const generic = yield* store.collection({ entity: unique("generic"), fields: undefined, table: undefined })
         expect(generic.changes).toBeDefined()
       }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
+  it.effect("SqlStore.layerConfig reads the feed's options from configuration, and names a bad one", () =>
+    Effect.gen(function* () {
+      const objects = yield* captureObjects
+      const config = (entries: ReadonlyArray<readonly [string, string]>) =>
+        SqlStore.layerConfig({
+          versionSequence: Config.succeed(objects.versionSequence),
+          genericTable: Config.succeed(objects.genericTable),
+          changeCapture: Config.nested(ChangeCapture.config, "CHANGE_CAPTURE")
+        }).pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries), { pathDelim: "_" }))))
+      const context = yield* Layer.build(
+        config([
+          ["CHANGE_CAPTURE_POLL_INTERVAL", "50 millis"],
+          ["CHANGE_CAPTURE_BATCH_SIZE", "10"]
+        ])
+      )
+      const generic = yield* Context.get(context, Store.Store).collection({
+        entity: unique("generic"),
+        fields: undefined,
+        table: undefined
+      })
+      expect(Duration.toMillis(generic.changes!.pollInterval)).toBe(50)
+      expect(generic.changes!.batchSize).toBe(10)
+      const refused = yield* Effect.flip(Layer.build(config([["CHANGE_CAPTURE_BATCH_SIZE", "0"]])))
+      expect(String(refused)).toContain("BATCH_SIZE")
+      expect(String(refused)).toContain("1 or more")
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 
   it.live("plain INSERT, UPDATE, DELETE and a key changed in place reach the cache", () =>
