@@ -30,6 +30,7 @@ import {
   User,
   userFields
 } from "./fixture.js"
+import { dropFunctionsOf } from "../test/support/changeCapture.js"
 
 /** Keys whose rows the lag cases change with plain SQL, in rotation (each cached first). */
 export const lagKeyCount = 64
@@ -79,8 +80,7 @@ const build = async (fx: Fixture, capture: boolean): Promise<Captured> => {
     fx.pool.query(
       `DROP TABLE IF EXISTS "${table}"; ` +
         `DROP TABLE IF EXISTS "${versionSequence}_changes", "${versionSequence}_feeds"; ` +
-        `DROP FUNCTION IF EXISTS "${versionSequence}_capture"() CASCADE; ` +
-        `DROP FUNCTION IF EXISTS "${versionSequence}_bump"() CASCADE; ` +
+        `${dropFunctionsOf(versionSequence)}; ` +
         `DROP SEQUENCE IF EXISTS "${versionSequence}"`
     )
   )

@@ -29,7 +29,8 @@ import * as Capture from "./internal/sqlStore/changeCapture.js"
 import { collection } from "./internal/sqlStore/collection.js"
 import { isPlain } from "./internal/sqlStore/identifier.js"
 import { currentSchema, ensure } from "./internal/sqlStore/schema.js"
-import { createSequence, createVersionFunction, storeObjects } from "./internal/sqlStore/statements.js"
+import { createSequence, storeObjects } from "./internal/sqlStore/statements.js"
+import { maxSequenceNameBytes } from "./internal/sqlStore/triggers.js"
 import * as StoreBreaker from "./internal/sqlStore/storeBreaker.js"
 import { inTransaction, transaction } from "./internal/sqlStore/transaction.js"
 import { schemaMismatch, storeWide } from "./internal/storeError.js"
@@ -62,7 +63,7 @@ export interface Options {
    * Requires each entity table to have the trigger that gives a write made outside the library (a
    * plain `UPDATE` from another service, a migration, `psql`) a version from the store's sequence,
    * above the row's earlier ones: then the audit (`audit({ repair: true })`) finds the cache
-   * entries such a write left stale and repairs them. The store creates the trigger's function; an
+   * entries such a write left stale and repairs them. The store creates the trigger's function (one per table); an
    * entity whose table lacks the trigger fails when its layer is built, with reason `Schema` and
    * the `CREATE TRIGGER` that adds it (`suggestedDdl`). Default `false`.
    *
@@ -111,12 +112,17 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
       }
     }
     const capture = options.changeCapture === true ? {} : options.changeCapture || undefined
+    if ((options.versionTrigger === true || capture !== undefined) && sequenceName.length > maxSequenceNameBytes) {
+      // Its triggers' functions are named after it, within PostgreSQL's 63 bytes.
+      return yield* schemaMismatch(storeWide("make"), {
+        detail: `versionSequence ${JSON.stringify(sequenceName)} is longer than ${maxSequenceNameBytes} characters, the most versionTrigger and changeCapture take`
+      })
+    }
     const objects = storeObjects(yield* currentSchema(sql), sequenceName, genericName, {
       versionTrigger: options.versionTrigger === true,
       changeCapture: capture !== undefined
     })
     yield* ensure(sql, createSequence(objects))
-    if (objects.versionFunction !== undefined) yield* ensure(sql, createVersionFunction(objects.versionFunction))
     if (objects.capture !== undefined) yield* Capture.prepare(sql, objects.capture)
     const feedSettings = capture === undefined ? undefined : Capture.feedSettings(capture)
     const store = Store.of({

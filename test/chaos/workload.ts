@@ -4,6 +4,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Duration, Effect, Layer, Option } from "effect"
 import { Redis } from "ioredis"
 import { Cache } from "../../src/index.js"
+import { dropFunctionsOf } from "../support/changeCapture.js"
 
 export interface WorkerConfig {
   readonly process: number
@@ -75,7 +76,7 @@ export const dropTables = (table: string, versionSequence: string) =>
     yield* sql.unsafe(`DROP FUNCTION IF EXISTS "${table}_record"()`).raw
     // The change feed's objects, named after the run's sequence (see SqlStore's changeCapture).
     yield* sql.unsafe(`DROP TABLE IF EXISTS "${versionSequence}_changes", "${versionSequence}_feeds"`).raw
-    yield* sql.unsafe(`DROP FUNCTION IF EXISTS "${versionSequence}_capture", "${versionSequence}_bump" CASCADE`).raw
+    yield* sql.unsafe(dropFunctionsOf(versionSequence)).raw
     yield* sql.unsafe(`DROP SEQUENCE IF EXISTS "${versionSequence}"`).raw
   })
 

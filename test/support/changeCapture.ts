@@ -16,6 +16,11 @@ export interface CaptureObjects {
   readonly genericTable: string
 }
 
+/** Drops the trigger functions the store made for a sequence's tables (named after it), and their triggers. */
+export const dropFunctionsOf = (versionSequence: string) =>
+  `DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid::regprocedure FROM pg_proc ` +
+  `WHERE starts_with(proname, '${versionSequence}_') LOOP EXECUTE 'DROP FUNCTION ' || f || ' CASCADE'; END LOOP; END $$`
+
 /**
  * A version sequence of the test's own: the store's trigger functions, outbox and positions table
  * are named after it, and are dropped with it when the scope closes; and a generic table of its own.
@@ -28,8 +33,8 @@ export const captureObjects: Effect.Effect<CaptureObjects, never, SqlClient.SqlC
       Effect.orDie(
         sql.unsafe(
           `DROP TABLE IF EXISTS "${versionSequence}_changes", "${versionSequence}_feeds", "${versionSequence}_entries"; ` +
-            `DROP FUNCTION IF EXISTS "${versionSequence}_capture" CASCADE; ` +
-            `DROP FUNCTION IF EXISTS "${versionSequence}_bump" CASCADE; DROP SEQUENCE IF EXISTS "${versionSequence}"`
+            dropFunctionsOf(versionSequence) +
+            `; DROP SEQUENCE IF EXISTS "${versionSequence}"`
         ).raw
       )
     )

@@ -1,6 +1,7 @@
 /**
- * Change capture in PostgreSQL: a trigger on each entity table records every committed change in
- * an outbox, in the writing transaction; one process per entity polls it (the feed) under a lease.
+ * Change capture in PostgreSQL: a trigger on each entity table (see `triggers.ts`) records every
+ * committed change in an outbox, in the writing transaction; one process per entity polls it (the
+ * feed) under a lease.
  *
  * Outbox rows are taken in the order of the database's snapshots, not of their positions: a
  * position (like a version) is drawn before its transaction commits, so a lower one can become
@@ -17,13 +18,8 @@ import type { Options } from "../../ChangeCapture.js"
 import type { Change, Store, StoreError } from "../../Store.js"
 import { schemaMismatch, type Site, storeWide, undecodable } from "../storeError.js"
 import { statementFailure } from "./databaseFailure.js"
-import { quote } from "./identifier.js"
-import type { Mapping } from "./mapping.js"
-import { ensure, type RequiredTrigger, serverVersion } from "./schema.js"
-import { type CaptureObjects, literal } from "./statements.js"
-
-/** The name every entity table's capture trigger has, which the schema check looks for. */
-export const captureTriggerName = "effect_write_through_capture"
+import { ensure, serverVersion } from "./schema.js"
+import type { CaptureObjects } from "./statements.js"
 
 export const createChangesTable = ({ changes }: CaptureObjects): string =>
   `CREATE TABLE IF NOT EXISTS ${changes} (` +
@@ -46,29 +42,7 @@ export const createFeedsTable = ({ feeds }: CaptureObjects): string =>
   `CREATE TABLE IF NOT EXISTS ${feeds} ("tag" text PRIMARY KEY, "holder" text NOT NULL, ` +
   `"until" timestamptz NOT NULL, "watermark" xid8 NOT NULL DEFAULT '0')`
 
-/**
- * The capture trigger's function: its arguments are the feed's tag (empty in the generic table,
- * whose rows name their entity), the key column and the version column. An update that moves a row
- * to another key is the old key's deletion and the new key's write.
- */
-export const createCaptureFunction = ({ changes, captureFunction }: CaptureObjects): string => {
-  const record = (row: string, deleted: boolean) =>
-    `INSERT INTO ${changes} ("tag", "key", "version", "deleted") VALUES (` +
-    `coalesce(nullif(TG_ARGV[0], ''), 'entity:' || (${row} ->> 'entity')), ${row} ->> TG_ARGV[1], ` +
-    `(${row} ->> TG_ARGV[2])::bigint, ${deleted})`
-  return (
-    `DO $wt$ BEGIN CREATE FUNCTION ${captureFunction}() RETURNS trigger LANGUAGE plpgsql AS $fn$ ` +
-    `DECLARE fresh jsonb; gone jsonb; BEGIN ` +
-    `IF TG_OP <> 'DELETE' THEN fresh := to_jsonb(NEW); END IF; ` +
-    `IF TG_OP <> 'INSERT' THEN gone := to_jsonb(OLD); END IF; ` +
-    `IF gone IS NOT NULL AND (fresh IS NULL OR fresh -> TG_ARGV[1] IS DISTINCT FROM gone -> TG_ARGV[1] ` +
-    `OR fresh -> 'entity' IS DISTINCT FROM gone -> 'entity') THEN ${record("gone", true)}; END IF; ` +
-    `IF fresh IS NOT NULL THEN ${record("fresh", false)}; END IF; ` +
-    `RETURN NULL; END $fn$; EXCEPTION WHEN duplicate_function THEN NULL; END $wt$`
-  )
-}
-
-/** Creates the outbox, its index, the positions' table and the trigger function, when missing. */
+/** Creates the outbox, its indexes and the positions' table, when missing. */
 export const prepare = (sql: SqlClient.SqlClient, objects: CaptureObjects): Effect.Effect<void, StoreError> =>
   Effect.flatMap(serverVersion(sql), (version) =>
     version < 130000
@@ -78,42 +52,11 @@ export const prepare = (sql: SqlClient.SqlClient, objects: CaptureObjects): Effe
           })
         )
       : Effect.forEach(
-          [
-            createChangesTable(objects),
-            createChangesIndex(objects),
-            createFeedsTable(objects),
-            createCaptureFunction(objects)
-          ],
+          [createChangesTable(objects), createChangesIndex(objects), createFeedsTable(objects)],
           (ddl) => ensure(sql, ddl),
           { discard: true }
         )
   )
-
-/** The capture trigger `mapping`'s table must have. */
-export const captureTrigger = (objects: CaptureObjects, mapping: Mapping): RequiredTrigger => ({
-  name: captureTriggerName,
-  // Row, insert, delete, update; after.
-  events: 1 | 4 | 8 | 16,
-  excluded: 2,
-  purpose: "records its changes for the cache (changeCapture is on)",
-  createDdl:
-    `CREATE TRIGGER ${quote(captureTriggerName)} AFTER INSERT OR UPDATE OR DELETE ON ${mapping.table} ` +
-    `FOR EACH ROW EXECUTE FUNCTION ${objects.captureFunction}(${literal(tagOfTable(mapping))}, ` +
-    `${literal(mapping.keyColumn)}, ${literal(mapping.versionColumn)})`
-})
-
-/**
- * The generic table's capture trigger, which the store adds itself, named after the store's own
- * objects: two stores with different sequences over one generic table each record its changes.
- */
-export const createGenericCaptureTrigger = (objects: CaptureObjects, genericTable: string): string =>
-  `DO $wt$ BEGIN CREATE TRIGGER ${objects.genericTrigger} AFTER INSERT OR UPDATE OR DELETE ON ${genericTable} ` +
-  `FOR EACH ROW EXECUTE FUNCTION ${objects.captureFunction}('', 'key', 'version'); ` +
-  `EXCEPTION WHEN duplicate_object THEN NULL; END $wt$`
-
-/** An entity table's feed is named by the table, a generic entity's by its name. */
-export const tagOfTable = (mapping: Mapping): string => mapping.table
-export const tagOfEntity = (entity: string): string => `entity:${entity}`
 
 /** Where the next pull starts: the rows of transactions at or after `xmax`, or among `inProgress`. */
 interface Cursor {

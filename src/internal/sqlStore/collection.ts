@@ -15,16 +15,15 @@ import type { Mapping } from "./mapping.js"
 import { checkTable, checkTrigger, ensure, tableMapping } from "./schema.js"
 import {
   createGenericTable,
-  createVersionTrigger,
   genericStatements,
   lockKeysSql,
   type CaptureObjects,
   type Statements,
   type StoreObjects,
-  tableStatements,
-  versionTriggerName
+  tableStatements
 } from "./statements.js"
 import { inTransaction, ownTransaction, writable } from "./transaction.js"
+import * as Triggers from "./triggers.js"
 
 /** What every operation of one entity's collection runs on. */
 interface Prepared {
@@ -66,47 +65,42 @@ const statementsOf = (
   const table = target.table
   if (table === undefined) {
     const { capture } = objects
-    const ensured =
-      capture === undefined
-        ? ensure(sql, createGenericTable(objects))
-        : Effect.zipRight(
-            ensure(sql, createGenericTable(objects)),
-            ensure(sql, ChangeCapture.createGenericCaptureTrigger(capture, objects.genericTable))
-          )
+    const generic = capture === undefined ? undefined : Triggers.genericCaptureTrigger(objects, capture)
+    const ensured = Effect.forEach(
+      [createGenericTable(objects), ...(generic === undefined ? [] : [generic.createFunction, generic.createTrigger])],
+      (ddl) => ensure(sql, ddl),
+      { discard: true }
+    )
     return Effect.as(ensured, {
       statements: genericStatements(objects, target.entity),
-      tag: ChangeCapture.tagOfEntity(target.entity)
+      tag: Triggers.tagOfEntity(target.entity)
     })
   }
   return Effect.flatMap(tableMapping(target, table, objects.nextVersion), (mapping) =>
     Effect.as(Effect.zipRight(checkTable(sql, mapping, table), checkTriggers(sql, objects, mapping)), {
       statements: tableStatements(mapping),
-      tag: ChangeCapture.tagOfTable(mapping)
+      tag: Triggers.tagOfTable(mapping)
     })
   )
 }
 
-// The version trigger with `versionTrigger` (or `changeCapture`) on; the capture trigger with `changeCapture`.
+// The version trigger with `versionTrigger` (or `changeCapture`) on; the capture trigger with
+// `changeCapture`. Their functions are the store's to create; the triggers, the table owner's.
 const checkTriggers = (
   sql: SqlClient.SqlClient,
   objects: StoreObjects,
   mapping: Mapping
 ): Effect.Effect<void, StoreError> => {
-  const { versionFunction, capture } = objects
-  const version =
-    versionFunction === undefined
-      ? Effect.void
-      : checkTrigger(sql, mapping, {
-          name: versionTriggerName,
-          // Row, before, insert, update.
-          events: 1 | 2 | 4 | 16,
-          excluded: 0,
-          purpose: "gives writes made outside the library a version (versionTrigger is on)",
-          createDdl: createVersionTrigger(objects, versionFunction, mapping)
-        })
-  return capture === undefined
-    ? version
-    : Effect.zipRight(version, checkTrigger(sql, mapping, ChangeCapture.captureTrigger(capture, mapping)))
+  const { capture, versioned } = objects
+  const required = [
+    ...(versioned ? [Triggers.versionTrigger(objects, mapping)] : []),
+    ...(capture === undefined ? [] : [Triggers.captureTrigger(objects, capture, mapping)])
+  ]
+  return Effect.forEach(
+    required,
+    (trigger) => Effect.zipRight(ensure(sql, trigger.createFunction), checkTrigger(sql, mapping, trigger)),
+    { discard: true }
+  )
 }
 
 const deletions = (

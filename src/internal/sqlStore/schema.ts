@@ -219,6 +219,8 @@ export const checkTable = Effect.fnUntraced(function* (sql: SqlClient.SqlClient,
 /** A row trigger an entity table must have, and the events it must fire on. */
 export interface RequiredTrigger {
   readonly name: string
+  /** The function it must call, quoted and qualified. */
+  readonly function: string
   /** Bits of `pg_trigger.tgtype` that must be set (1 row, 2 before, 4 insert, 8 delete, 16 update). */
   readonly events: number
   /** Bits that must not be set: 2 for an AFTER trigger. */
@@ -236,9 +238,9 @@ export const checkTrigger = Effect.fnUntraced(function* (
 ) {
   const rows = yield* sql
     .unsafe(
-      `SELECT tgenabled <> 'D' AND (tgtype & $3) = $3 AND (tgtype & $4) = 0 FROM pg_trigger ` +
-        `WHERE tgrelid = $1::regclass AND tgname = $2 AND NOT tgisinternal`,
-      [mapping.table, trigger.name, trigger.events, trigger.excluded]
+      `SELECT tgenabled <> 'D' AND (tgtype & $3) = $3 AND (tgtype & $4) = 0 AND tgfoid = to_regprocedure($5) ` +
+        `FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2 AND NOT tgisinternal`,
+      [mapping.table, trigger.name, trigger.events, trigger.excluded, `${trigger.function}()`]
     )
     .values.pipe(
       Effect.mapError((cause) => schemaError(mapping.entity, `could not inspect ${mapping.table}'s triggers`, cause))
@@ -249,7 +251,7 @@ export const checkTrigger = Effect.fnUntraced(function* (
     mapping.entity,
     [
       `table ${mapping.table} ${found ? "has a trigger" : "has no trigger"} ${quote(trigger.name)}${
-        found ? " that is disabled or fires on other events" : ""
+        found ? " that is disabled, fires on other events or calls another function" : ""
       }, which ${trigger.purpose}`
     ],
     found ? `DROP TRIGGER ${quote(trigger.name)} ON ${mapping.table}; ${trigger.createDdl}` : trigger.createDdl

@@ -10,22 +10,24 @@ import type { Mapping } from "./mapping.js"
 
 /** The store's own objects, by quoted name, and the expression drawing a version. */
 export interface StoreObjects {
+  /** The schema the store's objects are in, unquoted. */
+  readonly schema: string
+  readonly sequenceName: string
   readonly sequence: string
   /** The sequence, qualified by its schema: what triggers name, whatever the writer's `search_path`. */
   readonly qualifiedSequence: string
   readonly genericTable: string
   /** The SQL expression drawing a version from the sequence. */
   readonly nextVersion: string
-  /** The trigger function that versions writes made outside the library; set when `versionTrigger` is on. */
-  readonly versionFunction: string | undefined
-  /** The outbox, the feeds' positions and the capture trigger's function; set when `changeCapture` is on. */
+  /** Entity tables must have the version trigger (`versionTrigger` or `changeCapture` on). */
+  readonly versioned: boolean
+  /** The outbox and the feeds' positions; set when `changeCapture` is on. */
   readonly capture: CaptureObjects | undefined
 }
 
 export interface CaptureObjects {
   readonly changes: string
   readonly feeds: string
-  readonly captureFunction: string
   readonly changesIndex: string
   readonly deletionsIndex: string
   /** The capture trigger the store adds to its generic table. */
@@ -41,16 +43,17 @@ export const storeObjects = (
   const sequence = quote(sequenceName)
   const qualified = (name: string) => `${quote(schema)}.${quote(name)}`
   return {
+    schema,
+    sequenceName,
     sequence,
     qualifiedSequence: qualified(sequenceName),
     genericTable: quote(genericName),
     nextVersion: `nextval('${sequence}')`,
-    versionFunction: options.versionTrigger || options.changeCapture ? qualified(`${sequenceName}_bump`) : undefined,
+    versioned: options.versionTrigger || options.changeCapture,
     capture: options.changeCapture
       ? {
           changes: qualified(`${sequenceName}_changes`),
           feeds: qualified(`${sequenceName}_feeds`),
-          captureFunction: qualified(`${sequenceName}_capture`),
           changesIndex: quote(`${sequenceName}_changes_tag_xid`),
           deletionsIndex: quote(`${sequenceName}_changes_deleted`),
           genericTrigger: quote(`${sequenceName}_capture`)
@@ -58,29 +61,6 @@ export const storeObjects = (
       : undefined
   }
 }
-
-/**
- * The function behind every table's version trigger: an UPDATE that leaves the version as it was
- * (one made outside the library) gets a fresh one from the sequence, drawn while the row is locked,
- * so it orders after the row's earlier writes; an INSERT without a version gets one. The library's
- * own writes set a fresh version and are left alone. Created once; a concurrent creation is no error.
- */
-export const createVersionFunction = (versionFunction: string): string =>
-  `DO $wt$ BEGIN CREATE FUNCTION ${versionFunction}() RETURNS trigger LANGUAGE plpgsql AS $fn$ ` +
-  `BEGIN IF (TG_OP = 'INSERT' AND coalesce(to_jsonb(NEW) -> TG_ARGV[1], 'null') = 'null') OR ` +
-  `(TG_OP = 'UPDATE' AND to_jsonb(NEW) -> TG_ARGV[1] IS NOT DISTINCT FROM to_jsonb(OLD) -> TG_ARGV[1]) THEN ` +
-  `NEW := jsonb_populate_record(NEW, jsonb_build_object(TG_ARGV[1], nextval(TG_ARGV[0]::regclass))); ` +
-  `END IF; RETURN NEW; END $fn$; EXCEPTION WHEN duplicate_function THEN NULL; END $wt$`
-
-/** The name every entity table's version trigger has, which the schema check looks for. */
-export const versionTriggerName = "effect_write_through_version"
-
-export const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
-
-/** The DDL that gives `mapping`'s table its version trigger. */
-export const createVersionTrigger = (objects: StoreObjects, versionFunction: string, mapping: Mapping): string =>
-  `CREATE TRIGGER ${quote(versionTriggerName)} BEFORE INSERT OR UPDATE ON ${mapping.table} FOR EACH ROW ` +
-  `EXECUTE FUNCTION ${versionFunction}(${literal(objects.qualifiedSequence)}, ${literal(mapping.versionColumn)})`
 
 export const createSequence = (objects: StoreObjects): string => `CREATE SEQUENCE IF NOT EXISTS ${objects.sequence}`
 
