@@ -6,8 +6,12 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { Config, ConfigProvider, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Cache, ChangeCapture, Metrics, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { mappingOf } from "../src/internal/sqlStore/mapping.js"
+import { storeObjects } from "../src/internal/sqlStore/statements.js"
+import { captureTrigger, versionTrigger } from "../src/internal/sqlStore/triggers.js"
 import { FaultyCache } from "../src/testing.js"
 import {
   captureObjects,
@@ -106,6 +110,24 @@ describe("ChangeCapture", () => {
         expect(generic.changes).toBeDefined()
       }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
+
+  it("the README's CREATE TRIGGER statements for its users table are the ones the store suggests", () => {
+    const readme = readFileSync(fileURLToPath(new URL("../README.md", import.meta.url)), "utf8")
+    const objects = storeObjects("public", "effect_write_through_version", "effect_write_through_entries", {
+      versionTrigger: false,
+      changeCapture: true
+    })
+    const table = { name: "users", primaryKey: "id" }
+    const mapping = mappingOf(
+      { entity: "users", fields: ["id", "name", "email"], table },
+      table,
+      ["id", "name", "email"],
+      objects.nextVersion
+    )
+    const shown = readme.replace(/\n\s+/g, " ")
+    expect(shown).toContain(`${versionTrigger(objects, mapping).createDdl};`)
+    expect(shown).toContain(`${captureTrigger(objects, objects.capture!, mapping).createDdl};`)
+  })
 
   it.effect("SqlStore.layerConfig reads the feed's options from configuration, and names a bad one", () =>
     Effect.gen(function* () {

@@ -4,11 +4,11 @@
 // entry it left stale.
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Option, Schema } from "effect"
+import { Context, Deferred, Effect, Fiber, Layer, Option, Schema } from "effect"
 import { Cache, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { User, user } from "./support/fixtures.js"
 import { captureObjects } from "./support/changeCapture.js"
-import { PgLive, redisCacheLayer, usersTable } from "./support/services.js"
+import { adminClient, blockedBackends, PgLive, redisCacheLayer, usersTable } from "./support/services.js"
 
 /**
  * A store with `versionTrigger` on and a sequence of its own (so its trigger function is its own
@@ -94,6 +94,45 @@ describe("SqlStore versionTrigger", () => {
         // Another writer's explicit version is left as it set it.
         yield* sql.unsafe(`UPDATE "${table}" SET name = 'explicit', version = version + 1000 WHERE id = 'k'`).raw
         expect(yield* version("k")).toBe(again + 1000)
+      }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
+  it.live(
+    "a library write that drew its version before a writer outside the library drew a higher one, and commits after it, gets a fresh one",
+    () =>
+      Effect.gen(function* () {
+        const { sql, store, table, target, version } = yield* versionedStore()
+        const users = yield* store.collection(target)
+        yield* users.put("k", user("k", "Ada"))
+        const admin = yield* adminClient
+        const locked = yield* Deferred.make<void>()
+        const proceed = yield* Deferred.make<void>()
+        // Outside the library: the row locked first (no advisory lock: it knows nothing of the library's).
+        const outside = yield* Effect.fork(
+          sql.withTransaction(
+            Effect.gen(function* () {
+              yield* sql.unsafe(`SELECT 1 FROM "${table}" WHERE id = 'k' FOR UPDATE`).raw
+              yield* Deferred.succeed(locked, undefined)
+              yield* Deferred.await(proceed)
+              const [[drawn]] = yield* sql.unsafe(
+                `UPDATE "${table}" SET name = 'outside' WHERE id = 'k' RETURNING version`
+              ).values
+              return Number(drawn)
+            })
+          )
+        )
+        yield* Deferred.await(locked)
+        // The library's write draws its version, then waits for the row.
+        const written = yield* Effect.fork(users.put("k", user("k", "Grace")))
+        yield* blockedBackends(admin, table)
+        yield* Deferred.succeed(proceed, undefined)
+        const outsideVersion = yield* Fiber.join(outside)
+        const committed = yield* Fiber.join(written)
+        // It committed last, so its version is above the outside write's (it drew a lower one first),
+        // and the library got the version the row has.
+        expect(committed).toBeGreaterThan(outsideVersion)
+        expect(committed).toBe(yield* version("k"))
+        expect(Option.getOrThrow(yield* users.get("k")).value).toMatchObject({ name: "Grace" })
       }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 

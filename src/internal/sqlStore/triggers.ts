@@ -2,17 +2,21 @@
  * The row triggers an entity table needs, each calling a function the store generates for that
  * table (its columns named in the body, not looked up in a `jsonb` of the row on every write):
  *
- * - the version trigger (`versionTrigger` or `changeCapture` on): an UPDATE that leaves the version
- *   as it was (one made outside the library) gets a fresh one from the sequence, drawn while the row
- *   is locked, so it orders after the row's earlier writes; an INSERT without a version gets one;
+ * - the version trigger (`versionTrigger` or `changeCapture` on): an UPDATE that does not raise the
+ *   version (one made outside the library leaves it as it was) gets a fresh one from the sequence,
+ *   drawn while the row is locked, so it orders after the row's earlier writes; an INSERT without a
+ *   version gets one. The library's own writes draw theirs under the key's advisory lock, which a
+ *   writer outside the library does not take: one of them can draw its version first and then
+ *   commit after such a writer drew a higher one, and the trigger gives it a fresh one then too, so
+ *   versions follow the commit order whoever writes (the store returns the version the row got);
  * - the capture trigger (`changeCapture` on): records each committed change in the outbox, in the
  *   writing transaction. An update that moves a row to another key is the old key's deletion and
  *   the new key's write. The key is recorded as `::text`, as the store's reads give it.
  *
  * The store creates the functions (a concurrent creation is no error); the triggers are the
  * table owner's to add, from the DDL the schema check suggests. A function's name carries a hash of
- * what its body depends on, so a table whose mapping changed gets a new one, and the check asks for
- * the trigger to be replaced.
+ * its table and body, so a table whose mapping changed (or a release that changed the body) gets a
+ * new one, and the check asks for the trigger to be replaced.
  */
 import { createHash } from "node:crypto"
 import { quote } from "./identifier.js"
@@ -29,15 +33,18 @@ export const maxSequenceNameBytes = 63 - "_capture_".length - 12
 
 export const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
 
-const functionName = (objects: StoreObjects, kind: "version" | "capture", ...dependsOn: ReadonlyArray<string>) => {
-  const hash = createHash("sha256").update(dependsOn.join("\u0000")).digest("hex").slice(0, 12)
-  return `${quote(objects.schema)}.${quote(`${objects.sequenceName}_${kind}_${hash}`)}`
+/** A trigger function for `table`, its name after the store's sequence and a hash of its table and body. */
+const triggerFunction = (objects: StoreObjects, kind: "version" | "capture", table: string, body: string) => {
+  const hash = createHash("sha256").update(`${table}\u0000${body}`).digest("hex").slice(0, 12)
+  const name = `${quote(objects.schema)}.${quote(`${objects.sequenceName}_${kind}_${hash}`)}`
+  return {
+    name,
+    // Created once; a concurrent creation of the same function is no error.
+    create:
+      `DO $wt$ BEGIN CREATE FUNCTION ${name}() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN ${body} END $fn$; ` +
+      `EXCEPTION WHEN duplicate_function THEN NULL; END $wt$`
+  }
 }
-
-// Created once; a concurrent creation of the same function is no error.
-const createFunction = (name: string, body: string) =>
-  `DO $wt$ BEGIN CREATE FUNCTION ${name}() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN ${body} END $fn$; ` +
-  `EXCEPTION WHEN duplicate_function THEN NULL; END $wt$`
 
 /** A trigger the store can check for, with the function it calls and the DDL of both. */
 export interface TableTrigger extends RequiredTrigger {
@@ -47,23 +54,24 @@ export interface TableTrigger extends RequiredTrigger {
 /** The version trigger `mapping`'s table needs. */
 export const versionTrigger = (objects: StoreObjects, mapping: Mapping): TableTrigger => {
   const version = quote(mapping.versionColumn)
-  const name = functionName(objects, "version", objects.qualifiedSequence, mapping.table, mapping.versionColumn)
+  const fn = triggerFunction(
+    objects,
+    "version",
+    mapping.table,
+    `IF NEW.${version} IS NULL OR (TG_OP = 'UPDATE' AND NEW.${version} <= OLD.${version}) THEN ` +
+      `NEW.${version} := nextval(${literal(objects.qualifiedSequence)}); END IF; RETURN NEW;`
+  )
   return {
     name: versionTriggerName,
     // Row, before, insert, update.
     events: 1 | 2 | 4 | 16,
     excluded: 0,
-    function: name,
+    function: fn.name,
     purpose: "gives writes made outside the library a version (versionTrigger is on)",
-    createFunction: createFunction(
-      name,
-      `IF (TG_OP = 'INSERT' AND NEW.${version} IS NULL) OR ` +
-        `(TG_OP = 'UPDATE' AND NEW.${version} IS NOT DISTINCT FROM OLD.${version}) THEN ` +
-        `NEW.${version} := nextval(${literal(objects.qualifiedSequence)}); END IF; RETURN NEW;`
-    ),
+    createFunction: fn.create,
     createDdl:
       `CREATE TRIGGER ${quote(versionTriggerName)} BEFORE INSERT OR UPDATE ON ${mapping.table} ` +
-      `FOR EACH ROW EXECUTE FUNCTION ${name}()`
+      `FOR EACH ROW EXECUTE FUNCTION ${fn.name}()`
   }
 }
 
@@ -88,26 +96,18 @@ const captureBody = ({ changes }: CaptureObjects, captured: Captured) => {
 }
 
 const captureTriggerOf = (objects: StoreObjects, capture: CaptureObjects, captured: Captured): TableTrigger => {
-  const name = functionName(
-    objects,
-    "capture",
-    capture.changes,
-    captured.table,
-    captured.tag("ROW"),
-    ...captured.keyColumns,
-    captured.versionColumn
-  )
+  const fn = triggerFunction(objects, "capture", captured.table, captureBody(capture, captured))
   return {
     name: captureTriggerName,
     // Row, insert, delete, update; after.
     events: 1 | 4 | 8 | 16,
     excluded: 2,
-    function: name,
+    function: fn.name,
     purpose: "records its changes for the cache (changeCapture is on)",
-    createFunction: createFunction(name, captureBody(capture, captured)),
+    createFunction: fn.create,
     createDdl:
       `CREATE TRIGGER ${quote(captureTriggerName)} AFTER INSERT OR UPDATE OR DELETE ON ${captured.table} ` +
-      `FOR EACH ROW EXECUTE FUNCTION ${name}()`
+      `FOR EACH ROW EXECUTE FUNCTION ${fn.name}()`
   }
 }
 
