@@ -1,9 +1,10 @@
 // A short run of the chaos workload (test/chaos/run.ts; `npm run chaos` runs the full one): three
 // processes against the real Postgres and a Redis of the test's own behind a fault proxy, every
 // fault kind firing (a worker SIGKILLed among them), setMany and WriteThrough.transaction among the
-// writes, a foreign writer updating the hot keys with plain SQL, the store capturing every change;
-// checked by the history checker. The same without faults, where no read may go back in time. And
-// the naive write-through it must catch.
+// writes, a foreign writer updating the hot keys and some cold ones (which only it writes) with
+// plain SQL, the store capturing every change; checked by the history checker. The same without
+// faults, where no read may go back in time. And what the checker must catch: the cold keys stale
+// without change capture, and the naive write-through.
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { type ChaosOptions, pgLayer, runChaos, summaryLine } from "./chaos/run.js"
@@ -75,6 +76,18 @@ describe("chaos", () => {
         console.log(
           `without faults: foreign-write lag p50 ${summary.foreignLag.p50} ms, p99 ${summary.foreignLag.p99} ms, max ${summary.foreignLag.max} ms`
         )
+      }).pipe(Effect.scoped, Effect.provide(pgLayer)),
+    120_000
+  )
+
+  it.live(
+    "without change capture, the checker sees what the foreign writer changed stay stale in the cache",
+    () =>
+      Effect.gen(function* () {
+        const summary = yield* runChaos({ ...short, faults: false, workerKills: false, changeCapture: false })
+        // The cold keys, which only the foreign writer changes, keep the version first cached.
+        expect(summary.unconverged, summaryLine(summary)).toBeGreaterThan(0)
+        expect(summary.foreignStaleReads, summaryLine(summary)).toBeGreaterThan(0)
       }).pipe(Effect.scoped, Effect.provide(pgLayer)),
     120_000
   )

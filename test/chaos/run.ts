@@ -153,6 +153,26 @@ export const runChaos = (
     const directory = mkdtempSync(join(tmpdir(), "chaos-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(directory, { recursive: true, force: true })))
     const keys = Array.from({ length: options.keys }, (_, i) => `key-${i}`)
+    // Written only by the foreign writer (plain SQL): without change capture, the cache never hears of it.
+    const coldKeys = options.foreignWrites ? Array.from({ length: 3 }, (_, i) => `cold-${i}`) : []
+    const allKeys = [...keys, ...coldKeys]
+    // Plain SQL writes, as operations of the foreign process: first the cold keys' rows (versioned by
+    // the trigger; the history trigger records them as committed).
+    const foreignOps: Array<Op> = []
+    for (const key of coldKeys) {
+      const value = `initial.${key}`
+      const invoke = monotonicMicros()
+      yield* sql.unsafe(`INSERT INTO "${table}" (id, payload) VALUES ($1, $2)`, [key, value]).raw
+      foreignOps.push({
+        process: foreignProcess,
+        key,
+        kind: "write",
+        value,
+        invoke,
+        complete: monotonicMicros(),
+        outcome: "ok"
+      })
+    }
     const keyPrefix = `${runId}:`
 
     const faults: Record<FaultKind, number> = {
@@ -171,7 +191,9 @@ export const runChaos = (
       "proxyReset",
       ...(options.workerKills ? (["workerKill"] as const) : [])
     ]
-    const runUntil = Date.now() + options.runMillis
+    // When the workload ends: reset once the first workers are ready, so faults fire for the whole run
+    // (starting tsx takes seconds under load), and a worker started in a killed one's place runs until then.
+    let runUntil = Date.now() + options.runMillis
     const workerConfig = (process: number): WorkerConfig => ({
       process,
       databaseUrl,
@@ -179,6 +201,7 @@ export const runChaos = (
       keyPrefix,
       table,
       keys,
+      coldKeys,
       fibers: options.fibers,
       runMillis: Math.max(0, runUntil - Date.now()),
       settleMillis: options.settleMillis,
@@ -261,10 +284,10 @@ export const runChaos = (
         )
       )
     )
-    const foreignOps: Array<Op> = []
+    runUntil = Date.now() + options.runMillis
     const loops = [
       ...(options.faults ? [faultLoop] : []),
-      ...(options.foreignWrites ? [foreignWriter(sql, table, keys, foreignOps)] : [])
+      ...(options.foreignWrites ? [foreignWriter(sql, table, keys, coldKeys, foreignOps)] : [])
     ]
     // Faults and foreign writes stop when the workload does, then the tiers heal.
     yield* Effect.all(loops, { concurrency: "unbounded", discard: true }).pipe(
@@ -287,15 +310,15 @@ export const runChaos = (
       Effect.sync(() => new Redis(server.url, { commandTimeout: 2000 })),
       (redis) => Effect.sync(() => redis.disconnect())
     )
-    const raws = yield* Effect.promise(() => redis.mget(keys.map((key) => `${keyPrefix}${table}:${key}`)))
+    const raws = yield* Effect.promise(() => redis.mget(allKeys.map((key) => `${keyPrefix}${table}:${key}`)))
     const final: FinalState = {
       store: new Map(
-        keys.map((key) => {
+        allKeys.map((key) => {
           const row = rows.find((r) => r.id === key)
           return [key, row === undefined ? null : { value: row.payload, version: Number(row.version) }] as const
         })
       ),
-      cache: new Map(keys.map((key, i) => [key, cacheState(raws[i] ?? null)] as const))
+      cache: new Map(allKeys.map((key, i) => [key, cacheState(raws[i] ?? null)] as const))
     }
     if (options.historyFile !== undefined) {
       writeFileSync(
@@ -351,11 +374,21 @@ const addTriggers = (table: string, versionSequence: string, changeCapture: bool
     yield* store.collection(target)
   })
 
-/** Plain SQL UPDATEs of random hot keys every 50-100 ms, each recorded as an operation of the foreign process. */
-const foreignWriter = (sql: SqlClient.SqlClient, table: string, keys: ReadonlyArray<string>, ops: Array<Op>) =>
+/**
+ * Plain SQL UPDATEs every 50-100 ms, of a random hot key or, one time in two, a cold one (which no
+ * worker writes), each recorded as an operation of the foreign process.
+ */
+const foreignWriter = (
+  sql: SqlClient.SqlClient,
+  table: string,
+  keys: ReadonlyArray<string>,
+  coldKeys: ReadonlyArray<string>,
+  ops: Array<Op>
+) =>
   Effect.gen(function* () {
     for (let n = 0; ; n++) {
-      const key = keys[yield* Random.nextIntBetween(0, keys.length)]!
+      const pool = coldKeys.length > 0 && (yield* Random.nextBoolean) ? coldKeys : keys
+      const key = pool[yield* Random.nextIntBetween(0, pool.length)]!
       const value = `foreign.${n}`
       const invoke = monotonicMicros()
       const exit = yield* Effect.exit(

@@ -212,11 +212,16 @@ const program = Effect.gen(function* () {
             Effect.map(Random.shuffle(config.keys), (keys) => Chunk.toReadonlyArray(keys).slice(0, count))
           )
         if (roll < 0.6) {
-          const exit = yield* Effect.exit(users.get(key))
+          // One read in five is of a cold key, which no worker writes.
+          const read =
+            config.coldKeys.length > 0 && roll < 0.12
+              ? config.coldKeys[yield* Random.nextIntBetween(0, config.coldKeys.length)]!
+              : key
+          const exit = yield* Effect.exit(users.get(read))
           const complete = monotonicMicros()
           const { outcome, error } = outcomeOf(exit)
           const value = Exit.isSuccess(exit) ? Option.getOrNull(Option.map(exit.value, (row) => row.payload)) : null
-          record({ process: config.process, key, kind: "read", value, invoke, complete, outcome, error })
+          record({ process: config.process, key: read, kind: "read", value, invoke, complete, outcome, error })
         } else if (roll < 0.84) {
           const value = nextValue()
           const invoked = begin({ process: config.process, key, kind: "write", value, invoke })

@@ -13,6 +13,8 @@ export interface WorkerConfig {
   readonly keyPrefix: string
   readonly table: string
   readonly keys: ReadonlyArray<string>
+  /** Keys the workers only read: only the foreign writer changes them, so only the change feed brings their changes. */
+  readonly coldKeys: ReadonlyArray<string>
   readonly fibers: number
   /** How long the workload runs, then how long the process stays up so retries and repairs can finish. */
   readonly runMillis: number
