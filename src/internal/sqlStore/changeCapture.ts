@@ -112,9 +112,22 @@ export const feedSettings = (options: Options): FeedSettings => ({
   warnAfter: Duration.decode(options.warnAfter ?? "1 second")
 })
 
+/** One entity's feed in this process: what its statements need, and where it stands. */
+interface Feed {
+  readonly sql: SqlClient.SqlClient
+  readonly objects: CaptureObjects
+  readonly tag: string
+  readonly entity: string
+  readonly settings: FeedSettings
+  /** This process's claim, as the positions table names it. */
+  readonly holder: string
+  readonly at: Site
+  role: Role
+}
+
 /**
- * One entity's feed. `holder` names this process's claim; the claim is renewed (and the position
- * recorded, and the outbox rows below it deleted) every third of the lease.
+ * One entity's feed. The claim is renewed (and the position recorded, and the outbox rows below it
+ * deleted) every third of the lease.
  */
 export const feed = (
   sql: SqlClient.SqlClient,
@@ -123,141 +136,158 @@ export const feed = (
   entity: string,
   settings: FeedSettings
 ): Store.ChangeFeed => {
-  const holder = crypto.randomUUID()
-  const leaseMillis = Duration.toMillis(settings.lease)
-  const renewEvery = leaseMillis / 3
-  const site: Site = storeWide("changes")
-  const at: Site = { ...site, entity }
-  let role: Role = { _tag: "Waiting", retryAt: 0 }
-
-  // Takes the feed when it is free (or its lease ran out), or renews this process's claim; records
-  // the position reached and deletes the outbox rows below it. The position, when claimed.
-  const claim = (applied: string) =>
-    sql
-      .unsafe(
-        `WITH "claimed" AS (INSERT INTO ${objects.feeds} ("tag", "holder", "until") ` +
-          `VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond') ` +
-          `ON CONFLICT ("tag") DO UPDATE SET "holder" = EXCLUDED."holder", "until" = EXCLUDED."until", ` +
-          `"watermark" = CASE WHEN ${objects.feeds}."holder" = EXCLUDED."holder" ` +
-          `THEN greatest(${objects.feeds}."watermark", $4::xid8) ELSE ${objects.feeds}."watermark" END ` +
-          `WHERE ${objects.feeds}."holder" = EXCLUDED."holder" OR ${objects.feeds}."until" < clock_timestamp() ` +
-          `RETURNING "watermark"), ` +
-          `"cleared" AS (DELETE FROM ${objects.changes} WHERE "tag" = $1 AND "xid" < (SELECT "watermark" FROM "claimed")) ` +
-          `SELECT "watermark"::text FROM "claimed"`,
-        [tag, holder, leaseMillis, applied]
-      )
-      .values.pipe(
-        Effect.mapError(statementFailure(at)),
-        Effect.map((rows) => (rows[0] === undefined ? undefined : String(rows[0][0])))
-      )
-
-  const page = (cursor: Cursor, after: string) =>
-    sql
-      .unsafe(
-        `SELECT pg_current_snapshot()::text, "c"."position"::text, "c"."key", "c"."version", "c"."deleted", ` +
-          `(extract(epoch FROM clock_timestamp() - "c"."at") * 1000)::float8 ` +
-          `FROM (SELECT 1) AS "one" LEFT JOIN LATERAL (SELECT "position", "key", "version", "deleted", "at" ` +
-          `FROM ${objects.changes} WHERE "tag" = $1 AND ("xid" >= $2::xid8 OR "xid" = ANY($3::text[]::xid8[])) ` +
-          `AND "position" > $4::bigint ORDER BY "position" LIMIT $5) AS "c" ON true`,
-        [tag, cursor.xmax, cursor.inProgress, after, settings.batchSize]
-      )
-      .values.pipe(Effect.mapError(statementFailure(at)))
-
-  const becomeConsumer = (now: number, watermark: string) =>
-    Effect.as(
-      Effect.logInfo("consuming the change feed from its durable position").pipe(
-        Effect.annotateLogs({ entity, position: watermark })
-      ),
-      (role = {
-        _tag: "Consuming",
-        renewAt: now + renewEvery,
-        cursor: { xmax: watermark, inProgress: [] },
-        pass: undefined,
-        pulled: undefined,
-        applied: watermark
-      })
-    )
-
-  const waitUntil = (retryAt: number) => {
-    role = { _tag: "Waiting", retryAt }
+  const state: Feed = {
+    sql,
+    objects,
+    tag,
+    entity,
+    settings,
+    holder: crypto.randomUUID(),
+    at: { ...storeWide("changes"), entity },
+    role: { _tag: "Waiting", retryAt: 0 }
   }
+  const { batchSize, pollInterval, warnAfter } = settings
+  return {
+    pollInterval,
+    batchSize,
+    warnAfter,
+    pull: pull(state),
+    commit: Effect.sync(() => commit(state)),
+    release: release(state)
+  }
+}
 
-  // Whether this process consumes the feed now, claiming or renewing as due.
-  const consuming = Effect.flatMap(Clock.currentTimeMillis, (now) => {
-    const current = role
-    if (current._tag === "Waiting") {
-      if (now < current.retryAt) return Effect.succeed(false)
-      return Effect.flatMap(claim("0"), (watermark) => {
-        if (watermark !== undefined) return Effect.as(becomeConsumer(now, watermark), true)
-        waitUntil(now + renewEvery)
+const renewEvery = (feed: Feed) => Duration.toMillis(feed.settings.lease) / 3
+
+// Takes the feed when it is free (or its lease ran out), or renews this process's claim; records
+// the position reached and deletes the outbox rows below it. The position, when claimed.
+const claim = ({ at, holder, objects, settings, sql, tag }: Feed, applied: string) => {
+  const { changes, feeds } = objects
+  return sql
+    .unsafe(
+      `WITH "claimed" AS (INSERT INTO ${feeds} ("tag", "holder", "until") ` +
+        `VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond') ` +
+        `ON CONFLICT ("tag") DO UPDATE SET "holder" = EXCLUDED."holder", "until" = EXCLUDED."until", ` +
+        `"watermark" = CASE WHEN ${feeds}."holder" = EXCLUDED."holder" ` +
+        `THEN greatest(${feeds}."watermark", $4::xid8) ELSE ${feeds}."watermark" END ` +
+        `WHERE ${feeds}."holder" = EXCLUDED."holder" OR ${feeds}."until" < clock_timestamp() ` +
+        `RETURNING "watermark"), ` +
+        `"cleared" AS (DELETE FROM ${changes} WHERE "tag" = $1 AND "xid" < (SELECT "watermark" FROM "claimed")) ` +
+        `SELECT "watermark"::text FROM "claimed"`,
+      [tag, holder, Duration.toMillis(settings.lease), applied]
+    )
+    .values.pipe(
+      Effect.mapError(statementFailure(at)),
+      Effect.map((rows) => (rows[0] === undefined ? undefined : String(rows[0][0])))
+    )
+}
+
+// One page of the outbox rows in the cursor's range, after `after`, with the statement's snapshot
+// on every row (on one row of nulls when there are none).
+const page = ({ at, objects, settings, sql, tag }: Feed, cursor: Cursor, after: string) =>
+  sql
+    .unsafe(
+      `SELECT pg_current_snapshot()::text, "c"."position"::text, "c"."key", "c"."version", "c"."deleted", ` +
+        `(extract(epoch FROM clock_timestamp() - "c"."at") * 1000)::float8 ` +
+        `FROM (SELECT 1) AS "one" LEFT JOIN LATERAL (SELECT "position", "key", "version", "deleted", "at" ` +
+        `FROM ${objects.changes} WHERE "tag" = $1 AND ("xid" >= $2::xid8 OR "xid" = ANY($3::text[]::xid8[])) ` +
+        `AND "position" > $4::bigint ORDER BY "position" LIMIT $5) AS "c" ON true`,
+      [tag, cursor.xmax, cursor.inProgress, after, settings.batchSize]
+    )
+    .values.pipe(Effect.mapError(statementFailure(at)))
+
+const becomeConsumer = (feed: Feed, now: number, watermark: string) => {
+  feed.role = {
+    _tag: "Consuming",
+    renewAt: now + renewEvery(feed),
+    cursor: { xmax: watermark, inProgress: [] },
+    pass: undefined,
+    pulled: undefined,
+    applied: watermark
+  }
+  return Effect.logInfo("consuming the change feed from its durable position").pipe(
+    Effect.annotateLogs({ entity: feed.entity, position: watermark })
+  )
+}
+
+// Whether this process consumes the feed now, claiming or renewing as due.
+const consuming = (feed: Feed): Effect.Effect<boolean, StoreError> =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const role = feed.role
+    if (role._tag === "Waiting") {
+      if (now < role.retryAt) return Effect.succeed(false)
+      return Effect.flatMap(claim(feed, "0"), (watermark) => {
+        if (watermark !== undefined) return Effect.as(becomeConsumer(feed, now, watermark), true)
+        feed.role = { _tag: "Waiting", retryAt: now + renewEvery(feed) }
         return Effect.succeed(false)
       })
     }
-    if (now < current.renewAt) return Effect.succeed(true)
-    return Effect.flatMap(claim(current.applied), (watermark) => {
+    if (now < role.renewAt) return Effect.succeed(true)
+    return Effect.flatMap(claim(feed, role.applied), (watermark) => {
       if (watermark !== undefined) {
-        current.renewAt = now + renewEvery
+        role.renewAt = now + renewEvery(feed)
         return Effect.succeed(true)
       }
-      waitUntil(now + renewEvery)
+      feed.role = { _tag: "Waiting", retryAt: now + renewEvery(feed) }
       return Effect.as(
-        Effect.logInfo("another process took the change feed over").pipe(Effect.annotateLogs({ entity })),
+        Effect.logInfo("another process took the change feed over").pipe(Effect.annotateLogs({ entity: feed.entity })),
         false
       )
     })
   })
 
-  const pull: Effect.Effect<ReadonlyArray<Change> | undefined, StoreError> = Effect.flatMap(consuming, (yes) => {
+const pull = (feed: Feed): Effect.Effect<ReadonlyArray<Change> | undefined, StoreError> =>
+  Effect.flatMap(consuming(feed), (yes) => {
+    const role = feed.role
     if (!yes || role._tag !== "Consuming") return Effect.succeed(undefined)
-    const state = role
-    return Effect.flatMap(page(state.cursor, state.pass?.after ?? "0"), (rows) => {
+    return Effect.flatMap(page(feed, role.cursor, role.pass?.after ?? "0"), (rows) => {
       const changes: Array<Change> = []
       let last: string | undefined
       for (const row of rows) {
         if (row[1] === null) continue
         const version = Number(row[3])
         if (!Number.isSafeInteger(version)) {
-          return Effect.fail(undecodable(at, { detail: `change version ${String(row[3])} is not a safe integer` }))
+          return Effect.fail(undecodable(feed.at, { detail: `change version ${String(row[3])} is not a safe integer` }))
         }
         last = String(row[1])
         changes.push({ key: String(row[2]), version, deleted: row[4] === true, age: Number(row[5]) })
       }
-      state.pulled = {
+      role.pulled = {
         snapshot: parseSnapshot(String(rows[0]![0])),
         last,
-        full: changes.length >= settings.batchSize
+        full: changes.length >= feed.settings.batchSize
       }
       return Effect.succeed(changes)
     })
   })
 
-  const commit: Effect.Effect<void> = Effect.sync(() => {
-    if (role._tag !== "Consuming" || role.pulled === undefined) return
-    const { pulled } = role
-    const snapshot = role.pass?.snapshot ?? pulled.snapshot
-    role.pulled = undefined
-    if (pulled.full) {
-      role.pass = { snapshot, after: pulled.last! }
-    } else {
-      role.cursor = snapshot
-      role.applied = snapshot.xmin
-      role.pass = undefined
-    }
-  })
-
-  const release: Effect.Effect<void, StoreError> = Effect.suspend(() => {
-    if (role._tag !== "Consuming") return Effect.void
-    const { applied } = role
-    role = { _tag: "Waiting", retryAt: 0 }
-    return sql
-      .unsafe(
-        `UPDATE ${objects.feeds} SET "until" = clock_timestamp() - interval '1 millisecond', ` +
-          `"watermark" = greatest("watermark", $3::xid8) WHERE "tag" = $1 AND "holder" = $2`,
-        [tag, holder, applied]
-      )
-      .raw.pipe(Effect.mapError(statementFailure(at)), Effect.asVoid)
-  })
-
-  const { batchSize, pollInterval, warnAfter } = settings
-  return { pollInterval, batchSize, warnAfter, pull, commit, release }
+// A full page goes on with the same pass; the pass's last page moves the cursor to its first
+// page's snapshot, and the position to that snapshot's oldest transaction still in progress.
+const commit = (feed: Feed): void => {
+  const role = feed.role
+  if (role._tag !== "Consuming" || role.pulled === undefined) return
+  const { pulled } = role
+  const snapshot = role.pass?.snapshot ?? pulled.snapshot
+  role.pulled = undefined
+  if (pulled.full) {
+    role.pass = { snapshot, after: pulled.last! }
+  } else {
+    role.cursor = snapshot
+    role.applied = snapshot.xmin
+    role.pass = undefined
+  }
 }
+
+const release = (feed: Feed): Effect.Effect<void, StoreError> =>
+  Effect.suspend(() => {
+    const role = feed.role
+    if (role._tag !== "Consuming") return Effect.void
+    feed.role = { _tag: "Waiting", retryAt: 0 }
+    return feed.sql
+      .unsafe(
+        `UPDATE ${feed.objects.feeds} SET "until" = clock_timestamp() - interval '1 millisecond', ` +
+          `"watermark" = greatest("watermark", $3::xid8) WHERE "tag" = $1 AND "holder" = $2`,
+        [feed.tag, feed.holder, role.applied]
+      )
+      .raw.pipe(Effect.mapError(statementFailure(feed.at)), Effect.asVoid)
+  })
