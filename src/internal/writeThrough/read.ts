@@ -330,31 +330,45 @@ export const getMany = <K, A, I>(
       if (misses.length > 0) {
         const loaded = yield* loadMisses(entity, misses, found)
         // A read inside a database transaction may see rows that are not committed: not for the cache.
-        if (Either.isLeft(cached) && !(yield* entity.store.inTransaction)) {
-          yield* Effect.forEach(loaded, (row) => oweNoOlder(entity, row.key, Option.some(row)), { discard: true })
-        }
-        if (Either.isRight(cached) && !(yield* entity.store.inTransaction)) {
-          // An owed key is not filled (its value in the cache may be older than a write this process
-          // acknowledged): it gets a tombstone below what was read, as `get` leaves one.
-          const owed = loaded.filter(({ key }) => entity.repairs.owes(key))
-          yield* fillMany(
-            entity,
-            ticket,
-            loaded.filter(({ key }) => !entity.repairs.owes(key))
-          )
-          yield* Effect.forEach(owed, ({ key, version }) => leaveNoOlder(entity, key, version), {
-            concurrency: 16,
-            discard: true
-          })
-          yield* leaveAbsence(
-            entity,
-            new Map(loaded.map((row) => [row.key, row])),
-            misses.map(({ key }) => key)
-          )
+        if (!(yield* entity.store.inTransaction)) {
+          yield* Either.isRight(cached)
+            ? publishMisses(entity, ticket, misses, loaded)
+            : Effect.forEach(loaded, (row) => oweNoOlder(entity, row.key, Option.some(row)), { discard: true })
         }
       }
       return texts.map((key) => Option.fromNullable(found.get(key)))
     })
+  )
+
+// What the store answered for the misses goes to the cache: a fill, except for a key this process
+// owes a tombstone (its value in the cache may be older than a write this process acknowledged),
+// which gets a tombstone below what was read, as `get` leaves one; and a tombstone for each key
+// found deleted.
+const publishMisses = <K, A, I>(
+  entity: Entity<K, A, I>,
+  ticket: Ticket,
+  misses: ReadonlyArray<Miss>,
+  loaded: ReadonlyArray<LoadedKey<A>>
+): Effect.Effect<void> =>
+  Effect.all(
+    [
+      fillMany(
+        entity,
+        ticket,
+        loaded.filter(({ key }) => !entity.repairs.owes(key))
+      ),
+      Effect.forEach(
+        loaded.filter(({ key }) => entity.repairs.owes(key)),
+        ({ key, version }) => leaveNoOlder(entity, key, version),
+        { concurrency: 16, discard: true }
+      ),
+      leaveAbsence(
+        entity,
+        new Map(loaded.map((row) => [row.key, row])),
+        misses.map(({ key }) => key)
+      )
+    ],
+    { discard: true }
   )
 
 interface Miss {
