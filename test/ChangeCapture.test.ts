@@ -1,10 +1,26 @@
-// Change capture against the real PostgreSQL and Redis: changes made with plain SQL (INSERT, UPDATE,
-// DELETE, a key changed in place) reach the cache; the library's own writes keep their entries; a
-// consumer stopped and restarted catches up from its durable position; another process takes the
-// feed over when its consumer stops.
+// Change capture against the real PostgreSQL and Redis: a table without the triggers is refused with
+// their DDL (the README's is the store's); changes made with plain SQL (INSERT, UPDATE, DELETE, a key
+// changed in place) reach the cache, counted; the library's own writes keep their entries; a writer
+// process SIGKILLed between COMMIT and its cache write while holding the feed, and another process
+// taking the feed over; a consumer stopped and another started catching up from the durable
+// position; and reads that find a row deleted leaving no room for an older write to land after them.
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Config, ConfigProvider, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import {
+  Config,
+  ConfigProvider,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Metric,
+  MetricState,
+  Option,
+  Scope
+} from "effect"
 import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
@@ -184,6 +200,13 @@ describe("ChangeCapture", () => {
       expect(entry?._tag).toBe("Value")
       // Each change counted, with its lag: the library's two writes and the five rows changed outside.
       yield* eventually(Effect.filterOrFail(Metrics.total(Metrics.changesApplied, { entity: table }), (n) => n === 7))
+      const lag = yield* Metric.value(Metrics.changeLag.pipe(Metric.tagged("entity", table)))
+      expect(lag.count).toBe(7)
+      expect(lag.min).toBeGreaterThanOrEqual(0)
+      // This process consumes the feed.
+      expect(yield* Metric.value(Metrics.changeFeedConsuming.pipe(Metric.tagged("entity", table)))).toEqual(
+        MetricState.gauge(1)
+      )
     }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 
