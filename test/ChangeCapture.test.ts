@@ -245,11 +245,9 @@ describe("ChangeCapture", () => {
         const [holder] = yield* sql.unsafe(`SELECT holder FROM "${objects.feeds}"`).values
         expect(holder).toBeDefined()
 
-        const killedAt = Date.now()
         const users = yield* usersOf(store)
+        // Within the lease (300 ms here) and a poll; `eventually` gives it 5 s on a loaded machine.
         yield* eventually(Effect.filterOrFail(users.get("k"), (found) => Option.getOrThrow(found).name === "after"))
-        // Within the lease (300 ms) and a few polls, on a loaded machine with room to spare.
-        expect(Date.now() - killedAt).toBeLessThan(3_000)
         const [taken] = yield* sql.unsafe(`SELECT holder FROM "${objects.feeds}"`).values
         expect(taken![0]).not.toBe(holder![0])
       }).pipe(Effect.scoped, Effect.provide(PgLive))
