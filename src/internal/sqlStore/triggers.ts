@@ -51,6 +51,28 @@ export interface TableTrigger extends RequiredTrigger {
   readonly createFunction: string
 }
 
+// The bits of `pg_trigger.tgtype` each timing must set (1 row, 2 before, 4 insert, 8 delete, 16
+// update) and must not (2 for an AFTER trigger).
+const timings = {
+  "BEFORE INSERT OR UPDATE": { events: 1 | 2 | 4 | 16, excluded: 0 },
+  "AFTER INSERT OR UPDATE OR DELETE": { events: 1 | 4 | 8 | 16, excluded: 2 }
+} as const
+
+const tableTrigger = (
+  name: string,
+  timing: keyof typeof timings,
+  table: string,
+  fn: { readonly name: string; readonly create: string },
+  { purpose }: { readonly purpose: string }
+): TableTrigger => ({
+  name,
+  ...timings[timing],
+  function: fn.name,
+  purpose,
+  createFunction: fn.create,
+  createDdl: `CREATE TRIGGER ${quote(name)} ${timing} ON ${table} FOR EACH ROW EXECUTE FUNCTION ${fn.name}()`
+})
+
 /** The version trigger `mapping`'s table needs. */
 export const versionTrigger = (objects: StoreObjects, mapping: Mapping): TableTrigger => {
   const version = quote(mapping.versionColumn)
@@ -61,18 +83,9 @@ export const versionTrigger = (objects: StoreObjects, mapping: Mapping): TableTr
     `IF NEW.${version} IS NULL OR (TG_OP = 'UPDATE' AND NEW.${version} <= OLD.${version}) THEN ` +
       `NEW.${version} := nextval(${literal(objects.qualifiedSequence)}); END IF; RETURN NEW;`
   )
-  return {
-    name: versionTriggerName,
-    // Row, before, insert, update.
-    events: 1 | 2 | 4 | 16,
-    excluded: 0,
-    function: fn.name,
-    purpose: "gives writes made outside the library a version (versionTrigger is on)",
-    createFunction: fn.create,
-    createDdl:
-      `CREATE TRIGGER ${quote(versionTriggerName)} BEFORE INSERT OR UPDATE ON ${mapping.table} ` +
-      `FOR EACH ROW EXECUTE FUNCTION ${fn.name}()`
-  }
+  return tableTrigger(versionTriggerName, "BEFORE INSERT OR UPDATE", mapping.table, fn, {
+    purpose: "gives writes made outside the library a version (versionTrigger is on)"
+  })
 }
 
 /** What the capture function records of a row: its feed's tag, its key, its version. */
@@ -97,18 +110,9 @@ const captureBody = ({ changes }: CaptureObjects, captured: Captured) => {
 
 const captureTriggerOf = (objects: StoreObjects, capture: CaptureObjects, captured: Captured): TableTrigger => {
   const fn = triggerFunction(objects, "capture", captured.table, captureBody(capture, captured))
-  return {
-    name: captureTriggerName,
-    // Row, insert, delete, update; after.
-    events: 1 | 4 | 8 | 16,
-    excluded: 2,
-    function: fn.name,
-    purpose: "records its changes for the cache (changeCapture is on)",
-    createFunction: fn.create,
-    createDdl:
-      `CREATE TRIGGER ${quote(captureTriggerName)} AFTER INSERT OR UPDATE OR DELETE ON ${captured.table} ` +
-      `FOR EACH ROW EXECUTE FUNCTION ${fn.name}()`
-  }
+  return tableTrigger(captureTriggerName, "AFTER INSERT OR UPDATE OR DELETE", captured.table, fn, {
+    purpose: "records its changes for the cache (changeCapture is on)"
+  })
 }
 
 /** The capture trigger `mapping`'s table needs. */
