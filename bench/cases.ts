@@ -13,18 +13,31 @@ import type { Case, Runner } from "./harness.js"
 import {
   ahead,
   concurrent,
+  findGc,
   extraAtMost,
   extraMillisAtMost,
+  inFiber,
   ratioAtMost,
   samples,
   samplesAtMost,
   sequential
 } from "./harness.js"
 import {
+  effectHits,
+  effectReadThrough,
+  effectWrites,
+  libraryHitsInFiber,
+  libraryMissesInFiber,
+  librarySetsInFiber,
+  type WriteStatement
+} from "./inFiber.js"
+import {
   buildLibrary,
+  cycle,
   columns,
   databaseUrl,
   type Fixture,
+  fresh,
   type Library,
   type Outage,
   poolSize,
@@ -42,16 +55,6 @@ export const missMaxOps = 1000
 
 const expectHit = (key: string, found: boolean) => {
   if (!found) throw new Error(`expected a cache hit on ${key}, found nothing`)
-}
-
-const cycle = <A>(items: ReadonlyArray<A>, i: number): A => items[i % items.length]!
-
-// A fresh key per operation, never reused in the run: so every read is a miss (or a cold key).
-const fresh = <A>(items: ReadonlyArray<A>, i: number, label: string): A => {
-  const item = items[i]
-  if (item === undefined)
-    throw new Error(`${label}: out of fresh keys after ${items.length}; raise the fixture's count`)
-  return item
 }
 
 const rawGet = (fx: Fixture, client: "plain" | "autoPipelining") => {
@@ -100,6 +103,17 @@ const storeWriteSql = (table: string, versionSequence: string) => {
     `RETURNING "version"`
   )
 }
+
+// The statements of the in-fiber hand-written writes (bench/inFiber.ts): the plain upsert of
+// `pg upsert + SET`, and the library's own store write of `pg store write (lock, nextval, upsert)`.
+const plainUpsert = (fx: Fixture): WriteStatement => ({
+  sql: upsertSql(fx.table),
+  params: (user) => columns.map((c) => user[c])
+})
+const storeWrite = (fx: Fixture): WriteStatement => ({
+  sql: storeWriteSql(fx.table, fx.versionSequence),
+  params: (user, key) => [...columns.map((c) => user[c]), `${fx.table}:${key}`]
+})
 
 // The hand-written write: an upsert through pg's Pool, then a SET of the JSON.
 const handWrittenWrite = async (fx: Fixture) => {
@@ -340,6 +354,16 @@ const PG_SELECT_OUTAGE = "pg select by key (outage keys)"
 const SQLSTORE_GET_OUTAGE = "SqlStore get by key (outage keys)"
 const PG_STORE_WRITE = "pg store write (lock, nextval, upsert)"
 const LIB_SET = "lib: set"
+const LIB_HIT = "lib: redis hit"
+const LIB_HIT_64 = "lib: redis hit @64"
+const LIB_MISS = "lib: miss (read-through)"
+// The hand-written Effect baselines of the in-fiber cases (bench/inFiber.ts).
+const EFFECT_GET = "Effect in fiber: GET + decode"
+const EFFECT_GET_64 = "Effect in fiber: GET + decode @64"
+const EFFECT_READ_THROUGH = "Effect in fiber: GET miss + pg select + SET"
+const EFFECT_WRITE = "Effect in fiber: pg upsert + SET"
+const EFFECT_STORE_WRITE = "Effect in fiber: pg store write + SET"
+const EFFECT_WRITE_16 = "Effect in fiber: pg upsert + SET @16"
 const LIB_SET_16 = "lib: set @16"
 const TWIN_SET = "lib: set (twin table, no capture)"
 const TWIN_SET_16 = "lib: set @16 (twin table, no capture)"
@@ -375,7 +399,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     setup: async (fx) => ({ op: cacheManagerGet(fx) })
   },
   {
-    case: "lib: redis hit",
+    case: LIB_HIT,
     kind: sequential,
     baseline: RAW_GET,
     target: ratioAtMost(1.1),
@@ -385,6 +409,23 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     ],
     note: "users.get on warm keys",
     setup: async (fx) => libraryHits(fx.library, fx.keys.hit)
+  },
+  // ---- Redis-tier hit, one at a time, in one fiber ----
+  {
+    case: EFFECT_GET,
+    kind: inFiber(1),
+    baseline: RAW_GET,
+    note: "hand-written Effect: Effect.forEach(keys, Effect.promise(redis.get) + Schema decode of User), one runPromise a round",
+    setup: async (fx) => effectHits(fx, 1)
+  },
+  {
+    case: "lib in fiber: redis hit",
+    kind: inFiber(1),
+    baseline: EFFECT_GET,
+    target: ratioAtMost(1.05),
+    also: [{ baseline: LIB_HIT }],
+    note: "Effect.forEach(warm keys, users.get), one runPromise a round",
+    setup: async (fx) => libraryHitsInFiber(fx.library, fx.keys.hit, 1)
   },
   // ---- Redis-tier hit, 64 in flight ----
   {
@@ -412,7 +453,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     setup: async (fx) => ({ op: cacheManagerGet(fx) })
   },
   {
-    case: "lib: redis hit @64",
+    case: LIB_HIT_64,
     kind: concurrent(64),
     baseline: RAW_GET_64,
     target: ratioAtMost(1.0),
@@ -422,6 +463,23 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
       { baseline: CACHE_MANAGER_64, target: ahead }
     ],
     setup: async (fx) => libraryHits(fx.library, fx.keys.hit)
+  },
+  // ---- Redis-tier hit, 64 in flight, in one fiber ----
+  {
+    case: EFFECT_GET_64,
+    kind: inFiber(64),
+    baseline: RAW_GET_64,
+    note: "hand-written Effect: as the sequential one, Effect.forEach with concurrency 64",
+    setup: async (fx) => effectHits(fx, 64)
+  },
+  {
+    case: "lib in fiber: redis hit @64",
+    kind: inFiber(64),
+    baseline: EFFECT_GET_64,
+    target: ratioAtMost(1.15),
+    also: [{ baseline: LIB_HIT_64 }],
+    note: "Effect.forEach(warm keys, users.get, { concurrency: 64 }), one runPromise a round",
+    setup: async (fx) => libraryHitsInFiber(fx.library, fx.keys.hit, 64)
   },
   // ---- In-process hit (where the near cache goes) ----
   {
@@ -460,7 +518,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
   {
     case: "lib: near-cache hit",
     kind: sequential,
-    baseline: "lib: redis hit",
+    baseline: LIB_HIT,
     target: ratioAtMost(1 / 50),
     also: [{ baseline: BENTO_MEMORY, target: ahead }],
     note: "users.get over RedisCache with its in-process tier on (announcements over Redis pub/sub)",
@@ -469,7 +527,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
   {
     case: "lib: near-cache hit @64",
     kind: concurrent(64),
-    baseline: "lib: redis hit @64",
+    baseline: LIB_HIT_64,
     also: [{ baseline: BENTO_MEMORY_64, target: ahead }],
     setup: async (fx) => nearHits(fx)
   },
@@ -480,13 +538,20 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     warmup: 0,
     unit: "100k entries",
     baseline: null,
-    note: "fills a near tier bounded at 100,000 entries with 150,000 writes of the bench payload; reports its estimate and the heap it took",
+    note: "fills a near tier bounded at 100,000 entries with 150,000 writes of the bench payload (a string of its own each); reports its estimate and the heap it took, measured after a gc()",
     setup: async (fx) => {
       let figures: Record<string, number> = {}
       return {
         op: async (round) => {
           const prefix = `${fx.runId}:near-memory-${round}:`
-          const payload = JSON.stringify(userFields("sample", 1))
+          // A payload of its own per entry, as entries read from Redis have: one shared string would
+          // leave the payloads out of the heap figure.
+          const payloadOf = (n: number) => JSON.stringify(userFields(`k${n}`, n))
+          // Garbage left by the writes (their commands and replies) is not the tier's: collected first;
+          // and the previous round's tier, whose Redis connections close a moment after its scope did.
+          const gc = findGc()
+          await new Promise((resolve) => setTimeout(resolve, 1000))
+          gc?.()
           const heapBefore = process.memoryUsage().heapUsed
           const measured = await Effect.runPromise(
             Effect.gen(function* () {
@@ -503,17 +568,18 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
                 yield* cache.setMany(
                   Array.from({ length: 1000 }, (_, i) => ({
                     key: `k${batch * 1000 + i}`,
-                    entry: Cache.Entry.Value({ version: 1, payload }),
+                    entry: Cache.Entry.Value({ version: 1, payload: payloadOf(batch * 1000 + i) }),
                     options: { ttl: Duration.minutes(5) }
                   }))
                 )
               }
-              ;(globalThis as { gc?: () => void }).gc?.()
+              gc?.()
               const heapAfter = process.memoryUsage().heapUsed
               return { entries: yield* stats.entries, estimate: yield* stats.bytes, heap: heapAfter - heapBefore }
             }).pipe(Effect.scoped)
           )
           if (measured.entries > 100_000) throw new Error(`the tier holds ${measured.entries} entries, over its bound`)
+          if (gc === undefined) throw new Error("no gc(): the heap figure would count garbage")
           figures = {
             nearEntries: measured.entries,
             nearEstimatedBytesPerEntry: Math.round(measured.estimate / measured.entries),
@@ -555,7 +621,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     }
   },
   {
-    case: "lib: miss (read-through)",
+    case: LIB_MISS,
     kind: sequential,
     maxOps: missMaxOps,
     baseline: HAND_READ_THROUGH,
@@ -563,6 +629,26 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     note: "users.get of rows never cached, each read once",
     // Every read must have gone to the store, or this case does not measure misses.
     setup: async (fx) => storeReads(fx.library, (i) => fresh(fx.keys.miss, i, "lib: miss"), "not all were misses")
+  },
+  // ---- Miss (read-through), in one fiber ----
+  {
+    case: EFFECT_READ_THROUGH,
+    kind: inFiber(1),
+    maxOps: missMaxOps,
+    baseline: HAND_READ_THROUGH,
+    note: "hand-written Effect: GET (a miss), SELECT by key, Schema decode, SET with the TTL, one after the other in one runPromise; its own key prefix",
+    setup: async (fx) => effectReadThrough(fx, selectSql(fx.table), EFFECT_READ_THROUGH)
+  },
+  {
+    case: "lib in fiber: miss (read-through)",
+    kind: inFiber(1),
+    maxOps: missMaxOps,
+    baseline: EFFECT_READ_THROUGH,
+    target: ratioAtMost(1.25),
+    also: [{ baseline: LIB_MISS }],
+    note: "Effect.forEach(rows never cached, users.get), one runPromise a round; the second half of the miss keys",
+    // `lib: miss` (the same library) reads the first half of the miss keys, this case the second.
+    setup: async (fx) => libraryMissesInFiber(fx.library, fx.keys.miss, Math.floor(fx.keys.miss.length / 2))
   },
   // ---- Write ----
   {
@@ -599,6 +685,30 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     note: "users.set over SqlStore with changeCapture: the set, the two triggers (version check, outbox row) in its transaction; the feed consuming in-process",
     setup: async (fx) => capturedSet(fx)
   },
+  // ---- Write, in one fiber ----
+  {
+    case: EFFECT_WRITE,
+    kind: inFiber(1),
+    baseline: PG_WRITE,
+    note: "hand-written Effect: Schema encode of User, the upsert of pg upsert + SET, SET with the TTL, one after the other in one runPromise",
+    setup: async (fx) => effectWrites(fx, plainUpsert(fx), 1)
+  },
+  {
+    case: EFFECT_STORE_WRITE,
+    kind: inFiber(1),
+    baseline: EFFECT_WRITE,
+    note: "diagnostic: as Effect in fiber: pg upsert + SET, with the library's own store write (advisory lock, nextval, upsert)",
+    setup: async (fx) => effectWrites(fx, storeWrite(fx), 1)
+  },
+  {
+    case: "lib in fiber: set",
+    kind: inFiber(1),
+    baseline: EFFECT_WRITE,
+    target: ratioAtMost(1.15),
+    also: [{ baseline: EFFECT_STORE_WRITE }, { baseline: LIB_SET }],
+    note: "Effect.forEach(write keys, users.set), one runPromise a round",
+    setup: async (fx) => librarySetsInFiber(fx, 1)
+  },
   {
     case: PG_WRITE_16,
     kind: concurrent(16),
@@ -624,6 +734,23 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     baseline: LIB_SET_16,
     also: [{ baseline: TWIN_SET_16 }, { baseline: PG_WRITE_16 }],
     setup: async (fx) => capturedSet(fx)
+  },
+  // ---- Write, 16 in flight, in one fiber ----
+  {
+    case: EFFECT_WRITE_16,
+    kind: inFiber(16),
+    baseline: PG_WRITE_16,
+    note: "hand-written Effect: as the sequential one, Effect.forEach with concurrency 16",
+    setup: async (fx) => effectWrites(fx, plainUpsert(fx), 16)
+  },
+  {
+    case: "lib in fiber: set @16",
+    kind: inFiber(16),
+    baseline: EFFECT_WRITE_16,
+    target: ratioAtMost(1.25),
+    also: [{ baseline: LIB_SET_16 }],
+    note: "Effect.forEach(write keys, users.set, { concurrency: 16 }), one runPromise a round",
+    setup: async (fx) => librarySetsInFiber(fx, 16)
   },
   // ---- The change feed's lag: a plain SQL UPDATE's commit to the cache no longer serving the old value ----
   {

@@ -515,3 +515,14 @@ export const makeFixture = async (options: FixtureOptions): Promise<Fixture> => 
     throw error
   }
 }
+
+/** The `i`th of `items`, round and round. */
+export const cycle = <A>(items: ReadonlyArray<A>, i: number): A => items[i % items.length]!
+
+/** A fresh key per operation, never reused in the run: so every read is a miss (or a cold key). */
+export const fresh = <A>(items: ReadonlyArray<A>, i: number, label: string): A => {
+  const item = items[i]
+  if (item === undefined)
+    throw new Error(`${label}: out of fresh keys after ${items.length}; raise the fixture's count`)
+  return item
+}

@@ -7,7 +7,11 @@ import { runInNewContext } from "node:vm"
 /**
  * Sequential: one operation at a time; every operation's latency is recorded and a round reports
  * their median. Concurrent: `inFlight` operations at a time; a round reports only its wall time,
- * as microseconds per operation (wall time / operations) and operations per second. Samples: one
+ * as microseconds per operation (wall time / operations) and operations per second. In fiber: the
+ * round's operations are handed to the case at once (`Runner.batch`), which runs them in one
+ * Effect program, `inFlight` at a time (an `Effect.forEach` with that concurrency inside a single
+ * `runPromise`), as an Effect application calls the library; a round reports its wall time, as
+ * microseconds per operation and operations per second, as a concurrent one does. Samples: one
  * operation at a time, each of which measures a figure itself and resolves to it, in microseconds
  * (e.g. how long a change took to reach the cache, which is not the operation's own duration);
  * every measured sample of every round is kept, and the case reports their distribution (p50, p90,
@@ -16,16 +20,20 @@ import { runInNewContext } from "node:vm"
 export type Kind =
   | { readonly _tag: "sequential" }
   | { readonly _tag: "concurrent"; readonly inFlight: number }
+  | { readonly _tag: "inFiber"; readonly inFlight: number }
   | { readonly _tag: "samples" }
 
 export const sequential: Kind = { _tag: "sequential" }
 export const concurrent = (inFlight: number): Kind => ({ _tag: "concurrent", inFlight })
 export const samples: Kind = { _tag: "samples" }
+/** The round's operations in one Effect program, `inFlight` at a time (1: one after the other); see `Runner.batch`. */
+export const inFiber = (inFlight: number): Kind => ({ _tag: "inFiber", inFlight })
 
 /** What a case's figures are compared on, where lower is better. */
 export type LowerIsBetter = "latency" | "1/throughput"
 
-export const lowerIsBetter = (kind: Kind): LowerIsBetter => (kind._tag === "concurrent" ? "1/throughput" : "latency")
+export const lowerIsBetter = (kind: Kind): LowerIsBetter =>
+  kind._tag === "concurrent" || kind._tag === "inFiber" ? "1/throughput" : "latency"
 
 /** What a case reports, for a target to judge. `ratio` is null without a baseline (or if the baseline failed). */
 export interface Figures {
@@ -101,8 +109,15 @@ export interface Runner {
    * never repeats, so a case can hand out a fresh key per operation (a miss, a cold key).
    * A rejection fails the case (and makes the process exit non-zero). In a `samples` case it
    * resolves to the sample it measured, in microseconds (anything but a finite number fails it).
+   * Required by every kind but `inFiber`.
    */
-  readonly op: (i: number) => Promise<unknown>
+  readonly op?: ((i: number) => Promise<unknown>) | undefined
+  /**
+   * An `inFiber` case's operations `start` to `start + count - 1` (numbered as `op`'s `i`), all in
+   * one program (one `runPromise`), `inFlight` at a time; resolves when all are done. A rejection
+   * fails the case. Required by an `inFiber` case, and only used by one.
+   */
+  readonly batch?: ((start: number, count: number) => Promise<unknown>) | undefined
   /** Before each round's warm-up. */
   readonly beforeRound?: (round: number) => void | Promise<void>
   /**
@@ -166,11 +181,11 @@ export interface SampleMillis {
 /** One entry of bench/results.json. */
 export interface Result {
   readonly case: string
-  readonly kind: "sequential" | "concurrent" | "samples"
+  readonly kind: "sequential" | "concurrent" | "inFiber" | "samples"
   readonly inFlight: number
   readonly unit: string
   /**
-   * Median over rounds of: the median latency (sequential), or wall time / operations (concurrent);
+   * Median over rounds of: the median latency (sequential), or wall time / operations (concurrent, in fiber);
    * for a `samples` case, the median of all its samples.
    */
   readonly medianMicros: number | null
@@ -178,7 +193,7 @@ export interface Result {
   readonly opsPerSecond: number | null
   /** A `samples` case's distribution. */
   readonly sampleMillis?: SampleMillis
-  /** The figure the ratio compares, lower is better: latency for sequential cases, 1/throughput for concurrent ones. */
+  /** The figure the ratio compares, lower is better: latency for sequential cases, 1/throughput for concurrent and in-fiber ones. */
   readonly lowerIsBetter: LowerIsBetter
   readonly baseline: string | null
   /** Ours / baseline on the lower-is-better figure (of the medians): below 1 means ahead of the baseline. */
@@ -245,11 +260,19 @@ interface RoundFigures {
 // workers stop taking operations as soon as one fails.
 const runOps = async (
   kind: Kind,
-  op: (i: number) => Promise<unknown>,
+  runner: Runner,
   start: number,
   count: number,
   latencies: Float64Array
 ): Promise<RoundFigures> => {
+  if (kind._tag === "inFiber") {
+    if (count === 0) return { micros: Number.NaN, opsPerSecond: Number.NaN }
+    const began = now()
+    await runner.batch!(start, count)
+    const wall = Number(now() - began) / 1000
+    return { micros: wall / count, opsPerSecond: (count * 1e6) / wall }
+  }
+  const op = runner.op!
   if (kind._tag === "sequential") {
     const began = now()
     for (let k = 0; k < count; k++) {
@@ -322,12 +345,13 @@ export interface RunOptions {
 const calibrate = async <F>(state: State<F>, budgetMillis: number, latencies: Float64Array): Promise<number> => {
   const spec = state.spec
   const max = spec.maxOps ?? 1_000_000
-  const min = spec.kind._tag === "concurrent" ? Math.min(max, spec.kind.inFlight * 4) : 5
-  let count = spec.kind._tag === "concurrent" ? spec.kind.inFlight * 2 : 4
+  const inFlight = spec.kind._tag === "concurrent" || spec.kind._tag === "inFiber" ? spec.kind.inFlight : 1
+  const min = inFlight > 1 ? Math.min(max, inFlight * 4) : 5
+  let count = inFlight > 1 ? inFlight * 2 : 4
   for (;;) {
     count = Math.min(count, max, latencies.length)
     const began = now()
-    await runOps(spec.kind, state.runner!.op, state.cursor, count, latencies)
+    await runOps(spec.kind, state.runner!, state.cursor, count, latencies)
     state.cursor += count
     const millis = Number(now() - began) / 1e6
     if (millis >= budgetMillis / 8 || count >= max || count >= latencies.length) {
@@ -373,7 +397,10 @@ export const runCases = async <F>(
   }))
   for (const state of states) {
     try {
-      state.runner = await state.spec.setup(fixture)
+      const runner = await state.spec.setup(fixture)
+      const needs = state.spec.kind._tag === "inFiber" ? "batch" : "op"
+      if (runner[needs] === undefined) throw new Error(`a ${state.spec.kind._tag} case's runner needs \`${needs}\``)
+      state.runner = runner
     } catch (error) {
       state.error = `setup: ${describeError(error)}`
       options.log(`  ! ${state.spec.case}: ${state.error}`)
@@ -401,9 +428,9 @@ export const runCases = async <F>(
       try {
         await runner.beforeRound?.(round)
         options.gc?.()
-        await runOps(spec.kind, runner.op, state.cursor, state.warmup, latencies)
+        await runOps(spec.kind, runner, state.cursor, state.warmup, latencies)
         state.cursor += state.warmup
-        const figures = await runOps(spec.kind, runner.op, state.cursor, state.ops, latencies)
+        const figures = await runOps(spec.kind, runner, state.cursor, state.ops, latencies)
         state.cursor += state.ops
         state.rounds.push(figures)
         if (spec.kind._tag === "samples") state.samples.push(...latencies.subarray(0, state.ops))
@@ -449,7 +476,7 @@ export const runCases = async <F>(
     const a = figuresOf.get(ours)
     const b = figuresOf.get(baseline)
     if (a === undefined || b === undefined) return null
-    return a.kind._tag === "concurrent" ? b.opsPerSecond / a.opsPerSecond : a.medianMicros / b.medianMicros
+    return lowerIsBetter(a.kind) === "1/throughput" ? b.opsPerSecond / a.opsPerSecond : a.medianMicros / b.medianMicros
   }
   const pairedRatio = (ours: string, baseline: string): number | null => {
     const a = figuresOf.get(ours)
@@ -457,7 +484,7 @@ export const runCases = async <F>(
     if (a === undefined || b === undefined) return null
     const n = Math.min(a.rounds.length, b.rounds.length)
     const ratios = Array.from({ length: n }, (_, r) =>
-      a.kind._tag === "concurrent"
+      lowerIsBetter(a.kind) === "1/throughput"
         ? b.rounds[r]!.opsPerSecond / a.rounds[r]!.opsPerSecond
         : a.rounds[r]!.micros / b.rounds[r]!.micros
     )
@@ -494,7 +521,7 @@ export const runCases = async <F>(
     return {
       case: spec.case,
       kind: spec.kind._tag,
-      inFlight: spec.kind._tag === "concurrent" ? spec.kind.inFlight : 1,
+      inFlight: spec.kind._tag === "concurrent" || spec.kind._tag === "inFiber" ? spec.kind.inFlight : 1,
       unit: spec.unit ?? "op",
       medianMicros: own?.medianMicros ?? null,
       opsPerSecond: isSamples ? null : (own?.opsPerSecond ?? null),
@@ -572,7 +599,16 @@ const table = (
 export const formatResults = (results: ReadonlyArray<Result>): string => {
   const rows: Array<Array<string>> = []
   for (const r of results) {
-    const kind = r.kind === "sequential" ? "seq" : r.kind === "samples" ? "samples" : `${r.inFlight} in flight`
+    const kind =
+      r.kind === "sequential"
+        ? "seq"
+        : r.kind === "samples"
+          ? "samples"
+          : r.kind === "inFiber"
+            ? r.inFlight === 1
+              ? "fiber, seq"
+              : `fiber, ${r.inFlight} in flight`
+            : `${r.inFlight} in flight`
     const distribution =
       r.sampleMillis === undefined
         ? []
@@ -649,9 +685,9 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
   return [
     table(header, rows, new Set([3, 4, 5, 7, 8])),
     "",
-    "median µs: sequential cases, the median over rounds of each round's median latency; concurrent cases, wall time / operations;",
+    "median µs: sequential cases, the median over rounds of each round's median latency; concurrent and in-fiber cases, wall time / operations;",
     "  samples cases (each operation measures a figure itself, e.g. the change feed's lag), the median of all samples (notes: p50 to max).",
-    "ratio: ours / baseline where lower is better (latency when sequential, 1/throughput when concurrent); below 1.00x is ahead.",
+    "ratio: ours / baseline where lower is better (latency when sequential, 1/throughput when concurrent or in fiber); below 1.00x is ahead.",
     "paired: the median of the per-round ratios (both measured in the same round); targets are judged on ratio.",
     "spread: interquartile range of the per-round figures, relative to their median.",
     "",
