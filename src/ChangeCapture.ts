@@ -37,7 +37,10 @@ import * as Option from "effect/Option"
  * @category models
  */
 export interface Options {
-  /** How often the consuming process looks for new changes, and waits before looking again when there were none. Default 20 millis. */
+  /**
+   * How often the consuming process looks for new changes: a pass that applied some waits only for
+   * what is left of the interval, one that returned a full page none. Default 20 millis.
+   */
   readonly pollInterval?: Duration.DurationInput | undefined
   /**
    * How long one process's claim on an entity's feed lasts without renewal: the longest a feed

@@ -266,7 +266,7 @@ export declare namespace Store {
    * @category models
    */
   export interface ChangeFeed {
-    /** How long the consumer waits before pulling again, unless the last pull returned a full page. */
+    /** How often the consumer pulls: after a pass it waits for what is left of it, after a full page not at all. */
     readonly pollInterval: Duration.Duration
     /** The most changes one pull returns. */
     readonly batchSize: number
