@@ -127,6 +127,20 @@ describe("ChangeCapture", () => {
       }).pipe(Effect.scoped, Effect.provide(PgLive))
   )
 
+  it.effect(
+    "a version sequence too long to name the trigger functions after is refused before anything is created",
+    () =>
+      Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        const versionSequence = `${unique("wt_seq")}_${"x".repeat(30)}`
+        const refused = yield* Effect.flip(SqlStore.make({ versionSequence, changeCapture: true }))
+        expect(refused).toMatchObject({ reason: "Schema" })
+        expect(refused.message).toContain("longer than 42 characters")
+        const [created] = yield* sql.unsafe(`SELECT to_regclass($1) IS NOT NULL`, [`"${versionSequence}"`]).values
+        expect(created).toEqual([false])
+      }).pipe(Effect.provide(PgLive))
+  )
+
   it("the README's CREATE TRIGGER statements for its users table are the ones the store suggests", () => {
     const readme = readFileSync(fileURLToPath(new URL("../README.md", import.meta.url)), "utf8")
     const objects = storeObjects("public", "effect_write_through_version", "effect_write_through_entries", {

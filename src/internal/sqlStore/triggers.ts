@@ -25,13 +25,13 @@ import type { RequiredTrigger } from "./schema.js"
 import type { CaptureObjects, StoreObjects } from "./statements.js"
 
 /** The names every entity table's triggers have, which the schema check looks for. */
-export const versionTriggerName = "effect_write_through_version"
-export const captureTriggerName = "effect_write_through_capture"
+const versionTriggerName = "effect_write_through_version"
+const captureTriggerName = "effect_write_through_capture"
 
 /** The longest sequence name whose functions' names fit PostgreSQL's 63 bytes. */
 export const maxSequenceNameBytes = 63 - "_capture_".length - 12
 
-export const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
+const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
 
 /** A trigger function for `table`, its name after the store's sequence and a hash of its table and body. */
 const triggerFunction = (objects: StoreObjects, kind: "version" | "capture", table: string, body: string) => {
