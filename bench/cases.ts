@@ -50,6 +50,8 @@ import {
 
 /** The most operations a round of a miss case runs: each reads a key of its own (see run.ts). */
 export const missMaxOps = 1000
+/** The most misses a miss case's warm-up before calibration may read (each a fresh key). */
+export const missWarmupOps = 4000
 
 // ---- Shared operations ----
 
@@ -601,6 +603,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     case: HAND_READ_THROUGH,
     kind: sequential,
     maxOps: missMaxOps,
+    maxWarmupOps: missWarmupOps,
     baseline: PG_SELECT,
     note: "hand-written read-through: GET (a miss), SELECT by key, SET of the JSON; every key read once",
     setup: async (fx) => {
@@ -624,6 +627,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     case: LIB_MISS,
     kind: sequential,
     maxOps: missMaxOps,
+    maxWarmupOps: missWarmupOps,
     baseline: HAND_READ_THROUGH,
     also: [{ baseline: PG_SELECT }],
     note: "users.get of rows never cached, each read once",
@@ -635,6 +639,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     case: EFFECT_READ_THROUGH,
     kind: inFiber(1),
     maxOps: missMaxOps,
+    maxWarmupOps: missWarmupOps,
     baseline: HAND_READ_THROUGH,
     note: "hand-written Effect: GET (a miss), SELECT by key, Schema decode, SET with the TTL, one after the other in one runPromise; its own key prefix",
     setup: async (fx) => effectReadThrough(fx, selectSql(fx.table), EFFECT_READ_THROUGH)
@@ -643,6 +648,7 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     case: "lib in fiber: miss (read-through)",
     kind: inFiber(1),
     maxOps: missMaxOps,
+    maxWarmupOps: missWarmupOps,
     baseline: EFFECT_READ_THROUGH,
     target: ratioAtMost(1.25),
     also: [{ baseline: LIB_MISS }],

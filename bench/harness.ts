@@ -147,6 +147,11 @@ export interface Case<F> {
   readonly maxOps?: number | undefined
   /** Unmeasured operations before them, every round. Default a tenth of `ops`. */
   readonly warmup?: number | undefined
+  /**
+   * The most operations the case's warm-up before calibration may run (see `RunOptions.warmupMillis`),
+   * e.g. when each takes a fresh key. Default: as many as fit the time.
+   */
+  readonly maxWarmupOps?: number | undefined
   /** What one operation is, when it is not one call (e.g. "100 reads"). Default "op". */
   readonly unit?: string | undefined
   /** The case this one is compared with (the `ratio` in results.json), or null. */
@@ -335,9 +340,31 @@ export interface RunOptions {
   readonly rounds: number
   /** The measured time a calibrated case aims for in each round, in milliseconds. */
   readonly budgetMillis: number
+  /** How long each calibrated case runs, unmeasured, before it is calibrated (see `warmUp`). */
+  readonly warmupMillis: number
   /** Called as progress is made (one line per round). */
   readonly log: (line: string) => void
   readonly gc: (() => void) | undefined
+}
+
+// The first operations of a path cost two to three times the later ones while V8 optimizes it, and
+// its compiler threads compete with Redis and PostgreSQL for the cores: measured, a miss took
+// about 2,500 reads in one process to settle (1.6 ms, then 1.0 ms, then 0.6 ms a read, a thousand
+// reads each). A round's own warm-up is a tenth of its operations, far too short; so each
+// calibrated case first runs for `millis`, in batches growing to at most 512 operations.
+const warmUp = async <F>(state: State<F>, millis: number, latencies: Float64Array): Promise<void> => {
+  const spec = state.spec
+  const max = spec.maxWarmupOps ?? Number.POSITIVE_INFINITY
+  let count = spec.kind._tag === "concurrent" || spec.kind._tag === "inFiber" ? spec.kind.inFlight * 2 : 4
+  let done = 0
+  const began = now()
+  while (done < max && Number(now() - began) / 1e6 < millis) {
+    const batch = Math.min(count, max - done, latencies.length)
+    await runOps(spec.kind, state.runner!, state.cursor, batch, latencies)
+    state.cursor += batch
+    done += batch
+    count = Math.min(count * 2, Math.max(512, count))
+  }
 }
 
 // Operations per round for a case without a fixed count: run it (this also warms it up) with a
@@ -410,7 +437,10 @@ export const runCases = async <F>(
   for (const state of states) {
     if (state.runner === undefined || state.error !== undefined) continue
     try {
-      if (state.spec.ops === undefined) state.ops = await calibrate(state, options.budgetMillis, latencies)
+      if (state.spec.ops === undefined) {
+        await warmUp(state, options.warmupMillis, latencies)
+        state.ops = await calibrate(state, options.budgetMillis, latencies)
+      }
       state.warmup = state.spec.warmup ?? Math.ceil(state.ops / 10)
       options.log(`  ${state.spec.case}: ${state.ops} operations per round, after ${state.warmup}`)
     } catch (error) {

@@ -2,7 +2,7 @@
 // PostgreSQL (REDIS_URL, DATABASE_URL), printed as a table and written to bench/results.json.
 //
 //   npm run bench                       # 9 rounds, each case measured for about 400 ms a round
-//   npm run bench -- --rounds 3 --budget 100   # a smoke run
+//   npm run bench -- --rounds 3 --budget 100 --warmup 200   # a smoke run
 //   npm run bench -- --only "lib: set"  # cases whose name matches (a regular expression), and their baselines
 //   npm run bench -- --only change      # the change feed cases (bench/changeFeed.ts) and their baselines
 //   npm run bench -- --only "in fiber"  # the in-fiber cases (bench/inFiber.ts) and their baselines
@@ -12,7 +12,7 @@
 import { writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { fileURLToPath } from "node:url"
-import { cases, missMaxOps } from "./cases.js"
+import { cases, missMaxOps, missWarmupOps } from "./cases.js"
 import { makeFixture } from "./fixture.js"
 import { type Case, findGc, formatResults, runCases } from "./harness.js"
 
@@ -23,9 +23,11 @@ const argument = (name: string): string | undefined => {
 
 const rounds = Number(argument("--rounds") ?? 9)
 const budgetMillis = Number(argument("--budget") ?? 400)
+const warmupMillis = Number(argument("--warmup") ?? 1500)
 const only = argument("--only")
 if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds takes a positive integer")
 if (!(budgetMillis > 0)) throw new Error("--budget takes a positive number of milliseconds")
+if (!(warmupMillis >= 0)) throw new Error("--warmup takes a number of milliseconds")
 
 const log = (line: string) => console.log(line)
 
@@ -61,10 +63,11 @@ const main = async (): Promise<number> => {
   const fixture = await makeFixture({
     hitKeys: 1000,
     writeKeys: 1000,
-    // Each miss case reads fresh keys: at most missMaxOps a round, a tenth more to warm up, and calibration's.
-    // Two halves: the library's two miss cases (one runPromise a read, and in one fiber) each read
-    // their own half; the hand-written ones read the first half under key prefixes of their own.
-    missKeys: 2 * (Math.ceil(rounds * missMaxOps * 1.1) + 2 * missMaxOps),
+    // Each miss case reads fresh keys: at most missMaxOps a round, a tenth more to warm up, and
+    // calibration's and the warm-up's before it. Two halves: the library's two miss cases (one
+    // runPromise a read, and in one fiber) each read their own half; the hand-written ones read the
+    // first half under key prefixes of their own.
+    missKeys: 2 * (Math.ceil(rounds * missMaxOps * 1.1) + 2 * missMaxOps + missWarmupOps),
     // Two stampede cases, each reading fresh keys from its own half.
     coldKeys: rounds * 20,
     // The outage cases cycle over theirs: 100 to read, 100 to write.
@@ -74,7 +77,7 @@ const main = async (): Promise<number> => {
   let failed = false
   try {
     log(`run ${fixture.runId}: table ${fixture.table}, Redis keys under ${fixture.runId}*`)
-    const results = await runCases(selected, fixture, { rounds, budgetMillis, log, gc })
+    const results = await runCases(selected, fixture, { rounds, budgetMillis, warmupMillis, log, gc })
     const seconds = Number(process.hrtime.bigint() - began) / 1e9
     log("")
     log(formatResults(results))
