@@ -11,8 +11,8 @@ import { TypeIdError } from "./internal/typeIdError.js"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import type * as Duration from "effect/Duration"
-import type * as Effect from "effect/Effect"
-import type * as Option from "effect/Option"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import { isWriteThroughError, WriteThroughErrorTypeId } from "./WriteThroughError.js"
 
 /**
@@ -69,6 +69,35 @@ export interface Ticket {
   readonly epoch: string
   readonly notAfter: number
 }
+
+/**
+ * What `getOrLease` found: the entry, and whether the lease was granted. The lease is asked for
+ * only when the entry holds no value (none, or a tombstone); `leased` is undefined when it was not.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Lookup {
+  readonly entry: Option.Option<Entry>
+  readonly leased: boolean | undefined
+}
+
+/**
+ * `getOrLease` made of two calls, `get` and then, when it found no value, `lease`: for a cache that
+ * cannot do both in one round trip, and for a decorator that treats the two calls apart (counts,
+ * holds or fails them one by one).
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const getThenLease =
+  (cache: Pick<Cache.Service, "get" | "lease">): Cache.Service["getOrLease"] =>
+  (key, ttl) =>
+    Effect.flatMap(cache.get(key), (entry): Effect.Effect<Lookup, CacheError> =>
+      Option.isSome(entry) && entry.value._tag === "Value"
+        ? Effect.succeed({ entry, leased: undefined })
+        : Effect.map(cache.lease(key, ttl), (leased) => ({ entry, leased }))
+    )
 
 /**
  * @since 0.1.0
@@ -189,6 +218,14 @@ export declare namespace Cache {
      * one reads the store while the others wait for its fill.
      */
     readonly lease: (key: string, ttl: Duration.Duration) => Effect.Effect<boolean, CacheError>
+    /**
+     * `get`, and when it finds no value, `lease` for `ttl`, in one call: what a miss costs one round
+     * trip less for (RedisCache does both in one script). A cache that cannot may use
+     * `getThenLease`.
+     *
+     * @since 0.3.0
+     */
+    readonly getOrLease: (key: string, ttl: Duration.Duration) => Effect.Effect<Lookup, CacheError>
     /**
      * One page of the keys starting with `prefix` (SCAN in Redis, never KEYS): pass the
      * returned cursor back until it is "0". Keys may repeat across pages.

@@ -12,7 +12,7 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { Cache, CacheError } from "./Cache.js"
+import { Cache, CacheError, getThenLease } from "./Cache.js"
 import * as FaultPlan from "./internal/faultPlan.js"
 
 // Spelled once: the plan needs them as values, the controls as a type.
@@ -99,18 +99,22 @@ export const layer: Layer.Layer<Cache | FaultyCache, never, Cache> = Layer.effec
             return Effect.zipLeft(effect, FaultPlan.hold(fault.gate!))
         }
       })
+    const get: Cache.Service["get"] = (key) => inject("get", key, cache.get(key))
+    const lease: Cache.Service["lease"] = (key, ttl) => inject("lease", key, cache.lease(key, ttl))
     const faulty = Cache.of({
       // It can hang on purpose.
       selfBounded: false,
       reusesEntries: cache.reusesEntries,
-      get: (key) => inject("get", key, cache.get(key)),
+      get,
       // A batch is one call of the operation it batches.
       getMany: (keys) => inject("get", keys[0] ?? "", cache.getMany(keys)),
       ticket: cache.ticket,
       set: (key, entry, options) => inject("set", key, cache.set(key, entry, options)),
       setMany: (items) => inject("set", items[0]?.key ?? "", cache.setMany(items)),
       invalidate: (key, version, ttl) => inject("invalidate", key, cache.invalidate(key, version, ttl)),
-      lease: (key, ttl) => inject("lease", key, cache.lease(key, ttl)),
+      lease,
+      // Two calls, each under its own faults, as the fault plan names them.
+      getOrLease: getThenLease({ get, lease }),
       scan: (prefix, cursor) => inject("get", prefix, cache.scan(prefix, cursor))
     })
     const controls: Controls = {

@@ -97,6 +97,11 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service> =>
         }),
       // One process, whose misses single-flight already merges: nobody to wait for.
       lease: () => Effect.succeed(true),
+      getOrLease: (key) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          const entry = read(key, now)
+          return { entry, leased: Option.isSome(entry) && entry.value._tag === "Value" ? undefined : true }
+        }),
       invalidate: (key, version, ttl) =>
         Effect.map(Clock.currentTimeMillis, (now) =>
           VersionGuard.acceptsTombstone(live(key, now)?.entry, version)

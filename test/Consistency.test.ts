@@ -203,6 +203,57 @@ describe("(h) the cache loses its memory", () => {
 })
 
 describe("stampede protection across processes", () => {
+  it.live("a miss takes its lease in the call that found the key cold: one cache call before the store is read", () =>
+    Effect.gen(function* () {
+      const entity = yield* usersTable
+      const table = { name: entity, primaryKey: "id" }
+      const calls: Array<string> = []
+      const cache = Context.get(yield* Layer.build(redisCacheLayer(unique("lookup"))), Cache.Cache)
+      const counted = Cache.Cache.of({
+        ...cache,
+        get: (key) =>
+          Effect.zipRight(
+            Effect.sync(() => calls.push("get")),
+            cache.get(key)
+          ),
+        lease: (key, ttl) =>
+          Effect.zipRight(
+            Effect.sync(() => calls.push("lease")),
+            cache.lease(key, ttl)
+          ),
+        getOrLease: (key, ttl) =>
+          Effect.zipRight(
+            Effect.sync(() => calls.push("getOrLease")),
+            cache.getOrLease(key, ttl)
+          ),
+        set: (key, entry, options) =>
+          Effect.zipRight(
+            Effect.sync(() => calls.push("set")),
+            cache.set(key, entry, options)
+          )
+      })
+      const users = yield* WriteThrough.make({ entity, key: Schema.String, value: User, table }).pipe(
+        Effect.provideService(Cache.Cache, counted),
+        Effect.provide(SqlStore.layer())
+      )
+      const direct = yield* (yield* SqlStore.make()).collection({ entity, fields: ["id", "name", "email"], table })
+      yield* direct.put("cold", { id: "cold", name: "v1", email: "cold@example.com" })
+      expect(Option.map(yield* users.get("cold"), (user) => user.name)).toEqual(Option.some("v1"))
+      expect(calls).toEqual(["getOrLease", "set"])
+      calls.length = 0
+      expect(Option.map(yield* users.get("cold"), (user) => user.name)).toEqual(Option.some("v1"))
+      expect(calls).toEqual(["getOrLease"])
+      // With leases off, a plain get.
+      calls.length = 0
+      const unleased = yield* WriteThrough.make({ entity, key: Schema.String, value: User, table, lease: false }).pipe(
+        Effect.provideService(Cache.Cache, Cache.Cache.of({ ...counted })),
+        Effect.provide(SqlStore.layer())
+      )
+      expect(Option.map(yield* unleased.get("cold"), (user) => user.name)).toEqual(Option.some("v1"))
+      expect(calls).toEqual(["get"])
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
   it.live("1,000 concurrent reads of a cold key from three instances cause one store read", () =>
     Effect.gen(function* () {
       const prefix = unique("stampede")

@@ -40,6 +40,7 @@ const countingTimeouts = (cache: Cache.Cache.Service): Cache.Cache.Service => {
     get: (key) => counted(cache.get(key)),
     getMany: (keys) => counted(cache.getMany(keys)),
     lease: (key, ttl) => counted(cache.lease(key, ttl)),
+    getOrLease: (key, ttl) => counted(cache.getOrLease(key, ttl)),
     set: (key, entry, options) => counted(cache.set(key, entry, options)),
     setMany: (items) => counted(cache.setMany(items)),
     invalidate: (key, version, ttl) => counted(cache.invalidate(key, version, ttl))

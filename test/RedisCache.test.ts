@@ -223,6 +223,8 @@ describe("RedisCache", () => {
           yield* Effect.promise(() => redis.del(redisKey("k")))
           yield* Effect.promise(() => write(redis, redisKey("k")))
           expect(yield* cache.get("k")).toEqual(Option.none())
+          // Through getOrLease, the same miss, with the lease.
+          expect(yield* cache.getOrLease("k", Duration.seconds(5))).toEqual({ entry: Option.none(), leased: true })
           expect(yield* cache.set("k", value(1, "one"), { ttl: Duration.minutes(1) })).toBe("written")
           expect(yield* cache.get("k")).toEqual(Option.some(value(1, "one")))
           expect(yield* Effect.promise(() => redis.type(redisKey("k")))).toBe("string")
@@ -266,6 +268,42 @@ describe("RedisCache", () => {
       expect(yield* cache.set("v", value(3, "three"), { ttl: Duration.minutes(1) })).toBe("rejected")
     })
   )
+
+  describe("getOrLease: one round trip for a miss and its lease", () => {
+    it.scoped("of two caches sharing a Redis (two processes), one holds a cold key's lease; the other waits", () =>
+      Effect.gen(function* () {
+        const redis = yield* rawRedis
+        const prefix = unique("lease")
+        const a = yield* buildCache(redisCacheLayer(prefix))
+        const b = yield* buildCache(redisCacheLayer(prefix))
+        const leaseTtl = Duration.seconds(5)
+        expect(yield* a.getOrLease("k", leaseTtl)).toEqual({ entry: Option.none(), leased: true })
+        expect(yield* b.getOrLease("k", leaseTtl)).toEqual({ entry: Option.none(), leased: false })
+        // The lease is the one `lease` asks for, kept under the key's lease key with its TTL.
+        expect(yield* b.lease("k", leaseTtl)).toBe(false)
+        expect(yield* a.lease("k", leaseTtl)).toBe(true)
+        const leaseTtlLeft = yield* Effect.promise(() => redis.pttl(`${prefix}:__wt_lease:k`))
+        expect(leaseTtlLeft).toBeGreaterThan(4000)
+        expect(leaseTtlLeft).toBeLessThanOrEqual(5000)
+        // A hit asks for no lease: the key's lease key is not touched.
+        expect(yield* a.set("hot", value(2, "two"), { ttl: Duration.minutes(1) })).toBe("written")
+        expect(yield* b.getOrLease("hot", leaseTtl)).toEqual({ entry: Option.some(value(2, "two")), leased: undefined })
+        expect(yield* Effect.promise(() => redis.exists(`${prefix}:__wt_lease:hot`))).toBe(0)
+      })
+    )
+
+    it.live("a lease whose holder went away runs out, and the next reader is granted it", () =>
+      Effect.gen(function* () {
+        const prefix = unique("lease")
+        const a = yield* buildCache(redisCacheLayer(prefix))
+        const b = yield* buildCache(redisCacheLayer(prefix))
+        expect((yield* a.getOrLease("k", Duration.millis(100))).leased).toBe(true)
+        expect((yield* b.getOrLease("k", Duration.millis(100))).leased).toBe(false)
+        yield* Effect.sleep(Duration.millis(150))
+        expect((yield* b.getOrLease("k", Duration.seconds(5))).leased).toBe(true)
+      }).pipe(Effect.scoped)
+    )
+  })
 
   describe("key prefixes", () => {
     it.scoped("two caches with different prefixes do not see each other's keys", () =>
@@ -390,6 +428,7 @@ describe("RedisCache", () => {
             cache.get("k"),
             cache.getMany(["k", "a"]),
             cache.lease("k", Duration.seconds(1)),
+            cache.getOrLease("k", Duration.seconds(1)),
             cache.set("k", value(2, "two"), { ttl: Duration.minutes(1) }),
             cache.invalidate("k", 2, Duration.minutes(1))
           ]
@@ -398,7 +437,7 @@ describe("RedisCache", () => {
             expect(refused).toMatchObject({ _tag: "CacheError", reason: "Unavailable" })
             expect(refused.cause).toMatchObject({ _tag: "CircuitOpen" })
           }
-          expect((yield* shortCircuits) - shortCircuitsBefore).toBe(5)
+          expect((yield* shortCircuits) - shortCircuitsBefore).toBe(6)
         }).pipe(Effect.scoped)
     )
 

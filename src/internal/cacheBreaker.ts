@@ -28,6 +28,7 @@ export const wrap = (cache: Cache.Service, options: Options, name: string, onOpe
     get: (key) => guarded("get")(key, cache.get(key)),
     getMany: (keys) => guarded("getMany")(keys[0] ?? "", cache.getMany(keys)),
     lease: (key, ttl) => guarded("lease")(key, cache.lease(key, ttl)),
+    getOrLease: (key, ttl) => guarded("get")(key, cache.getOrLease(key, ttl)),
     set: (key, entry, options) => guarded("set")(key, cache.set(key, entry, options)),
     setMany: (items) => guarded("setMany")(items[0]?.key ?? "", cache.setMany(items)),
     invalidate: (key, version, ttl) => guarded("invalidate")(key, cache.invalidate(key, version, ttl)),

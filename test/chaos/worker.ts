@@ -49,6 +49,7 @@ const racingCache = Layer.effect(
       get: cache.get,
       getMany: cache.getMany,
       lease: cache.lease,
+      getOrLease: cache.getOrLease,
       scan: cache.scan,
       ticket: cache.ticket,
       set: (key, entry, options) => Effect.zipRight(hold, cache.set(key, entry, options)),

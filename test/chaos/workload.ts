@@ -130,6 +130,11 @@ export const naiveRedisCache = (url: string, keyPrefix: string) =>
           ),
         ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
         lease: () => Effect.succeed(true),
+        getOrLease: (key) =>
+          Effect.map(
+            call("get", key, () => redis.get(key)),
+            (raw) => ({ entry: decode(raw), leased: true })
+          ),
         scan: () => Effect.succeed(["0", []] as const),
         set: (key, entry, { ttl }) => Effect.as(write(key, entry, ttl), "written" as const),
         setMany: (items) =>

@@ -90,6 +90,34 @@ export const cacheContract = (name: string, makeLayer: () => Layer.Layer<Cache.C
         }))
     })
 
+    describe("getOrLease", () => {
+      const leaseTtl = Duration.seconds(5)
+
+      test("an absent key: no entry, and the lease, which the same cache is granted again", (cache) =>
+        Effect.gen(function* () {
+          expect(yield* cache.getOrLease("absent", leaseTtl)).toEqual({ entry: Option.none(), leased: true })
+          expect(yield* cache.getOrLease("absent", leaseTtl)).toEqual({ entry: Option.none(), leased: true })
+          expect(yield* cache.lease("absent", leaseTtl)).toBe(true)
+        }))
+
+      test("a value: the entry as get reads it, and no lease asked for", (cache) =>
+        Effect.gen(function* () {
+          const key = "a\r\nSET x y"
+          expect(yield* cache.set(key, value(3, "v1:t2:"), { ttl })).toBe("written")
+          expect(yield* cache.getOrLease(key, leaseTtl)).toEqual({
+            entry: Option.some(value(3, "v1:t2:")),
+            leased: undefined
+          })
+          expect(yield* cache.getOrLease(key, leaseTtl)).toEqual({ entry: yield* cache.get(key), leased: undefined })
+        }))
+
+      test("a tombstone: the tombstone, and the lease", (cache) =>
+        Effect.gen(function* () {
+          expect(yield* cache.invalidate("k", 4, ttl)).toBe("written")
+          expect(yield* cache.getOrLease("k", leaseTtl)).toEqual({ entry: Option.some(tombstone(4)), leased: true })
+        }))
+    })
+
     describe("version guard", () => {
       test("a set with an older version is rejected and leaves the entry unchanged", (cache) =>
         Effect.gen(function* () {

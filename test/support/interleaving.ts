@@ -107,6 +107,11 @@ export const scheduledCache = (
             step(s, recorder, "cache", "get", key, cache.get(key), (entry) =>
               Option.match(entry, { onNone: () => "miss", onSome: describeEntry })
             ),
+          // One step, as one round trip: the lease it may take is not a step of these workloads.
+          getOrLease: (key, ttl) =>
+            step(s, recorder, "cache", "get", key, cache.getOrLease(key, ttl), ({ entry }) =>
+              Option.match(entry, { onNone: () => "miss", onSome: describeEntry })
+            ),
           // Batches are not part of these workloads: passed through unscheduled.
           getMany: cache.getMany,
           setMany: cache.setMany,
@@ -233,6 +238,7 @@ export const naiveCache: Layer.Layer<Cache.Cache> = Layer.sync(Cache.Cache, () =
     getMany: (keys) => Effect.sync(() => keys.map((key) => Option.fromNullable(entries.get(key)))),
     ticket: () => Effect.succeed({ epoch: "naive", notAfter: Number.MAX_SAFE_INTEGER }),
     lease: () => Effect.succeed(true),
+    getOrLease: (key) => Effect.sync(() => ({ entry: Option.fromNullable(entries.get(key)), leased: true })),
     scan: (prefix) => Effect.sync(() => ["0", [...entries.keys()].filter((key) => key.startsWith(prefix))] as const),
     set: (key, entry) =>
       Effect.sync(() => {

@@ -141,6 +141,14 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier, hearing: ()
           ? Effect.succeedSome(local)
           : Effect.tap(remote.get(key), (entry) => remember(key, entry))
       }),
+    // A tombstone held here says a miss, whose lease only Redis can grant.
+    getOrLease: (key, ttl) =>
+      Effect.suspend(() => {
+        const local = hearing() ? near.get(key, Date.now()) : undefined
+        return local?._tag === "Value"
+          ? Effect.succeed({ entry: Option.some<Entry>(local), leased: undefined })
+          : Effect.tap(remote.getOrLease(key, ttl), ({ entry }) => remember(key, entry))
+      }),
     getMany: (keys) =>
       Effect.suspend(() => {
         const now = Date.now()

@@ -2,7 +2,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { Cluster, Redis } from "ioredis"
-import { type Cache, Entry, type SetOptions, type WriteOutcome } from "../../Cache.js"
+import { type Cache, Entry, type Lookup, type SetOptions, type WriteOutcome } from "../../Cache.js"
 import type { Call } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import type { KeyScripts, SetArguments } from "./scripts.js"
@@ -52,12 +52,31 @@ export const setArguments = (
 export const writeOutcome = (reply: string): WriteOutcome =>
   reply === "written" || reply === "rejected" ? reply : "outdated"
 
+/** This process's leases: its token, and where the lease of a key is kept. */
+export interface Leases {
+  readonly holder: string
+  readonly keyOf: (key: string) => string
+}
+
 export const lease =
-  (commands: KeyScripts, holder: string, call: Call): Cache.Service["lease"] =>
+  (commands: KeyScripts, leases: Leases, call: Call): Cache.Service["lease"] =>
   (key, ttl) =>
     call("lease", key, () =>
-      commands.wtLease(RedisEntry.leaseKey(key), holder, ttlMillis(ttl)).then((granted) => granted === 1)
+      commands.wtLease(leases.keyOf(key), leases.holder, ttlMillis(ttl)).then((granted) => granted === 1)
     )
+
+// The script's reply: a value entry as it is, or 'L' (leased) or 'W' (not) before what the key holds.
+const lookupOf = (reply: string): Lookup => {
+  const mark = reply.charCodeAt(0)
+  return mark === 76 || mark === 87
+    ? { entry: RedisEntry.decode(reply.length > 1 ? reply.slice(1) : null), leased: mark === 76 }
+    : { entry: RedisEntry.decode(reply), leased: undefined }
+}
+
+export const getOrLease =
+  (commands: KeyScripts, leases: Leases, call: Call): Cache.Service["getOrLease"] =>
+  (key, ttl) =>
+    call("get", key, () => commands.wtGetOrLease(key, leases.keyOf(key), leases.holder, ttlMillis(ttl)).then(lookupOf))
 
 export const invalidate =
   (commands: KeyScripts, channel: string, call: Call): Cache.Service["invalidate"] =>

@@ -108,6 +108,7 @@ const remoteCache = (
 ) => {
   const argumentsOf = setArguments(memory, tier.channel)
   const outcomeOf = writeOutcome(memory)
+  const leases: Operations.Leases = { holder: randomUUID(), keyOf: RedisEntry.leaseKey }
   return Cache.of({
     // ioredis fails every command, queued ones too, after commandTimeout.
     selfBounded: true,
@@ -121,7 +122,8 @@ const remoteCache = (
       call("set", key, () => commands.wtSet(...argumentsOf(key, entry, options)).then(outcomeOf)),
     setMany: setMany(redis, memory, tier.channel),
     scan: (prefix, cursor) => call("scan", prefix, () => Operations.scanPage(redis, keyPrefix, prefix, cursor)),
-    lease: Operations.lease(commands, randomUUID(), call),
+    lease: Operations.lease(commands, leases, call),
+    getOrLease: Operations.getOrLease(commands, leases, call),
     invalidate: Operations.invalidate(commands, tier.channel, call)
   })
 }

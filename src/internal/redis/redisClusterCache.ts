@@ -156,9 +156,18 @@ const setCall =
       .wtSet(...Operations.setArguments(key, entry, options, { key: markers.of(key), argument: clockSkew }, channel))
       .then(Operations.writeOutcome)
 
+// A script may only touch keys of one slot: a key's lease is kept under a hash tag of the key's slot.
+const leaseKeyIn =
+  (keyPrefix: string) =>
+  (key: string): string =>
+    HashSlot.prefixFixesSlot(keyPrefix)
+      ? RedisEntry.leaseKey(key)
+      : `${RedisEntry.leaseKey(`{${HashSlot.tagOf(HashSlot.slotOf(keyPrefix + key))}}`)}:${key}`
+
 const remoteCache = (remote: Remote): Cache.Service => {
   const { call, channel, cluster, commands, keyPrefix } = remote
   const set = setCall(remote)
+  const leases: Operations.Leases = { holder: randomUUID(), keyOf: leaseKeyIn(keyPrefix) }
   return Cache.of({
     selfBounded: true,
     reusesEntries: false,
@@ -177,7 +186,8 @@ const remoteCache = (remote: Remote): Cache.Service => {
             Promise.all(items.map(({ entry, key, options }) => set(key, entry, options)))
           ),
     scan: scan(cluster, keyPrefix, call),
-    lease: Operations.lease(commands, randomUUID(), call),
+    lease: Operations.lease(commands, leases, call),
+    getOrLease: Operations.getOrLease(commands, leases, call),
     invalidate: Operations.invalidate(commands, channel, call)
   })
 }

@@ -27,6 +27,23 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `
 
+// KEYS[1] key, KEYS[2] its lease key; ARGV: the holder's token, ttl in ms. A value entry (its
+// header as the reader decodes it) comes back as it is; otherwise the lease is asked for as
+// leaseScript does, and the reply is 'L' (granted) or 'W' (not: wait for the fill) followed by
+// whatever the key holds ('' for nothing or a key of another type).
+const getOrLeaseScript = `
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) ~= 'string' then cur = '' end
+local ver = string.match(cur, '^v(%d+):')
+if ver and #ver <= 16 and tonumber(ver) <= 9007199254740991 then return cur end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then
+  return 'W' .. cur
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 'L' .. cur
+`
+
 // KEYS[1] epoch key; ARGV[1] a candidate for a new epoch. Returns the epoch.
 const epochScript = `
 local epoch = redis.call('GET', KEYS[1])
@@ -126,6 +143,7 @@ return 1
 /** The scripts both caches define alike. */
 export interface KeyScripts {
   wtLease(leaseKey: string, holder: string, ttlMillis: string): Promise<number>
+  wtGetOrLease(key: string, leaseKey: string, holder: string, ttlMillis: string): Promise<string>
   wtInvalidate(
     key: string,
     version: string,
@@ -173,7 +191,12 @@ const define = <S extends KeyScripts>(
   client: Redis | Cluster,
   scripts: Record<Exclude<keyof S, keyof KeyScripts>, { numberOfKeys: number; lua: string }>
 ): S => {
-  const all = { ...scripts, wtInvalidate: script(1, invalidateScript), wtLease: script(1, leaseScript) }
+  const all = {
+    ...scripts,
+    wtInvalidate: script(1, invalidateScript),
+    wtLease: script(1, leaseScript),
+    wtGetOrLease: script(2, getOrLeaseScript)
+  }
   for (const [name, definition] of Object.entries(all)) client.defineCommand(name, definition)
   return client as unknown as S
 }

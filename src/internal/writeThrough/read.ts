@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
-import { Entry, type Ticket } from "../../Cache.js"
+import { type CacheError, Entry, type Lookup, type Ticket } from "../../Cache.js"
 import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
@@ -42,30 +42,36 @@ const getOutsideTransaction = <K, A, I>(
     outcome("degraded")
     return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "skipped"))
   }
-  return Effect.flatMap(
-    Effect.either(entity.boundCache("get", text, entity.cache.get(entity.prefix + text))),
-    (cached) => {
-      if (Either.isLeft(cached)) {
-        outcome("degraded")
-        return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
-      }
-      const entry = cached.right
-      if (Option.isSome(entry) && entry.value._tag === "Value") {
-        const decoded = entity.codec.decodeEntry(entry.value)
-        if (Either.isRight(decoded)) {
-          outcome("hit")
-          return Effect.as(metrics.get.hits.increment, Option.some(decoded.right))
-        }
-        outcome("miss")
-        return Effect.zipRight(
-          metrics.get.corrupt.increment,
-          readThrough(entity, text, invokedAt, "answered", entry.value)
-        )
+  return Effect.flatMap(Effect.either(entity.boundCache("get", text, lookUp(entity, text))), (cached) => {
+    if (Either.isLeft(cached)) {
+      outcome("degraded")
+      return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
+    }
+    const { entry, leased } = cached.right
+    if (Option.isSome(entry) && entry.value._tag === "Value") {
+      const decoded = entity.codec.decodeEntry(entry.value)
+      if (Either.isRight(decoded)) {
+        outcome("hit")
+        return Effect.as(metrics.get.hits.increment, Option.some(decoded.right))
       }
       outcome("miss")
-      return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered"))
+      return Effect.zipRight(
+        metrics.get.corrupt.increment,
+        readThrough(entity, text, invokedAt, "answered", { replacing: entry.value })
+      )
     }
-  )
+    outcome("miss")
+    return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered", { leased }))
+  })
+}
+
+// With leases on, one call reads the key and, when it holds no value, asks for the lease: a miss
+// then costs no round trip of its own for it.
+const lookUp = <K, A, I>(entity: Entity<K, A, I>, key: string): Effect.Effect<Lookup, CacheError> => {
+  const { lease } = entity.settings
+  return lease === undefined
+    ? Effect.map(entity.cache.get(entity.prefix + key), (entry) => ({ entry, leased: undefined }))
+    : entity.cache.getOrLease(entity.prefix + key, lease.ttl)
 }
 
 // Inside WriteThrough.transaction a read never fills the cache (the store may answer with the
@@ -91,6 +97,12 @@ const getInTransaction = <K, A, I>(
  */
 type CacheAnswer = "answered" | "failed" | "skipped"
 
+/** What came with an answered miss: the lease, if it was asked for; an entry that failed to decode. */
+interface Answered {
+  readonly leased?: boolean | undefined
+  readonly replacing?: Entry | undefined
+}
+
 // Reads the store and, when the cache answered, fills it under a ticket taken before the read;
 // `replacing` is an entry that failed to decode. After a failed cache call neither a lease nor a
 // fill is worth another call to the cache: each would cost up to another `cacheTimeout`. A read of
@@ -101,7 +113,7 @@ const readThrough = <K, A, I>(
   key: string,
   invokedAt: number,
   cache: CacheAnswer,
-  replacing?: Entry
+  { leased, replacing }: Answered = {}
 ): Effect.Effect<Option.Option<A>, StoreError> =>
   Effect.flatMap(entity.store.inTransaction, (inside) =>
     inside
@@ -121,7 +133,7 @@ const readThrough = <K, A, I>(
             Option.map((loaded) => loaded.value)
           )
         : Effect.flatMap(entity.takeTicket, (ticket) =>
-            Effect.flatMap(sharedRead(entity, key, invokedAt, true), (loaded) =>
+            Effect.flatMap(sharedRead(entity, key, invokedAt, true, leased), (loaded) =>
               Option.isNone(loaded) || loaded.value.cached === true
                 ? Effect.succeed(Option.map(loaded, (row) => row.value))
                 : Effect.as(fillOne(entity, key, loaded.value, ticket, replacing), Option.some(loaded.value.value))
@@ -216,7 +228,8 @@ const sharedRead = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
   invokedAt: number,
-  leased: boolean
+  leased: boolean,
+  granted?: boolean
 ): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
   Effect.suspend(() => {
     const { loads } = entity.flights
@@ -236,7 +249,7 @@ const sharedRead = <K, A, I>(
     }
     loads.set(key, load)
     const read = leased
-      ? Effect.tap(leasedRead(entity, key), (loaded) => leaveAbsence(entity, loaded, [key]))
+      ? Effect.tap(leasedRead(entity, key, granted), (loaded) => leaveAbsence(entity, loaded, [key]))
       : storeRead(entity, key)
     return Effect.onExit(read, (exit) => {
       if (loads.get(key) === load) loads.delete(key)
@@ -246,18 +259,23 @@ const sharedRead = <K, A, I>(
 
 // The lease's holder reads the store; the others wait for its fill, within bounds. Whatever
 // shows up in the cache after a write was acknowledged is at least as new as that write (the
-// guard saw to it), so a waiter may take it.
+// guard saw to it), so a waiter may take it. `granted` is the lease's answer when the lookup asked
+// for it already.
 const leasedRead = <K, A, I>(
   entity: Entity<K, A, I>,
-  key: string
+  key: string,
+  granted: boolean | undefined
 ): Effect.Effect<Option.Option<Loaded<A>>, StoreError> => {
   const { lease } = entity.settings
-  return lease === undefined
-    ? storeRead(entity, key)
-    : entity.boundCache("lease", key, entity.cache.lease(entity.prefix + key, lease.ttl)).pipe(
-        Effect.orElseSucceed(() => true),
-        Effect.flatMap((granted) => (granted ? storeRead(entity, key) : awaitFill(entity, key, lease)))
-      )
+  if (lease === undefined) return storeRead(entity, key)
+  const asked =
+    granted !== undefined
+      ? Effect.succeed(granted)
+      : Effect.orElseSucceed(
+          entity.boundCache("lease", key, entity.cache.lease(entity.prefix + key, lease.ttl)),
+          () => true
+        )
+  return Effect.flatMap(asked, (granted) => (granted ? storeRead(entity, key) : awaitFill(entity, key, lease)))
 }
 
 const awaitFill = <K, A, I>(
