@@ -14,6 +14,7 @@ import {
 } from "effect"
 import * as net from "node:net"
 import { Cache, Metrics, RedisCache } from "../src/index.js"
+import { coalescing } from "../src/internal/redis/client.js"
 import { FaultyCache } from "../src/testing.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { startRedisServer } from "./support/redisServer.js"
@@ -302,6 +303,46 @@ describe("RedisCache", () => {
         yield* Effect.sleep(Duration.millis(150))
         expect((yield* b.getOrLease("k", Duration.seconds(5))).leased).toBe(true)
       }).pipe(Effect.scoped)
+    )
+  })
+
+  describe("coalesced writes", () => {
+    // What leaves the socket: a write per chunk (`_write`) or one for a corked batch (`_writev`).
+    const countWrites = (socket: net.Socket) => {
+      const counts = { write: 0, writev: 0 }
+      const target = socket as unknown as Record<"_write" | "_writev", (...args: Array<unknown>) => unknown>
+      const write = target._write
+      const writev = target._writev
+      target._write = (...args) => {
+        counts.write++
+        return write.apply(socket, args)
+      }
+      target._writev = (...args) => {
+        counts.writev++
+        return writev.apply(socket, args)
+      }
+      return counts
+    }
+
+    it.scoped("commands sent in one tick leave in one write; one sent alone still leaves at once", () =>
+      Effect.gen(function* () {
+        const redis = yield* rawRedis
+        const key = unique("coalesced")
+        yield* Effect.promise(() => redis.set(key, "v1:one", "PX", 60_000))
+        const counts = countWrites(redis.stream as net.Socket)
+        const call = coalescing(redis)
+        const get = call("get", key, () => redis.get(key))
+        const replies = yield* Effect.all(
+          Array.from({ length: 20 }, () => get),
+          { concurrency: "unbounded" }
+        )
+        expect(replies).toEqual(Array.from({ length: 20 }, () => "v1:one"))
+        expect(counts).toEqual({ write: 0, writev: 1 })
+        // Each alone, each answered: nothing waits for a later tick's commands.
+        for (let i = 0; i < 3; i++) expect(yield* get).toBe("v1:one")
+        expect(counts.write + counts.writev).toBe(4)
+        yield* Effect.promise(() => redis.del(key))
+      })
     )
   })
 

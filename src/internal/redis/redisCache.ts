@@ -7,7 +7,7 @@ import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import { Cache, CacheConnectionError, type Entry, type SetOptions, type WriteOutcome } from "../../Cache.js"
 import type { NearTierStats, Options } from "../../RedisCache.js"
-import { acquireClient, call, connectWithin, displayUrl, failFast } from "./client.js"
+import { acquireClient, type Call, coalescing, connectWithin, displayUrl, failFast } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import * as CacheBreaker from "../cacheBreaker.js"
 import * as NearCache from "./nearCache.js"
@@ -74,14 +74,14 @@ const writeOutcome =
 
 // MGET answers nil for a key of another type: a miss, like get's WRONGTYPE.
 const getMany =
-  (redis: Redis): Cache.Service["getMany"] =>
+  (redis: Redis, call: Call): Cache.Service["getMany"] =>
   (keys) =>
     keys.length === 0
       ? Effect.succeed([])
       : call("getMany", keys[0]!, () => redis.mget(keys as Array<string>).then((raws) => raws.map(RedisEntry.decode)))
 
 const setMany =
-  (redis: Redis, memory: Memory, channel: string): Cache.Service["setMany"] =>
+  (redis: Redis, memory: Memory, channel: string, call: Call): Cache.Service["setMany"] =>
   (items) => {
     if (items.length === 0) return Effect.succeed([])
     const argumentsOf = setArguments(memory, channel)
@@ -109,6 +109,7 @@ const remoteCache = (
   const argumentsOf = setArguments(memory, tier.channel)
   const outcomeOf = writeOutcome(memory)
   const leases: Operations.Leases = { holder: randomUUID(), keyOf: RedisEntry.leaseKey }
+  const call = coalescing(redis)
   return Cache.of({
     // ioredis fails every command, queued ones too, after commandTimeout.
     selfBounded: true,
@@ -117,10 +118,10 @@ const remoteCache = (
     // Deadlines are checked against Redis's clock (TIME), so they are set from the wall clock, not Effect's Clock.
     ticket: (validFor) =>
       Effect.sync(() => ({ epoch: memory.epoch, notAfter: Date.now() + Duration.toMillis(validFor) })),
-    getMany: getMany(redis),
+    getMany: getMany(redis, call),
     set: (key, entry, options) =>
       call("set", key, () => commands.wtSet(...argumentsOf(key, entry, options)).then(outcomeOf)),
-    setMany: setMany(redis, memory, tier.channel),
+    setMany: setMany(redis, memory, tier.channel, call),
     scan: (prefix, cursor) => call("scan", prefix, () => Operations.scanPage(redis, keyPrefix, prefix, cursor)),
     lease: Operations.lease(commands, leases, call),
     getOrLease: Operations.getOrLease(commands, leases, call),
