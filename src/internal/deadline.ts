@@ -30,7 +30,8 @@ export const timeoutFail = <A, E, R, E2>(
       ? Effect.timeoutFail(self, { duration, onTimeout })
       : Effect.suspend(() => {
           const cut: Array<Effect.Effect<void>> = []
-          return Effect.flatMap(Effect.fork(Effect.locally(self, whenCut, cut)), (fiber) =>
+          // Set in the child, which ends with the call: no need to restore it, as Effect.locally does.
+          return Effect.flatMap(Effect.fork(Effect.zipRight(FiberRef.set(whenCut, cut), self)), (fiber) =>
             Effect.async<A, E | E2>((resume) => {
               const observer = (exit: Exit.Exit<A, E>) => {
                 clearTimeout(timer)

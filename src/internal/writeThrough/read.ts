@@ -15,7 +15,7 @@ import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
 import * as StoreErrors from "../storeError.js"
-import type { Entity, Lease, Loaded } from "./entity.js"
+import type { Entity, Lease, Load, Loaded } from "./entity.js"
 import { currentPublications, type Publications } from "./transaction.js"
 
 type Outcome = (outcome: "hit" | "miss" | "degraded") => void
@@ -238,22 +238,19 @@ const sharedRead = <K, A, I>(
     // may come from another process's fill.
     if (current !== undefined && current.sentAt > invokedAt && (leased || !current.leased)) {
       // A load whose reader was interrupted tells the others nothing: they read for themselves.
+      current.result ??= Deferred.unsafeMake(FiberId.none)
       return Effect.catchAllCause(Deferred.await(current.result), (cause) =>
         Cause.isInterruptedOnly(cause) ? storeRead(entity, key) : Effect.failCause(cause)
       )
     }
-    const load = {
-      sentAt: ++entity.flights.time,
-      leased,
-      result: Deferred.unsafeMake<Option.Option<Loaded<A>>, StoreError>(FiberId.none)
-    }
+    const load: Load<A> = { sentAt: ++entity.flights.time, leased, result: undefined }
     loads.set(key, load)
     const read = leased
       ? Effect.tap(leasedRead(entity, key, granted), (loaded) => leaveAbsence(entity, loaded, [key]))
       : storeRead(entity, key)
     return Effect.onExit(read, (exit) => {
       if (loads.get(key) === load) loads.delete(key)
-      return Deferred.done(load.result, exit)
+      return load.result === undefined ? Effect.void : Deferred.done(load.result, exit)
     })
   })
 
