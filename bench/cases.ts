@@ -218,16 +218,21 @@ const coldStampede = (fx: Fixture, instances: ReadonlyArray<Library>, offset: nu
 }
 
 // The library with RedisCache's in-process tier on, warmed: every get is served in process.
-const nearHits = async (fx: Fixture): Promise<Runner> => {
+// A library of its own with the in-process tier on, the hit keys in it.
+const nearLibrary = async (fx: Fixture): Promise<Library> => {
   const library = await buildLibrary({
     table: fx.table,
     keyPrefix: `${fx.runId}:near:`,
     versionSequence: fx.versionSequence,
     cache: () => RedisCache.layer({ url: redisUrl, keyPrefix: `${fx.runId}:near:`, near: { maxEntries: 100_000 } })
   })
-  const keys = fx.keys.hit
-  await library.run(Effect.forEach(keys, (key) => library.users.get(key), { concurrency: 16, discard: true }))
-  return { ...libraryHits(library, keys), teardown: () => library.dispose() }
+  await library.run(Effect.forEach(fx.keys.hit, (key) => library.users.get(key), { concurrency: 16, discard: true }))
+  return library
+}
+
+const nearHits = async (fx: Fixture): Promise<Runner> => {
+  const library = await nearLibrary(fx)
+  return { ...libraryHits(library, fx.keys.hit), teardown: () => library.dispose() }
 }
 
 const librarySet = (fx: Fixture) => {
@@ -532,6 +537,17 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     baseline: LIB_HIT_64,
     also: [{ baseline: BENTO_MEMORY_64, target: ahead }],
     setup: async (fx) => nearHits(fx)
+  },
+  {
+    case: "lib in fiber: near-cache hit",
+    kind: inFiber(1),
+    baseline: BENTO_MEMORY,
+    target: ahead,
+    note: "Effect.forEach(warm keys, users.get) in one runPromise a round, the in-process tier on; against bentocache's memory tier, one awaited call a hit",
+    setup: async (fx) => {
+      const library = await nearLibrary(fx)
+      return { ...libraryHitsInFiber(library, fx.keys.hit, 1), teardown: () => library.dispose() }
+    }
   },
   {
     case: "lib: near tier, 100k entries",
