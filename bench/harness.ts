@@ -169,6 +169,8 @@ export interface ComparisonResult {
   readonly ratio: number | null
   /** The median over rounds of each round's own ratio (the two measured in the same round): less sensitive to drift. */
   readonly pairedRatio: number | null
+  /** Ours / baseline on the process's CPU time per operation (`Result.cpuMicros`). */
+  readonly cpuRatio: number | null
   readonly target?: string
   readonly meetsTarget?: boolean
   readonly measured?: string
@@ -196,6 +198,13 @@ export interface Result {
   readonly medianMicros: number | null
   /** Median over rounds of operations per second (null for a `samples` case: its operations are probes). */
   readonly opsPerSecond: number | null
+  /**
+   * Median over rounds of this process's CPU time per operation (every thread of it, not Redis's or
+   * PostgreSQL's): far steadier than wall time on a shared machine, and what the library adds.
+   */
+  readonly cpuMicros: number | null
+  /** Ours / baseline on `cpuMicros`. */
+  readonly cpuRatio: number | null
   /** A `samples` case's distribution. */
   readonly sampleMillis?: SampleMillis
   /** The figure the ratio compares, lower is better: latency for sequential cases, 1/throughput for concurrent and in-fiber ones. */
@@ -259,17 +268,35 @@ export const findGc = (): (() => void) | undefined => {
 interface RoundFigures {
   readonly micros: number
   readonly opsPerSecond: number
+  /** This process's CPU time (every thread: the run loop, GC, the compiler) per operation. */
+  readonly cpuMicros: number
+}
+
+/** `run`'s figures, with the process's CPU time per operation over it. */
+const withCpu = async (count: number, run: () => Promise<Omit<RoundFigures, "cpuMicros">>): Promise<RoundFigures> => {
+  const before = process.cpuUsage()
+  const figures = await run()
+  const used = process.cpuUsage(before)
+  return { ...figures, cpuMicros: count === 0 ? Number.NaN : (used.user + used.system) / count }
 }
 
 // Runs `count` operations from `start` the case's way; returns the round's figures. Concurrent
 // workers stop taking operations as soon as one fails.
-const runOps = async (
+const runOps = (
   kind: Kind,
   runner: Runner,
   start: number,
   count: number,
   latencies: Float64Array
-): Promise<RoundFigures> => {
+): Promise<RoundFigures> => withCpu(count, () => timeOps(kind, runner, start, count, latencies))
+
+const timeOps = async (
+  kind: Kind,
+  runner: Runner,
+  start: number,
+  count: number,
+  latencies: Float64Array
+): Promise<Omit<RoundFigures, "cpuMicros">> => {
   if (kind._tag === "inFiber") {
     if (count === 0) return { micros: Number.NaN, opsPerSecond: Number.NaN }
     const began = now()
@@ -520,6 +547,13 @@ export const runCases = async <F>(
     )
     return n === 0 ? null : median(ratios)
   }
+  const cpuOf = (figures: { readonly rounds: ReadonlyArray<RoundFigures> }) =>
+    median(figures.rounds.map((r) => r.cpuMicros))
+  const cpuRatio = (ours: string, baseline: string): number | null => {
+    const a = figuresOf.get(ours)
+    const b = figuresOf.get(baseline)
+    return a === undefined || b === undefined ? null : cpuOf(a) / cpuOf(b)
+  }
   const judge = (figures: Figures | undefined, target: Target | undefined) => {
     if (target === undefined) return {}
     const measured = figures === undefined ? undefined : target.measured?.(figures)
@@ -555,6 +589,8 @@ export const runCases = async <F>(
       unit: spec.unit ?? "op",
       medianMicros: own?.medianMicros ?? null,
       opsPerSecond: isSamples ? null : (own?.opsPerSecond ?? null),
+      cpuMicros: own === undefined ? null : cpuOf(own),
+      cpuRatio: spec.baseline === null ? null : cpuRatio(spec.case, spec.baseline),
       ...(isSamples && own !== undefined && own.samples.length > 0
         ? {
             sampleMillis: {
@@ -577,6 +613,7 @@ export const runCases = async <F>(
           baseline: c.baseline,
           ratio: r,
           pairedRatio: pairedRatio(spec.case, c.baseline),
+          cpuRatio: cpuRatio(spec.case, c.baseline),
           ...judge(against(c.baseline, r), c.target)
         }
       }),
@@ -656,10 +693,12 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
       r.unit,
       formatMicros(r.medianMicros),
       formatRate(r.opsPerSecond),
+      r.kind === "samples" ? "-" : formatMicros(r.cpuMicros),
       r.spread === null ? "-" : `${(r.spread * 100).toFixed(0)}%`,
       r.baseline ?? "",
       formatRatio(r.ratio),
       formatRatio(r.pairedRatio),
+      r.kind === "samples" ? "-" : formatRatio(r.cpuRatio),
       r.target ?? "",
       status(r.meetsTarget),
       notes
@@ -672,9 +711,11 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
         "",
         "",
         "",
+        "",
         `vs ${c.baseline}`,
         formatRatio(c.ratio),
         formatRatio(c.pairedRatio),
+        r.kind === "samples" ? "-" : formatRatio(c.cpuRatio),
         c.target ?? "",
         status(c.meetsTarget),
         ""
@@ -687,10 +728,12 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
     "unit",
     "median µs",
     "ops/s",
+    "cpu µs",
     "spread",
     "baseline",
     "ratio",
     "paired",
+    "cpu ratio",
     "target",
     "",
     "notes"
@@ -713,12 +756,14 @@ export const formatResults = (results: ReadonlyArray<Result>): string => {
     }
   }
   return [
-    table(header, rows, new Set([3, 4, 5, 7, 8])),
+    table(header, rows, new Set([3, 4, 5, 6, 8, 9, 10])),
     "",
     "median µs: sequential cases, the median over rounds of each round's median latency; concurrent and in-fiber cases, wall time / operations;",
     "  samples cases (each operation measures a figure itself, e.g. the change feed's lag), the median of all samples (notes: p50 to max).",
     "ratio: ours / baseline where lower is better (latency when sequential, 1/throughput when concurrent or in fiber); below 1.00x is ahead.",
     "paired: the median of the per-round ratios (both measured in the same round); targets are judged on ratio.",
+    "cpu µs: this process's CPU time per operation (all its threads: the run loop, GC, the compiler; not Redis's nor PostgreSQL's),",
+    "  the median over rounds; steadier than wall time on a shared machine. cpu ratio: ours / baseline on it.",
     "spread: interquartile range of the per-round figures, relative to their median.",
     "",
     `targets (${targets.filter((t) => t.includes("PASS")).length} of ${targets.length} met; reported, never enforced):`,
