@@ -184,6 +184,15 @@ export declare namespace Cache {
      */
     readonly reusesEntries: boolean
     readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, CacheError>
+    /**
+     * The entry this instance holds for `key` in process memory, found without I/O, or undefined:
+     * what an in-process tier serves a hit from (RedisCache's near tier). The write-through looks
+     * here before it calls `get` or `getOrLease`, and takes a value found here as a hit. A cache
+     * without such a memory leaves it out.
+     *
+     * @since 0.3.0
+     */
+    readonly peek?: ((key: string) => Entry | undefined) | undefined
     /** One round trip for many keys (an `MGET` in Redis); the entries in the keys' order. */
     readonly getMany: (keys: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Option.Option<Entry>>, CacheError>
     /**

@@ -203,6 +203,37 @@ describe("(h) the cache loses its memory", () => {
 })
 
 describe("stampede protection across processes", () => {
+  it.live("a value the cache holds in process memory (peek) is a hit without a cache call", () =>
+    Effect.gen(function* () {
+      const entity = yield* usersTable
+      const table = { name: entity, primaryKey: "id" }
+      const calls: Array<string> = []
+      const cache = Context.get(yield* Layer.build(redisCacheLayer(unique("peek"), { near: {} })), Cache.Cache)
+      const counted = Cache.Cache.of({
+        ...cache,
+        get: (key) =>
+          Effect.zipRight(
+            Effect.sync(() => calls.push("get")),
+            cache.get(key)
+          ),
+        getOrLease: (key, ttl) =>
+          Effect.zipRight(
+            Effect.sync(() => calls.push("getOrLease")),
+            cache.getOrLease(key, ttl)
+          )
+      })
+      const users = yield* WriteThrough.make({ entity, key: Schema.String, value: User, table }).pipe(
+        Effect.provideService(Cache.Cache, counted),
+        Effect.provide(SqlStore.layer())
+      )
+      yield* users.set("1", new User({ id: "1", name: "v1", email: "1@example.com" }))
+      for (let i = 0; i < 3; i++)
+        expect(Option.map(yield* users.get("1"), (user) => user.name)).toEqual(Option.some("v1"))
+      expect(calls).toEqual([])
+      expect(yield* Metrics.total(Metrics.cacheHits, { entity })).toBe(3)
+    }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
   it.live("a miss takes its lease in the call that found the key cold: one cache call before the store is read", () =>
     Effect.gen(function* () {
       const entity = yield* usersTable

@@ -133,6 +133,26 @@ describe("near tier in front of a remote cache", () => {
       hearing = true
     })
   )
+
+  it.effect("peek hands out what the tier holds, without the remote, and nothing while it cannot hear", () =>
+    Effect.gen(function* () {
+      const remote = yield* MemoryCache.make()
+      const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+      let hearing = true
+      const cache = NearCache.wrap(remote, tier, () => hearing)
+      expect(cache.peek?.("k")).toBeUndefined()
+      yield* cache.set("k", value(1, "one"), { ttl })
+      // Behind the tier's back: peek does not ask the remote.
+      yield* remote.set("k", value(2, "two"), { ttl })
+      expect(cache.peek?.("k")).toEqual(value(1, "one"))
+      tier.announce("k", 2)
+      expect(cache.peek?.("k")).toBeUndefined()
+      yield* cache.get("k")
+      expect(cache.peek?.("k")).toEqual(value(2, "two"))
+      hearing = false
+      expect(cache.peek?.("k")).toBeUndefined()
+    })
+  )
 })
 
 const nearLayer = (prefix: string, near: RedisCache.Options["near"] = {}) => redisCacheLayer(prefix, { near })

@@ -50,6 +50,7 @@ const racingCache = Layer.effect(
       getMany: cache.getMany,
       lease: cache.lease,
       getOrLease: cache.getOrLease,
+      peek: cache.peek,
       scan: cache.scan,
       ticket: cache.ticket,
       set: (key, entry, options) => Effect.zipRight(hold, cache.set(key, entry, options)),

@@ -140,6 +140,7 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier, hearing: ()
           ? Effect.succeedSome(local)
           : Effect.tap(remote.get(key), (entry) => remember(key, entry))
       }),
+    peek: (key) => (hearing() ? near.get(key, Date.now()) : undefined),
     // A tombstone held here says a miss, whose lease only Redis can grant.
     getOrLease: (key, ttl) =>
       Effect.suspend(() => {

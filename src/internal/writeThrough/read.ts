@@ -42,6 +42,10 @@ const getOutsideTransaction = <K, A, I>(
     outcome("degraded")
     return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "skipped"))
   }
+  // A value the cache holds in process memory is a hit without a call, nor the call's bound.
+  const local = entity.cache.peek?.(entity.prefix + text)
+  const localHit = local === undefined ? undefined : hitOf(entity, local, outcome)
+  if (localHit !== undefined) return localHit
   return Effect.flatMap(Effect.either(entity.boundCache("get", text, lookUp(entity, text))), (cached) => {
     if (Either.isLeft(cached)) {
       outcome("degraded")
@@ -49,11 +53,8 @@ const getOutsideTransaction = <K, A, I>(
     }
     const { entry, leased } = cached.right
     if (Option.isSome(entry) && entry.value._tag === "Value") {
-      const decoded = entity.codec.decodeEntry(entry.value)
-      if (Either.isRight(decoded)) {
-        outcome("hit")
-        return Effect.as(metrics.get.hits.increment, Option.some(decoded.right))
-      }
+      const hit = hitOf(entity, entry.value, outcome)
+      if (hit !== undefined) return hit
       outcome("miss")
       return Effect.zipRight(
         metrics.get.corrupt.increment,
@@ -63,6 +64,19 @@ const getOutsideTransaction = <K, A, I>(
     outcome("miss")
     return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered", { leased }))
   })
+}
+
+// A value entry that decodes is a hit; anything else is not (undefined).
+const hitOf = <K, A, I>(
+  entity: Entity<K, A, I>,
+  entry: Entry,
+  outcome: Outcome
+): Effect.Effect<Option.Option<A>> | undefined => {
+  if (entry._tag !== "Value") return undefined
+  const decoded = entity.codec.decodeEntry(entry)
+  if (Either.isLeft(decoded)) return undefined
+  outcome("hit")
+  return Effect.as(entity.metrics.get.hits.increment, Option.some(decoded.right))
 }
 
 // With leases on, one call reads the key and, when it holds no value, asks for the lease: a miss
