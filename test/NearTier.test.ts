@@ -97,6 +97,20 @@ describe("near tier: a process's own writes", () => {
   })
 })
 
+/** A tier in front of a MemoryCache, hearing every announcement until `deafen`. */
+const tierOverMemory = Effect.map(MemoryCache.make(), (remote) => {
+  const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
+  let hearing = true
+  return {
+    remote,
+    tier,
+    cache: NearCache.wrap(remote, tier, () => hearing),
+    deafen: () => {
+      hearing = false
+    }
+  }
+})
+
 describe("near tier in front of a remote cache", () => {
   it.effect("a write the remote refused raises the floor, so an older write's reply settling later is not served", () =>
     Effect.gen(function* () {
@@ -114,13 +128,10 @@ describe("near tier in front of a remote cache", () => {
 
   it.effect("while it cannot hear announcements the tier serves nothing and keeps nothing", () =>
     Effect.gen(function* () {
-      const remote = yield* MemoryCache.make()
-      const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
-      let hearing = true
-      const cache = NearCache.wrap(remote, tier, () => hearing)
+      const { cache, deafen, remote, tier } = yield* tierOverMemory
       yield* cache.set("k", value(1, "one"), { ttl })
       expect(tier.size()).toBe(1)
-      hearing = false
+      deafen()
       // Another process's write, whose announcement this process cannot hear.
       yield* remote.set("k", value(2, "two"), { ttl })
       expect(yield* cache.get("k")).toEqual(Option.some(value(2, "two")))
@@ -130,16 +141,12 @@ describe("near tier in front of a remote cache", () => {
       yield* cache.get("i")
       expect(tier.get("j", Date.now())).toBeUndefined()
       expect(tier.get("k", Date.now())).toEqual(value(1, "one"))
-      hearing = true
     })
   )
 
   it.effect("peek hands out what the tier holds, without the remote, and nothing while it cannot hear", () =>
     Effect.gen(function* () {
-      const remote = yield* MemoryCache.make()
-      const tier = NearTier.make({ maxEntries: 10, maxBytes: 1_000_000, ttlMillis: 60_000 })
-      let hearing = true
-      const cache = NearCache.wrap(remote, tier, () => hearing)
+      const { cache, deafen, remote, tier } = yield* tierOverMemory
       expect(cache.peek?.("k")).toBeUndefined()
       yield* cache.set("k", value(1, "one"), { ttl })
       // Behind the tier's back: peek does not ask the remote.
@@ -149,7 +156,7 @@ describe("near tier in front of a remote cache", () => {
       expect(cache.peek?.("k")).toBeUndefined()
       yield* cache.get("k")
       expect(cache.peek?.("k")).toEqual(value(2, "two"))
-      hearing = false
+      deafen()
       expect(cache.peek?.("k")).toBeUndefined()
     })
   )
