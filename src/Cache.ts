@@ -74,7 +74,7 @@ export interface Ticket {
  * What `getOrLease` found: the entry, and whether the lease was granted. The lease is asked for
  * only when the entry holds no value (none, or a tombstone); `leased` is undefined when it was not.
  *
- * @since 0.3.0
+ * @since 0.2.0
  * @category models
  */
 export interface Lookup {
@@ -87,7 +87,7 @@ export interface Lookup {
  * cannot do both in one round trip, and for a decorator that treats the two calls apart (counts,
  * holds or fails them one by one).
  *
- * @since 0.3.0
+ * @since 0.2.0
  * @category constructors
  */
 export const getThenLease =
@@ -190,7 +190,7 @@ export declare namespace Cache {
      * here before it calls `get` or `getOrLease`, and takes a value found here as a hit. A cache
      * without such a memory leaves it out.
      *
-     * @since 0.3.0
+     * @since 0.2.0
      */
     readonly peek?: ((key: string) => Entry | undefined) | undefined
     /** One round trip for many keys (an `MGET` in Redis); the entries in the keys' order. */
@@ -232,7 +232,7 @@ export declare namespace Cache {
      * trip less for (RedisCache does both in one script). A cache that cannot may use
      * `getThenLease`.
      *
-     * @since 0.3.0
+     * @since 0.2.0
      */
     readonly getOrLease: (key: string, ttl: Duration.Duration) => Effect.Effect<Lookup, CacheError>
     /**
