@@ -99,6 +99,11 @@ describe("chaos", () => {
         const summary = yield* runChaos({ ...short, near: true })
         expect(summary.reads).toBeGreaterThan(500)
         expect(summary.calls.setMany.ok + summary.calls.transaction.ok).toBeGreaterThan(0)
+        // Reads in other processes may trail a write, or go back in time, by an announcement's delay;
+        // any other violation is printed with its details.
+        const lagging = (v: (typeof summary.violations)[number]) =>
+          (v.check === "stale read" || v.check === "non-monotonic read") && v.ownProcess !== true
+        expect(summary.violations.filter((v) => !lagging(v)).slice(0, 10)).toEqual([])
         expect(summary).toMatchObject({
           failedWriteReads: 0,
           lostWrites: 0,
