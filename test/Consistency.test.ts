@@ -134,25 +134,6 @@ describe("races", () => {
     )
   )
 
-  it.effect("a miss whose cache answer comes back after the load it could join ended still takes that load's row", () =>
-    withHarness(({ users, collection, cacheFaults, storeFaults }) =>
-      Effect.gen(function* () {
-        yield* collection.put("cold", { id: "cold", name: "v1", email: "cold@example.com" })
-        // The first reader's answer from the cache (a miss) is held; the second reader, begun after
-        // it, misses, reads the store and fills before the first hears from the cache.
-        const answer = yield* cacheFaults.pause({ when: "after" }, "get")
-        const first = yield* Effect.fork(users.get("cold"))
-        yield* answer.reached
-        expect(nameOf(yield* users.get("cold"))).toBe("v1")
-        expect(yield* storeFaults.calls("get")).toBe(1)
-        // The load was sent after the first reader began: its row is as new as the first reader needs.
-        yield* answer.release
-        expect(nameOf(yield* Fiber.join(first))).toBe("v1")
-        expect(yield* storeFaults.calls("get")).toBe(1)
-      })
-    )
-  )
-
   it.effect("concurrent misses of one key share one store read", () =>
     withHarness(({ users, collection, storeFaults }) =>
       Effect.gen(function* () {

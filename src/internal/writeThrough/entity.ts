@@ -1,7 +1,6 @@
 // One entity as the read path and the write path see it: its settings resolved, its codec, its
 // instruments, its cache calls bounded, and the state its operations share. Built once per entity.
 import type * as Deferred from "effect/Deferred"
-import type * as Exit from "effect/Exit"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -73,17 +72,6 @@ export interface Entity<K, A, I> extends Instruments.Instruments {
 export interface Flights<A> {
   /** Advanced as readers begin and as loads start. */
   time: number
-  /**
-   * Readers waiting for the cache's answer. A load that ends while any is waiting stays in `loads`,
-   * ended, until none is and their fibers have run on (a turn of the event loop later): one of
-   * them may be a miss that began before the load was sent, which may take its result as the
-   * load's own readers did. Without this, a burst of misses whose answers came back in several
-   * socket reads read the store again for the later ones.
-   */
-  lookingUp: number
-  /** Ended loads kept in `loads` for those readers; `forgetting` when their removal is scheduled. */
-  ended: number
-  forgetting: boolean
   readonly loads: Map<string, Load<A>>
 }
 
@@ -105,8 +93,6 @@ export interface Load<A> {
    * CPU to make. The load's reader completes it, if made, when the read ends.
    */
   result: Deferred.Deferred<Option.Option<Loaded<A>>, StoreError> | undefined
-  /** How the read ended, once it has. */
-  exit: Exit.Exit<Option.Option<Loaded<A>>, StoreError> | undefined
 }
 
 const entityPattern = /^[A-Za-z0-9_./-]+$/
@@ -183,7 +169,7 @@ export const make = <K, A, I>(
       ttlWithJitter: Effect.map(Random.next, (r) => Duration.times(settings.ttl, 1 + r * settings.ttlJitter)),
       takeTicket: cache.ticket(settings.tombstoneTtl),
       repairs,
-      flights: { time: 0, lookingUp: 0, ended: 0, forgetting: false, loads: new Map() }
+      flights: { time: 0, loads: new Map() }
     }
   })
 

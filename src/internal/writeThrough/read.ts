@@ -15,7 +15,7 @@ import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
 import * as StoreErrors from "../storeError.js"
-import type { Entity, Flights, Lease, Load, Loaded } from "./entity.js"
+import type { Entity, Lease, Load, Loaded } from "./entity.js"
 import { currentPublications, type Publications } from "./transaction.js"
 
 type Outcome = (outcome: "hit" | "miss" | "degraded") => void
@@ -46,55 +46,24 @@ const getOutsideTransaction = <K, A, I>(
   const local = entity.cache.peek?.(entity.prefix + text)
   const localHit = local === undefined ? undefined : hitOf(entity, local, outcome)
   if (localHit !== undefined) return localHit
-  return Effect.flatMap(
-    Effect.either(lookingUp(entity, entity.boundCache("get", text, lookUp(entity, text)))),
-    (cached) => {
-      if (Either.isLeft(cached)) {
-        outcome("degraded")
-        return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
-      }
-      const { entry, leased } = cached.right
-      if (Option.isSome(entry) && entry.value._tag === "Value") {
-        const hit = hitOf(entity, entry.value, outcome)
-        if (hit !== undefined) return hit
-        outcome("miss")
-        return Effect.zipRight(
-          metrics.get.corrupt.increment,
-          readThrough(entity, text, invokedAt, "answered", { replacing: entry.value })
-        )
-      }
-      outcome("miss")
-      return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered", { leased }))
+  return Effect.flatMap(Effect.either(entity.boundCache("get", text, lookUp(entity, text))), (cached) => {
+    if (Either.isLeft(cached)) {
+      outcome("degraded")
+      return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
     }
-  )
-}
-
-// Counted while it waits (see `Flights.lookingUp`). Once none waits, the loads that ended meanwhile
-// are forgotten a turn of the event loop later, when the last readers' fibers have run on to take them.
-const lookingUp = <K, A, I, X, E>(entity: Entity<K, A, I>, lookup: Effect.Effect<X, E>): Effect.Effect<X, E> => {
-  const { flights } = entity
-  flights.lookingUp++
-  return Effect.ensuring(
-    lookup,
-    Effect.sync(() => {
-      if (--flights.lookingUp === 0 && flights.ended > 0 && !flights.forgetting) {
-        flights.forgetting = true
-        setImmediate(() => {
-          flights.forgetting = false
-          if (flights.lookingUp === 0) forgetEnded(flights)
-        })
-      }
-    })
-  )
-}
-
-// Under lookups that never all end at once, ended loads are kept up to this many (their values
-// with them), then forgotten together: a late reader then reads the store for itself.
-const maxEndedLoads = 1024
-
-const forgetEnded = <A>(flights: Flights<A>): void => {
-  for (const [key, load] of flights.loads) if (load.exit !== undefined) flights.loads.delete(key)
-  flights.ended = 0
+    const { entry, leased } = cached.right
+    if (Option.isSome(entry) && entry.value._tag === "Value") {
+      const hit = hitOf(entity, entry.value, outcome)
+      if (hit !== undefined) return hit
+      outcome("miss")
+      return Effect.zipRight(
+        metrics.get.corrupt.increment,
+        readThrough(entity, text, invokedAt, "answered", { replacing: entry.value })
+      )
+    }
+    outcome("miss")
+    return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered", { leased }))
+  })
 }
 
 // A value entry that decodes is a hit; anything else is not (undefined).
@@ -282,24 +251,19 @@ const sharedRead = <K, A, I>(
     // A reader that must not trust the cache joins only a plain store read, never one whose value
     // may come from another process's fill.
     if (current !== undefined && current.sentAt > invokedAt && (leased || !current.leased)) {
-      const result = current.exit ?? Deferred.await((current.result ??= Deferred.unsafeMake(FiberId.none)))
       // A load whose reader was interrupted tells the others nothing: they read for themselves.
-      return Effect.catchAllCause(result, (cause) =>
+      current.result ??= Deferred.unsafeMake(FiberId.none)
+      return Effect.catchAllCause(Deferred.await(current.result), (cause) =>
         Cause.isInterruptedOnly(cause) ? storeRead(entity, key) : Effect.failCause(cause)
       )
     }
-    const load: Load<A> = { sentAt: ++entity.flights.time, leased, result: undefined, exit: undefined }
+    const load: Load<A> = { sentAt: ++entity.flights.time, leased, result: undefined }
     loads.set(key, load)
     const read = leased
       ? Effect.tap(leasedRead(entity, key, granted), (loaded) => leaveAbsence(entity, loaded, [key]))
       : storeRead(entity, key)
     return Effect.onExit(read, (exit) => {
-      load.exit = exit
-      const { flights } = entity
-      if (loads.get(key) === load) {
-        if (flights.lookingUp === 0 && !flights.forgetting) loads.delete(key)
-        else if (++flights.ended > maxEndedLoads) forgetEnded(flights)
-      }
+      if (loads.get(key) === load) loads.delete(key)
       return load.result === undefined ? Effect.void : Deferred.done(load.result, exit)
     })
   })
