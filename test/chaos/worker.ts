@@ -159,6 +159,12 @@ const keyOutcomeOf = (
   return listed ? result : { outcome: "unknown", error: "InconsistentCacheError (key not listed)" }
 }
 
+// Operation ids and written values stay unique across a restarted program (see the retry below),
+// and its run ends when its first start said.
+let ids = 0
+let counter = 0
+let deadline: number | undefined
+
 const program = Effect.gen(function* () {
   const users = yield* WriteThrough.make({
     entity: config.table,
@@ -179,7 +185,6 @@ const program = Effect.gen(function* () {
     (fd) => Effect.sync(() => closeSync(fd))
   )
   const ops: Array<Op> = []
-  let ids = 0
   const journaled = (op: Op) => writeSync(journal, `${JSON.stringify(op)}\n`)
   const record = (op: Op) => {
     ops.push(op)
@@ -197,12 +202,12 @@ const program = Effect.gen(function* () {
   }
   // Connected and prepared: the orchestrator starts the faults once every worker says so.
   writeFileSync(`${config.output}.ready`, "")
-  const deadline = monotonicMicros() + config.runMillis * 1000
-  let counter = 0
+  deadline ??= monotonicMicros() + config.runMillis * 1000
+  const runsUntil = deadline
 
   const fiber = (fiberId: number) =>
     Effect.gen(function* () {
-      while (monotonicMicros() < deadline) {
+      while (monotonicMicros() < runsUntil) {
         const recorded = ops.length
         const key = config.keys[yield* Random.nextIntBetween(0, config.keys.length)]!
         const roll = yield* Random.next
@@ -356,9 +361,15 @@ const program = Effect.gen(function* () {
 }).pipe(
   Effect.scoped,
   Effect.provide(layer),
-  // A worker started in a killed one's place may start during a fault: it connects once Redis answers.
+  // A worker started in a killed one's place may start during a fault (Redis down, its PostgreSQL
+  // connections terminated, PgClient's first connection among them): like a supervised service it
+  // starts again, once both answer. Only the
+  // start can fail: every operation of the workload is recorded with its exit.
   Effect.retry({
-    while: (error) => error._tag === "CacheConnectionError",
+    while: (error) =>
+      error._tag === "CacheConnectionError" ||
+      error._tag === "SqlError" ||
+      (error._tag === "StoreError" && error.reason === "Unavailable"),
     schedule: Schedule.spaced("500 millis"),
     times: 40
   })
