@@ -134,8 +134,29 @@ describe("races", () => {
     )
   )
 
-  it.effect("concurrent misses of one key share one store read", () =>
-    withHarness(({ users, collection, storeFaults }) =>
+  it.effect("a miss whose cache answer comes back after the load it could join ended still takes that load's row", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults }) =>
+      Effect.gen(function* () {
+        yield* collection.put("cold", { id: "cold", name: "v1", email: "cold@example.com" })
+        // The first reader's answer from the cache (a miss) is held; the second reader, begun after
+        // it, misses, reads the store and fills before the first hears from the cache.
+        const answer = yield* cacheFaults.pause({ when: "after" }, "get")
+        const first = yield* Effect.fork(users.get("cold"))
+        yield* answer.reached
+        expect(nameOf(yield* users.get("cold"))).toBe("v1")
+        expect(yield* storeFaults.calls("get")).toBe(1)
+        // The load was sent after the first reader began: its row is as new as the first reader
+        // needs, and the load filled the cache with it under the ticket it took before reading.
+        yield* answer.release
+        expect(nameOf(yield* Fiber.join(first))).toBe("v1")
+        expect(yield* storeFaults.calls("get")).toBe(1)
+        expect(yield* cacheFaults.calls("set")).toBe(1)
+      })
+    )
+  )
+
+  it.effect("concurrent misses of one key share one store read, and its one fill", () =>
+    withHarness(({ users, collection, cacheFaults, storeFaults }) =>
       Effect.gen(function* () {
         yield* collection.put("cold", { id: "cold", name: "v1", email: "cold@example.com" })
         const results = yield* Effect.forEach(
@@ -145,6 +166,9 @@ describe("races", () => {
         )
         expect(results.map(nameOf)).toEqual(Array.from({ length: 200 }, () => "v1"))
         expect(yield* storeFaults.calls("get")).toBe(1)
+        // A reader that joined a load fills nothing: a ticket of its own, taken after the read it
+        // joined, would not keep that read's value out of a cache that lost its memory meanwhile.
+        expect(yield* cacheFaults.calls("set")).toBe(1)
       })
     )
   )

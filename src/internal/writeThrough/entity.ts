@@ -1,6 +1,7 @@
 // One entity as the read path and the write path see it: its settings resolved, its codec, its
 // instruments, its cache calls bounded, and the state its operations share. Built once per entity.
 import type * as Deferred from "effect/Deferred"
+import type * as Exit from "effect/Exit"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -72,6 +73,17 @@ export interface Entity<K, A, I> extends Instruments.Instruments {
 export interface Flights<A> {
   /** Advanced as readers begin and as loads start. */
   time: number
+  /**
+   * Readers waiting for the cache's answer. A load that filled the cache and ends while any is
+   * waiting stays in `loads`, ended, until none is and their fibers have run on (a turn of the event
+   * loop later): one of them may be a miss that began before the load was sent, and may take its
+   * result as the load's own readers did. Without this, a burst of misses whose answers came back
+   * in several socket reads read the store again for the later ones.
+   */
+  lookingUp: number
+  /** Ended loads kept in `loads` for those readers; `forgetting` once their removal is scheduled. */
+  ended: number
+  forgetting: boolean
   readonly loads: Map<string, Load<A>>
 }
 
@@ -79,20 +91,26 @@ export interface Flights<A> {
 export interface Loaded<A> {
   readonly version: number
   readonly value: A
-  /** Found in the cache, filled by the lease's holder: nothing to fill. */
+  /** The cache has it already (the lease holder's fill, or the load's own): nothing to fill. */
   readonly cached?: boolean
 }
 
 /** A store read in progress, which readers invoked before `sentAt` may join. */
 export interface Load<A> {
   readonly sentAt: number
-  /** Under the lease: the value may be another process's fill, found in the cache. */
-  readonly leased: boolean
+  /**
+   * An answered miss's load: under the lease (the value may be another process's fill, found in
+   * the cache), and it fills the cache itself under a ticket taken before its read, so that the
+   * readers who join it have nothing to fill. Otherwise a plain store read.
+   */
+  readonly fills: boolean
   /**
    * Made by the first reader that joins: most loads have none, and a Deferred costs about 7 us of
    * CPU to make. The load's reader completes it, if made, when the read ends.
    */
   result: Deferred.Deferred<Option.Option<Loaded<A>>, StoreError> | undefined
+  /** How it ended, once it has: a filling load that succeeded is kept for late readers. */
+  exit: Exit.Exit<Option.Option<Loaded<A>>, StoreError> | undefined
 }
 
 const entityPattern = /^[A-Za-z0-9_./-]+$/
@@ -169,7 +187,7 @@ export const make = <K, A, I>(
       ttlWithJitter: Effect.map(Random.next, (r) => Duration.times(settings.ttl, 1 + r * settings.ttlJitter)),
       takeTicket: cache.ticket(settings.tombstoneTtl),
       repairs,
-      flights: { time: 0, loads: new Map() }
+      flights: { time: 0, lookingUp: 0, ended: 0, forgetting: false, loads: new Map() }
     }
   })
 

@@ -8,6 +8,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
 import { type CacheError, Entry, type Lookup, type Ticket } from "../../Cache.js"
@@ -15,7 +16,7 @@ import type { StoreError } from "../../Store.js"
 import type { ReadError } from "../../WriteThrough.js"
 import * as Deadline from "../deadline.js"
 import * as StoreErrors from "../storeError.js"
-import type { Entity, Lease, Load, Loaded } from "./entity.js"
+import type { Entity, Flights, Lease, Load, Loaded } from "./entity.js"
 import { currentPublications, type Publications } from "./transaction.js"
 
 type Outcome = (outcome: "hit" | "miss" | "degraded") => void
@@ -46,24 +47,55 @@ const getOutsideTransaction = <K, A, I>(
   const local = entity.cache.peek?.(entity.prefix + text)
   const localHit = local === undefined ? undefined : hitOf(entity, local, outcome)
   if (localHit !== undefined) return localHit
-  return Effect.flatMap(Effect.either(entity.boundCache("get", text, lookUp(entity, text))), (cached) => {
-    if (Either.isLeft(cached)) {
-      outcome("degraded")
-      return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
-    }
-    const { entry, leased } = cached.right
-    if (Option.isSome(entry) && entry.value._tag === "Value") {
-      const hit = hitOf(entity, entry.value, outcome)
-      if (hit !== undefined) return hit
+  return Effect.flatMap(
+    Effect.either(lookingUp(entity, entity.boundCache("get", text, lookUp(entity, text)))),
+    (cached) => {
+      if (Either.isLeft(cached)) {
+        outcome("degraded")
+        return Effect.zipRight(metrics.get.degraded.increment, readThrough(entity, text, invokedAt, "failed"))
+      }
+      const { entry, leased } = cached.right
+      if (Option.isSome(entry) && entry.value._tag === "Value") {
+        const hit = hitOf(entity, entry.value, outcome)
+        if (hit !== undefined) return hit
+        outcome("miss")
+        return Effect.zipRight(
+          metrics.get.corrupt.increment,
+          readThrough(entity, text, invokedAt, "answered", { replacing: entry.value })
+        )
+      }
       outcome("miss")
-      return Effect.zipRight(
-        metrics.get.corrupt.increment,
-        readThrough(entity, text, invokedAt, "answered", { replacing: entry.value })
-      )
+      return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered", { leased }))
     }
-    outcome("miss")
-    return Effect.zipRight(metrics.get.misses.increment, readThrough(entity, text, invokedAt, "answered", { leased }))
-  })
+  )
+}
+
+// Counted while it waits (see `Flights.lookingUp`). Once none waits, the loads that ended meanwhile
+// are forgotten a turn of the event loop later, when the last readers' fibers have run on to take them.
+const lookingUp = <K, A, I, X, E>(entity: Entity<K, A, I>, lookup: Effect.Effect<X, E>): Effect.Effect<X, E> => {
+  const { flights } = entity
+  flights.lookingUp++
+  return Effect.ensuring(
+    lookup,
+    Effect.sync(() => {
+      if (--flights.lookingUp === 0 && flights.ended > 0 && !flights.forgetting) {
+        flights.forgetting = true
+        setImmediate(() => {
+          flights.forgetting = false
+          if (flights.lookingUp === 0) forgetEnded(flights)
+        })
+      }
+    })
+  )
+}
+
+// Under lookups that never all end at once, ended loads are kept up to this many (their values
+// with them), then forgotten together: a late reader then reads the store for itself.
+const maxEndedLoads = 1024
+
+const forgetEnded = <A>(flights: Flights<A>): void => {
+  for (const [key, load] of flights.loads) if (load.exit !== undefined) flights.loads.delete(key)
+  flights.ended = 0
 }
 
 // A value entry that decodes is a hit; anything else is not (undefined).
@@ -127,32 +159,45 @@ const readThrough = <K, A, I>(
   key: string,
   invokedAt: number,
   cache: CacheAnswer,
-  { leased, replacing }: Answered = {}
+  answered: Answered = {}
 ): Effect.Effect<Option.Option<A>, StoreError> =>
   Effect.flatMap(entity.store.inTransaction, (inside) =>
     inside
       ? // The transaction's view: not for the cache, nor for readers outside it.
         storeValue(entity, key)
-      : cache !== "answered"
-        ? Effect.map(
-            sharedRead(entity, key, invokedAt, false).pipe(
-              Effect.tap((loaded) =>
+      : Effect.map(
+          cache === "answered"
+            ? sharedRead(entity, key, invokedAt, answered)
+            : Effect.tap(sharedRead(entity, key, invokedAt), (loaded) =>
                 cache === "failed"
                   ? oweNoOlder(entity, key, loaded)
                   : Option.isSome(loaded)
                     ? leaveNoOlder(entity, key, loaded.value.version)
                     : leaveAbsence(entity, loaded, [key])
-              )
-            ),
-            Option.map((loaded) => loaded.value)
-          )
-        : Effect.flatMap(entity.takeTicket, (ticket) =>
-            Effect.flatMap(sharedRead(entity, key, invokedAt, true, leased), (loaded) =>
-              Option.isNone(loaded) || loaded.value.cached === true
-                ? Effect.succeed(Option.map(loaded, (row) => row.value))
-                : Effect.as(fillOne(entity, key, loaded.value, ticket, replacing), Option.some(loaded.value.value))
+              ),
+          Option.map((loaded) => loaded.value)
+        )
+  )
+
+// An answered miss's load: the lease's holder reads the store (the others may find its fill),
+// and fills the cache under a ticket taken before the read.
+const loadAndFill = <K, A, I>(
+  entity: Entity<K, A, I>,
+  key: string,
+  { leased, replacing }: Answered
+): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
+  Effect.flatMap(entity.takeTicket, (ticket) =>
+    leasedRead(entity, key, leased).pipe(
+      Effect.tap((loaded) => leaveAbsence(entity, loaded, [key])),
+      Effect.flatMap((loaded) =>
+        Option.isNone(loaded) || loaded.value.cached === true
+          ? Effect.succeed(loaded)
+          : Effect.as(
+              fillOne(entity, key, loaded.value, ticket, replacing),
+              Option.some({ ...loaded.value, cached: true })
             )
-          )
+      )
+    )
   )
 
 const fillOne = <K, A, I>(
@@ -238,35 +283,56 @@ const leaveAbsence = <K, A, I>(
 // read sent after it was invoked. One sent earlier may predate a write (from this process or
 // any other) that was acknowledged before the reader began, and would hand it an older value.
 // Times are logical: a counter, advanced as readers begin and as loads start.
+//
+// An answered miss (`answered`) joins only a load that fills the cache, under the ticket its
+// loader took before reading: a reader filling with a ticket of its own, taken after a read it
+// joined, could land a value older than a write whose cache update a Redis restart in between
+// lost. A reader that must not trust the cache joins only a plain store read, never one whose
+// value may come from another process's fill.
 const sharedRead = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
   invokedAt: number,
-  leased: boolean,
-  granted?: boolean
+  answered?: Answered
 ): Effect.Effect<Option.Option<Loaded<A>>, StoreError> =>
   Effect.suspend(() => {
-    const { loads } = entity.flights
-    const current = loads.get(key)
-    // A reader that must not trust the cache joins only a plain store read, never one whose value
-    // may come from another process's fill.
-    if (current !== undefined && current.sentAt > invokedAt && (leased || !current.leased)) {
+    const { flights } = entity
+    const fills = answered !== undefined
+    const current = flights.loads.get(key)
+    if (current !== undefined && current.sentAt > invokedAt && current.fills === fills) {
+      const result = current.exit ?? Deferred.await((current.result ??= Deferred.unsafeMake(FiberId.none)))
       // A load whose reader was interrupted tells the others nothing: they read for themselves.
-      current.result ??= Deferred.unsafeMake(FiberId.none)
-      return Effect.catchAllCause(Deferred.await(current.result), (cause) =>
-        Cause.isInterruptedOnly(cause) ? storeRead(entity, key) : Effect.failCause(cause)
+      return Effect.catchAllCause(result, (cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? fills
+            ? loadAndFill(entity, key, answered)
+            : storeRead(entity, key)
+          : Effect.failCause(cause)
       )
     }
-    const load: Load<A> = { sentAt: ++entity.flights.time, leased, result: undefined }
-    loads.set(key, load)
-    const read = leased
-      ? Effect.tap(leasedRead(entity, key, granted), (loaded) => leaveAbsence(entity, loaded, [key]))
-      : storeRead(entity, key)
+    const load: Load<A> = { sentAt: ++flights.time, fills, result: undefined, exit: undefined }
+    flights.loads.set(key, load)
+    const read = fills ? loadAndFill(entity, key, answered) : storeRead(entity, key)
     return Effect.onExit(read, (exit) => {
-      if (loads.get(key) === load) loads.delete(key)
+      if (flights.loads.get(key) === load) endLoad(flights, key, load, exit)
       return load.result === undefined ? Effect.void : Deferred.done(load.result, exit)
     })
   })
+
+// A filled load stays for the readers still waiting for the cache's answer (see `Flights.lookingUp`).
+const endLoad = <A>(
+  flights: Flights<A>,
+  key: string,
+  load: Load<A>,
+  exit: Exit.Exit<Option.Option<Loaded<A>>, StoreError>
+): void => {
+  if (!load.fills || Exit.isFailure(exit) || (flights.lookingUp === 0 && !flights.forgetting)) {
+    flights.loads.delete(key)
+    return
+  }
+  load.exit = exit
+  if (++flights.ended > maxEndedLoads) forgetEnded(flights)
+}
 
 // The lease's holder reads the store; the others wait for its fill, within bounds. Whatever
 // shows up in the cache after a write was acknowledged is at least as new as that write (the
