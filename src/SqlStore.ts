@@ -81,6 +81,19 @@ export interface Options {
    */
   readonly changeCapture?: boolean | ChangeCapture.Options | undefined
   /**
+   * Coalesces the puts (`set`) of one entity made outside any transaction in one turn of the event
+   * loop, such as those of the fibers one reply woke, into one statement that commits on its own:
+   * the keys' locks in one order, one multi-row upsert, one COMMIT (and one flush of the WAL) for
+   * what would be one each. Each put still answers for its own key: its version, or its own error
+   * (when the database refuses the batch, each put goes again on its own, so a value it rejects
+   * fails only its own `set`). A put alone in its turn runs as it would otherwise. The batch waits
+   * at most 100ms for a key's lock before its puts go on their own, so that it cannot deadlock
+   * with a transaction that locks keys in another order. Default `true`.
+   *
+   * @since 0.2.0
+   */
+  readonly coalescePuts?: boolean | undefined
+  /**
    * Names the store in the circuit breaker's metrics (their `target` tag) and log lines. Default
    * `postgresql`.
    *
@@ -126,7 +139,7 @@ export const make = (options: Options = {}): Effect.Effect<Store.Service, StoreE
     if (objects.capture !== undefined) yield* Capture.prepare(sql, objects.capture)
     const feedSettings = capture === undefined ? undefined : Capture.feedSettings(capture)
     const store = Store.of({
-      collection: (target) => collection(sql, objects, target, feedSettings),
+      collection: (target) => collection(sql, objects, target, feedSettings, options.coalescePuts !== false),
       transaction: transaction(sql),
       inTransaction
     })

@@ -17,6 +17,7 @@ import {
 } from "effect"
 import { randomUUID } from "node:crypto"
 import { createServer } from "node:net"
+import * as CoalescedPuts from "../src/internal/sqlStore/coalescedPuts.js"
 import { SqlStore, Store } from "../src/index.js"
 import { FaultyStore } from "../src/testing.js"
 import { storeContract, type StoreSubject, user, userFields } from "./contract/StoreContract.js"
@@ -634,6 +635,125 @@ describe("SqlStore", () => {
           expect(error).toMatchObject({ _tag: "StoreError", reason: "Decode", operation: "get", key })
         }
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+
+  describe("coalesced puts", () => {
+    /** Each row's key and the transaction that wrote it (`xmin`). */
+    const writers = (table: string) =>
+      Effect.map(exec(`SELECT id, xmin::text FROM ${quote(table)} ORDER BY id`), (rows) =>
+        rows.map(([id, xmin]) => [String(id), String(xmin)] as const)
+      )
+    const keys = Array.from({ length: 16 }, (_, i) => `k${String(i).padStart(2, "0")}`)
+    const putAll = (users: Store.Store.Collection, name: (key: string) => string | null = (key) => `name ${key}`) =>
+      Effect.forEach(keys, (key) => Effect.either(users.put(key, { id: key, name: name(key), email: "e" })), {
+        concurrency: "unbounded"
+      })
+
+    it.live("the puts of one turn commit in one statement, each with a version of its own", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(usersDdl)
+        const users = yield* (yield* Store.Store).collection(tableTarget(table))
+        const versions = (yield* putAll(users)).map(Either.getOrThrow)
+        expect(new Set(versions).size).toBe(keys.length)
+        const written = yield* writers(table)
+        expect(written.map(([id]) => id)).toEqual(keys)
+        expect(new Set(written.map(([, xmin]) => xmin)).size).toBe(1)
+        for (const [i, key] of keys.entries()) {
+          expect(yield* users.get(key)).toEqual(
+            Option.some({ version: versions[i], value: { id: key, name: `name ${key}`, email: "e" } })
+          )
+        }
+        // With `coalescePuts: false`, a transaction each.
+        const apart = yield* (yield* SqlStore.make({ coalescePuts: false })).collection(tableTarget(table))
+        yield* putAll(apart)
+        expect(new Set((yield* writers(table)).map(([, xmin]) => xmin)).size).toBe(keys.length)
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live("a value the database refuses fails its own put only: the others of its turn commit", () =>
+      Effect.gen(function* () {
+        const table = yield* scopedTable(
+          (t) => `CREATE TABLE ${quote(t)} (id text primary key, name text not null, email text, version bigint)`
+        )
+        const users = yield* (yield* Store.Store).collection(tableTarget(table))
+        const results = yield* putAll(users, (key) => (key === "k07" ? null : `name ${key}`))
+        for (const [i, key] of keys.entries()) {
+          if (key === "k07") {
+            expect(Either.getLeft(results[i]!)).toEqual(
+              Option.some(expect.objectContaining({ _tag: "StoreError", reason: "Rejected", operation: "put", key }))
+            )
+          } else {
+            const version = Either.getOrThrow(results[i]!)
+            expect(yield* users.get(key)).toEqual(
+              Option.some({ version, value: { id: key, name: `name ${key}`, email: "e" } })
+            )
+          }
+        }
+        expect((yield* writers(table)).map(([id]) => id)).toEqual(keys.filter((key) => key !== "k07"))
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
+    it.live(
+      "a batch waits for a key's lock briefly, then its puts go on their own: no deadlock with another lock order",
+      () =>
+        Effect.gen(function* () {
+          const admin = yield* adminClient
+          const table = yield* scopedTable(usersDdl)
+          const users = yield* (yield* Store.Store).collection(tableTarget(table))
+          // A transaction holds k's lock, as one that locks k and then a would; the batch locks a, then waits for k.
+          const release = yield* holdLock(admin, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [
+            `${table}:k`
+          ])
+          const a = yield* Effect.forkScoped(users.put("a", user("a", "batched")))
+          const k = yield* Effect.forkScoped(users.put("k", user("k", "batched")))
+          // The batch gave up its locks: a commits on its own while k's lock is still held.
+          const version = yield* Fiber.join(a).pipe(
+            Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "a waited for k's lock" })
+          )
+          expect(yield* users.get("a")).toEqual(Option.some({ version, value: user("a", "batched") }))
+          expect(yield* users.get("k")).toEqual(Option.none())
+          yield* release
+          const kVersion = yield* Fiber.join(k)
+          expect(yield* users.get("k")).toEqual(Option.some({ version: kVersion, value: user("k", "batched") }))
+        }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+  })
+
+  describe("coalesced puts: what each put is told when its batch fails", () => {
+    const unknownOutcome = new Store.StoreOutcomeUnknownError({ entity: "users", key: "a", operation: "put" })
+    const putsOf = (putAll: CoalescedPuts.Writes["putAll"]) => {
+      const one: Array<string> = []
+      const put = CoalescedPuts.make({ putOne: (key) => Effect.sync(() => one.push(key)), putAll })
+      return { one, put }
+    }
+
+    it.effect("an unknown outcome is every put's, named for its own key", () =>
+      Effect.gen(function* () {
+        const { one, put } = putsOf(() => Effect.fail(unknownOutcome))
+        const errors = yield* Effect.forEach(["a", "b"], (key) => Effect.flip(put(key, {})), {
+          concurrency: "unbounded"
+        })
+        expect(errors.map((error) => [error._tag, error.key, error.operation])).toEqual([
+          ["StoreOutcomeUnknownError", "a", "put"],
+          ["StoreOutcomeUnknownError", "b", "put"]
+        ])
+        expect(one).toEqual([])
+      })
+    )
+
+    it.effect("a batch whose callers all gave up is interrupted, as a lone put is by its caller", () =>
+      Effect.gen(function* () {
+        const interrupted = yield* Deferred.make<void>()
+        const { put } = putsOf(() => Effect.onInterrupt(Effect.never, () => Deferred.succeed(interrupted, undefined)))
+        const callers = yield* Effect.forEach(["a", "b"], (key) => Effect.fork(put(key, {})))
+        yield* Effect.yieldNow()
+        expect(yield* Deferred.isDone(interrupted)).toBe(false)
+        yield* Fiber.interrupt(callers[0]!)
+        expect(yield* Deferred.isDone(interrupted)).toBe(false)
+        yield* Fiber.interrupt(callers[1]!)
+        yield* Deferred.await(interrupted)
+      })
     )
   })
 

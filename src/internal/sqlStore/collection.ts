@@ -10,6 +10,7 @@ import * as Option from "effect/Option"
 import type { Row, Store, StoreError, StoreOutcomeUnknownError, Target } from "../../Store.js"
 import { type Site, undecodable, unavailable } from "../storeError.js"
 import * as ChangeCapture from "./changeCapture.js"
+import * as CoalescedPuts from "./coalescedPuts.js"
 import { databaseFailure, statementFailure, writeFailure } from "./databaseFailure.js"
 import type { Mapping } from "./mapping.js"
 import { checkTable, checkTrigger, ensure, tableMapping } from "./schema.js"
@@ -37,7 +38,8 @@ export const collection = (
   sql: SqlClient.SqlClient,
   objects: StoreObjects,
   target: Target,
-  feedSettings: ChangeCapture.FeedSettings | undefined
+  feedSettings: ChangeCapture.FeedSettings | undefined,
+  coalescePuts: boolean
 ): Effect.Effect<Store.Collection, StoreError> =>
   Effect.map(statementsOf(sql, objects, target), ({ statements, tag }) => {
     const prepared: Prepared = { sql, statements, entity: target.entity }
@@ -45,7 +47,7 @@ export const collection = (
     return {
       get: (key) => get(prepared, key),
       getMany: (keys) => getMany(prepared, keys),
-      put: (key, value) => put(prepared, key, value),
+      put: coalescePuts ? coalescedPut(prepared) : (key, value) => put(prepared, key, value),
       putMany: (entries) => putMany(prepared, entries),
       delete: (key) => remove(prepared, key),
       deletions: capture === undefined ? undefined : (keys) => deletions(prepared, capture, tag, keys),
@@ -197,6 +199,42 @@ const writeOne = (at: Site, statement: Statement.Statement<unknown>): Effect.Eff
 
 type Entries = ReadonlyArray<readonly [key: string, value: unknown]>
 
+// Outside transactions, the puts of one turn go as one statement (see `CoalescedPuts`); inside one,
+// a put is the transaction's statement, as always.
+const coalescedPut = (prepared: Prepared): Store.Collection["put"] => {
+  const coalesced = CoalescedPuts.make({
+    putOne: (key, value) => put(prepared, key, value),
+    putAll: (entries) => putTogether(prepared, entries)
+  })
+  return (key, value) =>
+    Effect.flatMap(inTransaction, (inside) => (inside ? put(prepared, key, value) : coalesced(key, value)))
+}
+
+// How long a batch of coalesced puts waits for a key's lock before it gives up, and each of its
+// puts goes on its own. Holding some keys' locks while waiting for another's, a batch could
+// otherwise deadlock with a transaction that locks keys in another order, which a lone put (one
+// lock) never does; PostgreSQL would take a second (deadlock_timeout) to break it.
+const batchLockTimeout = "100ms"
+
+// Coalesced puts: one statement that commits on its own, its lock waits bounded.
+const putTogether = (prepared: Prepared, entries: Entries): Effect.Effect<ReadonlyMap<string, number>, WriteError> => {
+  const { sql, statements } = prepared
+  const at = site(prepared, "put", entries[0]![0])
+  const lockNames = entries.map(([key]) => statements.lockName(key))
+  return writable(
+    at,
+    sql
+      .unsafe(statements.putLockedManySql(entries.length, batchLockTimeout), [
+        ...statements.putManyParams(entries),
+        lockNames
+      ])
+      .values.pipe(
+        Effect.mapError(writeFailure(at)),
+        Effect.flatMap((rows) => versionsOf(prepared, rows))
+      )
+  )
+}
+
 const putMany = (prepared: Prepared, entries: Entries): Effect.Effect<ReadonlyMap<string, number>, WriteError> => {
   if (entries.length === 0) return Effect.succeed(new Map())
   const at = site(prepared, "put", entries[0]![0])
@@ -227,12 +265,19 @@ const lockAndUpsert = <E>(
   const upsert = sql.unsafe(statements.putManySql(entries.length), statements.putManyParams(entries)).values
   return Effect.zipRight(lockAll, upsert).pipe(
     Effect.mapError(failure),
-    Effect.flatMap((rows) =>
-      Effect.forEach(rows, (row) => {
-        const key = String(row[0])
-        return Effect.map(toVersion(site(prepared, "put", key), row[1]), (version) => [key, version] as const)
-      })
-    ),
-    Effect.map((versions): ReadonlyMap<string, number> => new Map(versions))
+    Effect.flatMap((rows) => versionsOf(prepared, rows))
   )
 }
+
+/** The rows a multi-row upsert returned, each its key (as text) and its version. */
+const versionsOf = (
+  prepared: Prepared,
+  rows: ReadonlyArray<ReadonlyArray<unknown>>
+): Effect.Effect<ReadonlyMap<string, number>, StoreError> =>
+  Effect.map(
+    Effect.forEach(rows, (row) => {
+      const key = String(row[0])
+      return Effect.map(toVersion(site(prepared, "put", key), row[1]), (version) => [key, version] as const)
+    }),
+    (versions): ReadonlyMap<string, number> => new Map(versions)
+  )

@@ -80,6 +80,12 @@ export interface Statements {
   /** A multi-row upsert of `rows` rows, each drawing its own version, returning each row's key (as text) and version. */
   readonly putManySql: (rows: number) => string
   readonly putManyParams: (entries: ReadonlyArray<readonly [key: string, value: unknown]>) => ReadonlyArray<unknown>
+  /**
+   * `putManySql` as a statement that commits on its own: it first takes the keys' locks, in one
+   * order for every writer and waiting at most `lockTimeout` for any, then each row draws its
+   * version. Its parameters: `putManyParams`, then the keys' lock names as one array.
+   */
+  readonly putLockedManySql: (rows: number, lockTimeout: string) => string
   /** The advisory lock's name of a key, as the single-row statements compute it. */
   readonly lockName: (key: string) => string
   readonly deleteParams: (key: string) => ReadonlyArray<unknown>
@@ -101,6 +107,14 @@ const deleteStatement = (nextVersion: string, n: number, table: string, where: s
   `${withKeyLock(n)}, "wt_deleted" AS (DELETE FROM ${table} WHERE ${where} AND EXISTS (SELECT 1 FROM "wt_lock") ` +
   `RETURNING 1) SELECT ${nextVersion} FROM (SELECT count(*) FROM "wt_deleted") AS "wt_done"`
 
+// `$n` is the lock names of many keys, locked in one order (the aggregate takes them as the sort
+// yields them), after the lock timeout is set for the rest of the statement's transaction (the
+// sort reads its whole input, the setting's row with it, before it yields the first name).
+const withKeysLocked = (n: number, lockTimeout: string) =>
+  `WITH "wt_lock" AS MATERIALIZED (SELECT count(pg_advisory_xact_lock(hashtextextended("wt_name", 0))) FROM ` +
+  `(SELECT "wt_name" FROM unnest($${n}::text[]) AS "wt_name", ` +
+  `(SELECT set_config('lock_timeout', '${lockTimeout}', true)) AS "wt_timeout" ORDER BY "wt_name") AS "wt_sorted")`
+
 /** Locks the keys whose lock names are `$1`, in one order for every writer, so that two batches cannot deadlock. */
 export const lockKeysSql =
   `SELECT pg_advisory_xact_lock(hashtextextended("wt_name", 0)) ` +
@@ -108,6 +122,11 @@ export const lockKeysSql =
 
 export const genericStatements = (objects: StoreObjects, entity: string): Statements => {
   const { genericTable: table, nextVersion } = objects
+  const upsertMany = (rows: number, version: string) =>
+    `INSERT INTO ${table} ("entity", "key", "value", "version") VALUES ` +
+    Array.from({ length: rows }, (_, i) => `($1, $${2 * i + 2}, $${2 * i + 3}::jsonb, ${version})`).join(", ") +
+    ` ON CONFLICT ("entity", "key") DO UPDATE SET "value" = EXCLUDED."value", "version" = EXCLUDED."version" ` +
+    `RETURNING "key", "version"`
   return {
     selectSql: `SELECT "value", "version" FROM ${table} WHERE "entity" = $1 AND "key" = $2`,
     putSql:
@@ -121,11 +140,9 @@ export const genericStatements = (objects: StoreObjects, entity: string): Statem
     selectManyParams: (keys) => [entity, keys],
     // Serialized here: pg would send a top-level array as a Postgres array, not JSON.
     putParams: (key, value) => [entity, key, JSON.stringify(value), lockName(entity, key)],
-    putManySql: (rows) =>
-      `INSERT INTO ${table} ("entity", "key", "value", "version") VALUES ` +
-      Array.from({ length: rows }, (_, i) => `($1, $${2 * i + 2}, $${2 * i + 3}::jsonb, ${nextVersion})`).join(", ") +
-      ` ON CONFLICT ("entity", "key") DO UPDATE SET "value" = EXCLUDED."value", "version" = EXCLUDED."version" ` +
-      `RETURNING "key", "version"`,
+    putManySql: (rows) => upsertMany(rows, nextVersion),
+    putLockedManySql: (rows, lockTimeout) =>
+      `${withKeysLocked(2 * rows + 2, lockTimeout)} ${upsertMany(rows, lockedVersion(nextVersion))}`,
     putManyParams: (entries) => [entity, ...entries.flatMap(([key, value]) => [key, JSON.stringify(value)])],
     lockName: (key) => lockName(entity, key),
     deleteParams: (key) => [entity, key, lockName(entity, key)],
@@ -145,6 +162,18 @@ export const tableStatements = (mapping: Mapping): Statements => {
     const record = value as Record<string, unknown>
     return valueFields.map((field) => record[field] ?? null)
   }
+  const width = written.length + 1
+  const upsertMany = (rows: number, versionValue: string) => {
+    const values = Array.from(
+      { length: rows },
+      (_, row) =>
+        `(${Array.from({ length: width }, (_, column) => `$${row * width + column + 1}`).join(", ")}, ${versionValue})`
+    )
+    return (
+      `INSERT INTO ${table} (${inserted}) VALUES ${values.join(", ")} ` +
+      `ON CONFLICT (${pk}) DO UPDATE SET ${updates} RETURNING ${pk}::text, ${version}`
+    )
+  }
   return {
     selectSql: `SELECT ${[...selected, version].join(", ")} FROM ${table} WHERE ${pk} = $1`,
     putSql:
@@ -156,18 +185,9 @@ export const tableStatements = (mapping: Mapping): Statements => {
     selectManySql: `SELECT ${[...selected, version, `${pk}::text`].join(", ")} FROM ${table} WHERE ${pk} = ANY($1)`,
     selectManyParams: (keys) => [keys],
     putParams: (key, value) => [key, ...valuesOf(value), lockName(entity, key)],
-    putManySql: (rows) => {
-      const width = written.length + 1
-      const values = Array.from(
-        { length: rows },
-        (_, row) =>
-          `(${Array.from({ length: width }, (_, column) => `$${row * width + column + 1}`).join(", ")}, ${nextVersion})`
-      )
-      return (
-        `INSERT INTO ${table} (${inserted}) VALUES ${values.join(", ")} ` +
-        `ON CONFLICT (${pk}) DO UPDATE SET ${updates} RETURNING ${pk}::text, ${version}`
-      )
-    },
+    putManySql: (rows) => upsertMany(rows, nextVersion),
+    putLockedManySql: (rows, lockTimeout) =>
+      `${withKeysLocked(rows * width + 1, lockTimeout)} ${upsertMany(rows, lockedVersion(nextVersion))}`,
     putManyParams: (entries) => entries.flatMap(([key, value]) => [key, ...valuesOf(value)]),
     lockName: (key) => lockName(entity, key),
     deleteParams: (key) => [key, lockName(entity, key)],
