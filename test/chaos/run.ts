@@ -391,14 +391,25 @@ const foreignWriter = (
       const key = pool[yield* Random.nextIntBetween(0, pool.length)]!
       const value = `foreign.${n}`
       const invoke = monotonicMicros()
+      // Recorded as it begins, its outcome unknown: the run's end may cut the loop off while the
+      // statement is in flight (more likely on a loaded machine), and it may still commit.
+      const index = ops.push({
+        process: foreignProcess,
+        key,
+        kind: "write",
+        value,
+        invoke,
+        complete: Number.MAX_SAFE_INTEGER,
+        outcome: "unknown"
+      })
       const exit = yield* Effect.exit(
         sql.unsafe(`UPDATE "${table}" SET payload = $1 WHERE id = $2 RETURNING 1`, [value, key]).values
       )
       const complete = monotonicMicros()
-      const op = { process: foreignProcess, key, kind: "write" as const, value, invoke, complete }
-      // No row (the key deleted meanwhile): nothing changed. A failed statement may have committed.
-      if (exit._tag === "Failure") ops.push({ ...op, outcome: "unknown", complete: Number.MAX_SAFE_INTEGER })
-      else if (exit.value.length > 0) ops.push({ ...op, outcome: "ok" })
+      // A failed statement may have committed: it stays unknown. No row (the key deleted meanwhile): nothing changed.
+      if (exit._tag === "Success") {
+        ops[index - 1] = { ...ops[index - 1]!, complete, outcome: exit.value.length > 0 ? "ok" : "fail" }
+      }
       yield* Effect.sleep(Duration.millis(yield* Random.nextIntBetween(50, 101)))
     }
   })
