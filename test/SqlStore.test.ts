@@ -705,8 +705,9 @@ describe("SqlStore", () => {
           const release = yield* holdLock(admin, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [
             `${table}:k`
           ])
-          const a = yield* Effect.forkScoped(users.put("a", user("a", "batched")))
-          const k = yield* Effect.forkScoped(users.put("k", user("k", "batched")))
+          const [a, k] = yield* Effect.forEach(["a", "k"], (key) =>
+            Effect.forkScoped(users.put(key, user(key, "batched")))
+          )
           // The batch gave up its locks: a commits on its own while k's lock is still held.
           const version = yield* Fiber.join(a).pipe(
             Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "a waited for k's lock" })
@@ -721,6 +722,7 @@ describe("SqlStore", () => {
   })
 
   describe("coalesced puts: what each put is told when its batch fails", () => {
+    // Stand-in writes, for the outcomes PostgreSQL cannot be made to give on cue.
     const unknownOutcome = new Store.StoreOutcomeUnknownError({ entity: "users", key: "a", operation: "put" })
     const putsOf = (putAll: CoalescedPuts.Writes["putAll"]) => {
       const one: Array<string> = []
@@ -745,13 +747,18 @@ describe("SqlStore", () => {
     it.effect("a batch whose callers all gave up is interrupted, as a lone put is by its caller", () =>
       Effect.gen(function* () {
         const interrupted = yield* Deferred.make<void>()
-        const { put } = putsOf(() => Effect.onInterrupt(Effect.never, () => Deferred.succeed(interrupted, undefined)))
-        const callers = yield* Effect.forEach(["a", "b"], (key) => Effect.fork(put(key, {})))
-        yield* Effect.yieldNow()
+        const sent = yield* Deferred.make<void>()
+        const { put } = putsOf(() =>
+          Effect.zipRight(
+            Deferred.succeed(sent, undefined),
+            Effect.onInterrupt(Effect.never, () => Deferred.succeed(interrupted, undefined))
+          )
+        )
+        const [a, b] = yield* Effect.forEach(["a", "b"], (key) => Effect.fork(put(key, {})))
+        yield* Deferred.await(sent)
+        yield* Fiber.interrupt(a!)
         expect(yield* Deferred.isDone(interrupted)).toBe(false)
-        yield* Fiber.interrupt(callers[0]!)
-        expect(yield* Deferred.isDone(interrupted)).toBe(false)
-        yield* Fiber.interrupt(callers[1]!)
+        yield* Fiber.interrupt(b!)
         yield* Deferred.await(interrupted)
       })
     )

@@ -18,7 +18,7 @@ import { StoreError, StoreOutcomeUnknownError } from "../../Store.js"
 
 type WriteError = StoreError | StoreOutcomeUnknownError
 
-/** How a collection writes: one key on its own, and many in one transaction (all or none). */
+/** How a collection writes: one key on its own, and many in one statement (all or none). */
 export interface Writes {
   readonly putOne: (key: string, value: unknown) => Effect.Effect<number, WriteError>
   readonly putAll: (
@@ -33,6 +33,8 @@ interface Waiting {
 
 /** The puts gathered in this turn; the first one's caller sends them once it ends. */
 interface Gathering {
+  /** The key of the put that began the turn's gathering; it joins `waiting` if another put does. */
+  readonly first: string
   readonly waiting: Map<string, Waiting>
   /**
    * Callers still waiting for the batch: once none is (all timed out or were interrupted), its
@@ -42,7 +44,7 @@ interface Gathering {
   sending: Fiber.RuntimeFiber<unknown, unknown> | undefined
 }
 
-/** `put` outside transactions, coalesced; `writes.putOne` alone when no other put joined. */
+/** `put` outside transactions, coalesced; `writes.putOne` when no other put joined its turn. */
 export const make = (writes: Writes): ((key: string, value: unknown) => Effect.Effect<number, WriteError>) => {
   let gathering: Gathering | undefined
   return (key, value) =>
@@ -51,25 +53,25 @@ export const make = (writes: Writes): ((key: string, value: unknown) => Effect.E
         const batch = gathering
         if (batch !== undefined) {
           // A second put of a key in one turn goes on its own: the key's lock orders the two.
-          if (batch.waiting.has(key)) return restore(writes.putOne(key, value))
+          if (batch.first === key || batch.waiting.has(key)) return restore(writes.putOne(key, value))
           const waiting: Waiting = { value, result: Deferred.unsafeMake(FiberId.none) }
           batch.waiting.set(key, waiting)
           return awaitBatch(batch, waiting, restore)
         }
-        const own: Gathering = { waiting: new Map(), waiters: 0, sending: undefined }
-        const waiting: Waiting = { value, result: Deferred.unsafeMake(FiberId.none) }
-        own.waiting.set(key, waiting)
+        const own: Gathering = { first: key, waiting: new Map(), waiters: 0, sending: undefined }
         gathering = own
         // Uninterruptible for the turn it waits (microseconds): the others depend on it to send.
         return Effect.flatMap(endOfTurn, () => {
           gathering = undefined
-          return own.waiting.size === 1
-            ? restore(writes.putOne(key, value))
-            : // Interruptible (a fiber inherits its parent's region): its statement is, once abandoned.
-              Effect.zipRight(
-                Effect.forkDaemon(Effect.interruptible(send(writes, own))),
-                awaitBatch(own, waiting, restore)
-              )
+          if (own.waiting.size === 0) return restore(writes.putOne(key, value))
+          // Its own place in the batch, made only now: most turns have one put (about 7 us of CPU saved).
+          const waiting: Waiting = { value, result: Deferred.unsafeMake(FiberId.none) }
+          own.waiting.set(key, waiting)
+          // Interruptible (a fiber inherits its parent's region): its statement is, once abandoned.
+          return Effect.zipRight(
+            Effect.forkDaemon(Effect.interruptible(send(writes, own))),
+            awaitBatch(own, waiting, restore)
+          )
         })
       })
     )
