@@ -120,7 +120,13 @@ const settle = (
   Effect.forEach(
     batch.waiting,
     ([key, { result, value }]) => {
-      if (Exit.isSuccess(exit)) return Deferred.succeed(result, exit.value.get(key)!)
+      if (Exit.isSuccess(exit)) {
+        const version = exit.value.get(key)
+        // A statement that answered without the key's row: its outcome for the key is not known.
+        return version === undefined
+          ? Deferred.die(result, new Error(`the batch's statement returned no version for ${JSON.stringify(key)}`))
+          : Deferred.succeed(result, version)
+      }
       const error = Cause.failureOption(exit.cause)
       if (Option.isNone(error)) return Deferred.failCause(result, exit.cause)
       if (error.value._tag === "StoreError" && error.value.reason === "Rejected") {
