@@ -671,6 +671,29 @@ describe("SqlStore", () => {
       }).pipe(Effect.scoped, Effect.provide(StoreLive))
     )
 
+    it.live("in the generic table too: one statement, each value round-tripped as JSON with its own version", () =>
+      Effect.gen(function* () {
+        const entity = unique("users")
+        yield* Effect.addFinalizer(() =>
+          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
+        )
+        const users = yield* (yield* Store.Store).collection({ entity, fields: userFields, table: undefined })
+        const values = keys.map((key, i) => ({ key, list: [i, "two", null], quote: `"'` }))
+        const versions = yield* Effect.forEach(keys, (key, i) => users.put(key, values[i]), {
+          concurrency: "unbounded"
+        })
+        expect(new Set(versions).size).toBe(keys.length)
+        const written = yield* exec(`SELECT xmin::text FROM "effect_write_through_entries" WHERE "entity" = $1`, [
+          entity
+        ])
+        expect(written).toHaveLength(keys.length)
+        expect(new Set(written.map(([xmin]) => xmin)).size).toBe(1)
+        for (const [i, key] of keys.entries()) {
+          expect(yield* users.get(key)).toEqual(Option.some({ version: versions[i], value: values[i] }))
+        }
+      }).pipe(Effect.scoped, Effect.provide(StoreLive))
+    )
+
     it.live("a value the database refuses fails its own put only: the others of its turn commit", () =>
       Effect.gen(function* () {
         const table = yield* scopedTable(
