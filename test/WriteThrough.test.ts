@@ -6,6 +6,7 @@ import {
   ConfigError,
   ConfigProvider,
   Effect,
+  Either,
   Exit,
   Fiber,
   Layer,
@@ -74,6 +75,56 @@ describe("WriteThrough.Service", () => {
         Effect.provide(TableUsers.Default.pipe(Layer.provide(redisCacheLayer()), Layer.provide(SqlStore.layer())))
       )
     }).pipe(Effect.scoped, Effect.provide(PgLive))
+  )
+
+  it.live(
+    "concurrent sets on Redis and Postgres: each key cached at its own committed version; a refused value fails its own set only",
+    () => {
+      const prefix = unique("coalesced")
+      return Effect.gen(function* () {
+        const entity = yield* scopedTable(
+          (name) =>
+            `CREATE TABLE "${name}" (id text PRIMARY KEY, name text CHECK (name <> 'refused'), email text, version bigint)`
+        )
+        const users = yield* WriteThrough.make({
+          entity,
+          key: Schema.String,
+          value: User,
+          table: { name: entity, primaryKey: "id" }
+        })
+        const keys = Array.from({ length: 12 }, (_, i) => String(i))
+        const results = yield* Effect.forEach(
+          keys,
+          (key) =>
+            Effect.either(
+              users.set(key, new User({ id: key, name: key === "5" ? "refused" : `n${key}`, email: "e@example.com" }))
+            ),
+          { concurrency: "unbounded" }
+        )
+        const redis = yield* rawRedis
+        const rows = yield* Effect.flatMap(SqlClient.SqlClient, (sql) =>
+          sql.unsafe<{ id: string; version: string }>(`SELECT id, version FROM "${entity}"`)
+        )
+        for (const [i, key] of keys.entries()) {
+          const cached = yield* Effect.promise(() => redis.get(`${prefix}:${entity}:${key}`))
+          if (key === "5") {
+            expect(Either.getLeft(results[i]!)).toEqual(
+              Option.some(expect.objectContaining({ _tag: "StoreError", reason: "Rejected", key }))
+            )
+            expect(cached).toBeNull()
+            continue
+          }
+          expect(Either.isRight(results[i]!)).toBe(true)
+          const version = rows.find((row) => row.id === key)!.version
+          expect(cached).toMatch(new RegExp(`^v${version}:`))
+        }
+        expect(rows).toHaveLength(keys.length - 1)
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(Layer.merge(redisCacheLayer(prefix), SqlStore.layer())),
+        Effect.provide(PgLive)
+      )
+    }
   )
 
   it.effect("building the layer on a table without the version column fails, naming the column and the DDL", () =>
