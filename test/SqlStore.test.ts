@@ -53,6 +53,16 @@ const scopedRelation = (name: string, create: string, drop: string) =>
     Effect.acquireRelease(sql.unsafe(create).raw, () => sql.unsafe(drop).raw.pipe(Effect.orDie))
   ).pipe(Effect.as(name))
 
+/** A target in the shared generic table, under an entity of its own whose rows go when the test ends. */
+const genericTarget = (label = "users", fields: ReadonlyArray<string> | undefined = userFields) =>
+  Effect.gen(function* () {
+    const entity = unique(label)
+    yield* Effect.addFinalizer(() =>
+      exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
+    )
+    return { entity, fields, table: undefined } satisfies Store.Target
+  })
+
 /** Preparing the target fails; returns the StoreError after checking it is a Schema error. */
 const schemaFailure = (target: Store.Target) =>
   Effect.gen(function* () {
@@ -144,14 +154,7 @@ storeContract("FaultyStore over SqlStore, table mode, nothing armed", {
 
 storeContract("SqlStore, generic mode", {
   layer: () => StoreLive,
-  target: Effect.gen(function* () {
-    const entity = unique("users")
-    // The generic table is shared: remove the test's rows when it ends.
-    yield* Effect.addFinalizer(() =>
-      exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
-    )
-    return { entity, fields: userFields, table: undefined }
-  }),
+  target: genericTarget(),
   countRows: (target) =>
     Effect.map(
       exec(`SELECT count(*)::int FROM "effect_write_through_entries" WHERE "entity" = $1`, [target.entity]),
@@ -499,11 +502,7 @@ describe("SqlStore", () => {
 
         const a = yield* store.collection(tableTarget(yield* scopedTable(usersDdl)))
         const b = yield* store.collection(tableTarget(yield* scopedTable(usersDdl)))
-        const genericEntity = unique("users")
-        yield* Effect.addFinalizer(() =>
-          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [genericEntity]).pipe(Effect.orDie)
-        )
-        const c = yield* store.collection({ entity: genericEntity, fields: userFields, table: undefined })
+        const c = yield* store.collection(yield* genericTarget())
 
         const steps = [
           a.put("1", user("1", "a1")),
@@ -605,11 +604,7 @@ describe("SqlStore", () => {
     it.live("putMany in the generic table round-trips the values as JSON", () =>
       Effect.gen(function* () {
         const store = yield* Store.Store
-        const entity = unique("users")
-        yield* Effect.addFinalizer(() =>
-          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
-        )
-        const users = yield* store.collection({ entity, fields: userFields, table: undefined })
+        const users = yield* store.collection(yield* genericTarget())
         const versions = yield* users.putMany([
           ["1", user("1", "one")],
           ["2", { list: [1, "two", null], nested: { quote: `"'` } }]
@@ -673,18 +668,15 @@ describe("SqlStore", () => {
 
     it.live("in the generic table too: one statement, each value round-tripped as JSON with its own version", () =>
       Effect.gen(function* () {
-        const entity = unique("users")
-        yield* Effect.addFinalizer(() =>
-          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
-        )
-        const users = yield* (yield* Store.Store).collection({ entity, fields: userFields, table: undefined })
+        const target = yield* genericTarget()
+        const users = yield* (yield* Store.Store).collection(target)
         const values = keys.map((key, i) => ({ key, list: [i, "two", null], quote: `"'` }))
         const versions = yield* Effect.forEach(keys, (key, i) => users.put(key, values[i]), {
           concurrency: "unbounded"
         })
         expect(new Set(versions).size).toBe(keys.length)
         const written = yield* exec(`SELECT xmin::text FROM "effect_write_through_entries" WHERE "entity" = $1`, [
-          entity
+          target.entity
         ])
         expect(written).toHaveLength(keys.length)
         expect(new Set(written.map(([xmin]) => xmin)).size).toBe(1)
@@ -1275,12 +1267,8 @@ describe("SqlStore", () => {
 
     it.live("values that are not objects round-trip as JSON", () =>
       Effect.gen(function* () {
-        const entity = unique("values")
-        yield* Effect.addFinalizer(() =>
-          exec(`DELETE FROM "effect_write_through_entries" WHERE "entity" = $1`, [entity]).pipe(Effect.orDie)
-        )
         const store = yield* Store.Store
-        const values = yield* store.collection({ entity, fields: undefined, table: undefined })
+        const values = yield* store.collection(yield* genericTarget("values", undefined))
         const samples: ReadonlyArray<unknown> = [
           [1, "two", { three: 3 }],
           "a string",
