@@ -14,7 +14,7 @@ import type * as Scope from "effect/Scope"
 import type { RedisOptions } from "ioredis"
 import { Cache, type CacheConnectionError } from "./Cache.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
-import type * as NearCache from "./internal/redis/nearCache.js"
+import * as NearCache from "./internal/redis/nearCache.js"
 import * as internal from "./internal/redis/redisCache.js"
 
 /**
@@ -36,8 +36,10 @@ export interface Options {
    * An in-process tier in front of Redis (off by default). Every write through any process
    * announces the key and its version on a Redis channel; each process drops what the
    * announcement supersedes, and drops the whole tier when its subscription reconnects.
-   * A process reads its own writes at once; another process's write reaches it after the
-   * announcement does (docs/performance.md gives the measured bound).
+   * A process reads its own writes at once. In the default `bounded` mode another process's write
+   * reaches it after the announcement does (docs/performance.md gives the measured bound); in
+   * `strict` mode a write returns only once every process whose tier may hold the key dropped it,
+   * or stopped serving from its tier (README, "The near tier: bounded or strict").
    */
   readonly near?: NearTierOptions | undefined
   /**
@@ -60,7 +62,8 @@ export interface Options {
 export interface BreakerOptions extends CircuitBreaker.Options {}
 
 /**
- * The in-process tier's bounds: `maxEntries`, `maxBytes` and `ttl` (see each for its default).
+ * The in-process tier's bounds, `maxEntries`, `maxBytes` and `ttl`, and its `mode` and `lease`
+ * (see each for its default).
  *
  * @since 0.2.0
  * @category models
@@ -68,14 +71,38 @@ export interface BreakerOptions extends CircuitBreaker.Options {}
 export interface NearTierOptions extends NearCache.Options {}
 
 /**
- * The in-process tier's size, for metrics and tests. Zero when it is off.
+ * What strict mode's writers of this process waited for, since the layer was built.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface HolderCounts {
+  /** Other processes' acknowledgements that they dropped a key this process wrote. */
+  readonly acknowledged: number
+  /** Holders that did not acknowledge within their lease (frozen, cut off from Redis, or gone). */
+  readonly leaseExpired: number
+  /** Writes that waited for a fresh or restarted Redis's memory to be a lease old. */
+  readonly youngMemoryWaits: number
+}
+
+/**
+ * The in-process tier's size and state, for metrics and tests. Zero when it is off.
+ * `serving` (since 0.2.0) is whether the tier may serve now: its subscription hears every
+ * announcement and, in strict mode, its lease runs. `holders` (since 0.2.0): see `HolderCounts`.
  *
  * @since 0.1.0
  * @category tags
  */
 export class NearTierStats extends Context.Tag("effect-write-through/RedisCache/NearTierStats")<
   NearTierStats,
-  { readonly enabled: boolean; readonly entries: Effect.Effect<number>; readonly bytes: Effect.Effect<number> }
+  {
+    readonly enabled: boolean
+    readonly mode: "off" | "bounded" | "strict"
+    readonly entries: Effect.Effect<number>
+    readonly bytes: Effect.Effect<number>
+    readonly serving: Effect.Effect<boolean>
+    readonly holders: Effect.Effect<HolderCounts>
+  }
 >() {}
 
 /**
@@ -91,9 +118,7 @@ export const make = (options: Options = {}): Effect.Effect<Cache.Service, CacheC
 const makeContext = (
   options: Options
 ): Effect.Effect<Context.Context<Cache | NearTierStats>, CacheConnectionError, Scope.Scope> =>
-  Effect.map(internal.makeWithStats(options), ([cache, stats]) =>
-    Context.make(Cache, cache).pipe(Context.add(NearTierStats, stats))
-  )
+  NearCache.withStats(internal.makeWithStats(options), NearTierStats)
 
 /**
  * @since 0.1.0

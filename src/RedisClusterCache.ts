@@ -12,6 +12,7 @@
  * @since 0.2.0
  */
 import * as Config from "effect/Config"
+import * as Context from "effect/Context"
 import type * as ConfigError from "effect/ConfigError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -20,8 +21,9 @@ import type * as Scope from "effect/Scope"
 import type { ClusterOptions, RedisOptions } from "ioredis"
 import { Cache, type CacheConnectionError } from "./Cache.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
-import type * as NearCache from "./internal/redis/nearCache.js"
+import * as NearCache from "./internal/redis/nearCache.js"
 import * as internal from "./internal/redis/redisClusterCache.js"
+import { NearTierStats } from "./RedisCache.js"
 
 /**
  * @since 0.2.0
@@ -77,13 +79,20 @@ export interface Options {
  * @since 0.2.0
  * @category constructors
  */
-export const make: (options: Options) => Effect.Effect<Cache.Service, CacheConnectionError, Scope.Scope> = internal.make
+export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnectionError, Scope.Scope> =>
+  Effect.map(internal.makeWithStats(options), ([cache]) => cache)
+
+const makeContext = (
+  options: Options
+): Effect.Effect<Context.Context<Cache | NearTierStats>, CacheConnectionError, Scope.Scope> =>
+  NearCache.withStats(internal.makeWithStats(options), NearTierStats)
 
 /**
  * @since 0.2.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Cache, CacheConnectionError> => Layer.scoped(Cache, make(options))
+export const layer = (options: Options): Layer.Layer<Cache | NearTierStats, CacheConnectionError> =>
+  Layer.scopedContext(makeContext(options))
 
 /**
  * For example
@@ -95,5 +104,5 @@ export const layer = (options: Options): Layer.Layer<Cache, CacheConnectionError
  */
 export const layerConfig = (
   options: Config.Config.Wrap<Options>
-): Layer.Layer<Cache, CacheConnectionError | ConfigError.ConfigError> =>
-  Layer.scoped(Cache, Effect.flatMap(Config.unwrap(options), make))
+): Layer.Layer<Cache | NearTierStats, CacheConnectionError | ConfigError.ConfigError> =>
+  Layer.scopedContext(Effect.flatMap(Config.unwrap(options), makeContext))

@@ -23,7 +23,7 @@ import {
 } from "effect"
 import { Redis } from "ioredis"
 import * as net from "node:net"
-import { Cache, Metrics, RedisClusterCache, SqlStore, Store, WriteThrough } from "../src/index.js"
+import { Cache, Metrics, RedisCache, RedisClusterCache, SqlStore, Store, WriteThrough } from "../src/index.js"
 import { FaultyCache } from "../src/testing.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { writeThroughContract } from "./contract/WriteThroughContract.js"
@@ -525,6 +525,37 @@ describe("RedisClusterCache with the near tier", () => {
         expect(yield* a.set(key, value(10, "v10"), { ttl })).toBe("written")
         yield* eventually(b.get(key), (got) => expect(got).toEqual(Option.some(value(10, "v10"))))
       }
+    })
+  )
+
+  // Strict mode: B's copy is gone when A's write returns, on every node, and B's tier serves only
+  // while its heartbeats come back through every master.
+  it.scopedLive("strict: a write on any node returns only once the other instance holding the key dropped it", () =>
+    Effect.gen(function* () {
+      const keyPrefix = `${unique("strict")}:`
+      const strict = { mode: "strict", lease: Duration.millis(300) } as const
+      const instance = Effect.map(
+        Layer.build(RedisClusterCache.layer({ nodes: nodes(), keyPrefix, near: strict })),
+        (context) => ({
+          cache: Context.get(context, Cache.Cache),
+          stats: Context.get(context, RedisCache.NearTierStats)
+        })
+      )
+      const a = yield* instance
+      const b = yield* instance
+      yield* eventually(b.stats.serving, (serving) => expect(serving).toBe(true))
+      const slots = yield* slotsOfAll
+      for (const index of [0, 1, 2]) {
+        const key = keyOnClusterNode(slots, index, keyPrefix, `k${index}-`)
+        expect(yield* a.cache.set(key, value(1, "v1"), { ttl })).toBe("written")
+        expect(yield* b.cache.get(key)).toEqual(Option.some(value(1, "v1")))
+        expect(b.cache.peek?.(key)).toEqual(value(1, "v1"))
+        expect(yield* a.cache.set(key, value(2, "v2"), { ttl })).toBe("written")
+        expect(b.cache.peek?.(key)).toBeUndefined()
+        expect(yield* b.cache.get(key)).toEqual(Option.some(value(2, "v2")))
+      }
+      expect((yield* a.stats.holders).acknowledged).toBe(3)
+      expect((yield* a.stats.holders).leaseExpired).toBe(0)
     })
   )
 

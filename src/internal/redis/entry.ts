@@ -23,6 +23,13 @@ export const decode = (raw: string | null): Option.Option<Entry> => {
 
 export const leaseKey = (key: string) => `__wt_lease:${key}`
 
+/** Strict mode: the processes whose tier may hold the key, each with its lease in ms. */
+export const holdersKey = (key: string) => `__wt_holders:${key}`
+
+// Strict mode: the time (Redis TIME, ms) the cache's memory was first written by a strict writer. It
+// vanishes with that memory, and a memory younger than a lease cannot vouch for leases granted before it.
+export const bornKey = "__wt_born"
+
 // The key whose value names the cache's memory. It vanishes with that memory (a restart, a
 // flush, an eviction), and the next ticketed write creates a new one.
 export const epochKey = "__wt_epoch"

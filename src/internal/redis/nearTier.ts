@@ -33,10 +33,19 @@ export interface NearTier {
    * an older write of ours whose reply settles later, or a late read, cannot put an older version back.
    */
   readonly outranked: (key: string, entry: Entry) => void
+  /**
+   * Whether the tier keeps an entry of the key, served or not (expired, say), or may keep one: a
+   * call that may bring one back is in flight (between `expect` and `settled`).
+   */
+  readonly holds: (key: string) => boolean
+  readonly expect: (key: string) => void
+  readonly settled: (key: string) => void
   /** Forgets the key's entry but not its floor: a write this process could not vouch for. */
   readonly drop: (key: string) => void
   /** Forgets everything: announcements may have been missed. */
   readonly clear: () => void
+  /** Counts the clears: a read that began before one may not keep what it found, its floor gone. */
+  readonly generation: () => number
   readonly size: () => number
   readonly bytes: () => number
 }
@@ -56,6 +65,8 @@ export const make = (options: {
 }): NearTier => {
   const slots = new Map<string, Slot>()
   let bytes = 0
+  let generation = 0
+  const expected = new Map<string, number>()
 
   const remove = (key: string) => {
     const slot = slots.get(key)
@@ -144,6 +155,13 @@ export const make = (options: {
     },
     announce: (key, version) => raiseFloor(key, version),
     outranked: (key, entry) => raiseFloor(key, floorOf(entry)),
+    holds: (key) => slots.get(key)?.entry !== undefined || expected.has(key),
+    expect: (key) => void expected.set(key, (expected.get(key) ?? 0) + 1),
+    settled: (key) => {
+      const calls = expected.get(key) ?? 0
+      if (calls <= 1) expected.delete(key)
+      else expected.set(key, calls - 1)
+    },
     drop: (key) => {
       const slot = slots.get(key)
       if (slot !== undefined) empty(key, slot)
@@ -151,7 +169,9 @@ export const make = (options: {
     clear: () => {
       slots.clear()
       bytes = 0
+      generation++
     },
+    generation: () => generation,
     size: () => slots.size,
     bytes: () => bytes
   }

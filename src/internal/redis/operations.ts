@@ -2,8 +2,9 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { Cluster, Redis } from "ioredis"
-import { type Cache, Entry, type Lookup, type SetOptions, type WriteOutcome } from "../../Cache.js"
+import { type Cache, type CacheError, Entry, type Lookup, type SetOptions, type WriteOutcome } from "../../Cache.js"
 import type { Call } from "./client.js"
+import * as Coherence from "./coherence.js"
 import * as RedisEntry from "./entry.js"
 import type { KeyScripts, SetArguments } from "./scripts.js"
 
@@ -12,10 +13,72 @@ export const ttlMillis = (ttl: Duration.Duration): string => String(Math.max(1, 
 
 const isWrongType = (error: unknown): boolean => error instanceof Error && error.message.startsWith("WRONGTYPE")
 
-export const get =
-  (client: Redis | Cluster, call: Call): Cache.Service["get"] =>
-  (key) =>
-    call("get", key, () => client.get(key)).pipe(
+/**
+ * Where a key's strict-mode bookkeeping lives (its holders, and the marker of the memory's birth,
+ * in the key's slot), and this process's part in it when its tier is strict.
+ */
+export interface Holding {
+  readonly holdersOf: (key: string) => string
+  readonly bornOf: (key: string) => string
+  readonly coherence: Coherence.Coherence | undefined
+}
+
+const justOne = [Coherence.notStrict] as const
+
+/**
+ * Sends `count` writes in one call, then, in strict mode, waits for the other holders each written
+ * one names. The wait is outside the call's bound: a holder's lease bounds it, not the command's.
+ */
+export const writeAll = (
+  coherence: Coherence.Coherence | undefined,
+  call: Call,
+  operation: string,
+  key: string,
+  count: number,
+  send: (strict: ReadonlyArray<Coherence.StrictArguments>) => Promise<ReadonlyArray<string>>
+): Effect.Effect<ReadonlyArray<string>, CacheError> => {
+  if (coherence === undefined) {
+    return call(operation, key, () => send(count === 1 ? justOne : Array(count).fill(Coherence.notStrict)))
+  }
+  return Effect.suspend(() => {
+    const writes = Array.from({ length: count }, coherence.begin)
+    return call(operation, key, () => send(writes.map((write) => write.arguments))).pipe(
+      Effect.tap((replies) => Effect.promise(() => Promise.all(replies.map((reply, i) => writes[i]!.settle(reply))))),
+      Effect.ensuring(Effect.sync(() => writes.forEach((write) => write.abandon())))
+    )
+  })
+}
+
+/** One write, as `writeAll` sends it. */
+export const writeOne = (
+  coherence: Coherence.Coherence | undefined,
+  call: Call,
+  operation: string,
+  key: string,
+  send: (strict: Coherence.StrictArguments) => Promise<string>
+): Effect.Effect<string, CacheError> =>
+  Effect.map(
+    writeAll(coherence, call, operation, key, 1, ([strict]) => send(strict!).then((reply) => [reply])),
+    (replies) => replies[0]!
+  )
+
+/** A read of what the key holds, registering this process as a holder when its tier is strict. */
+const holdingGet = (client: Redis | Cluster, commands: KeyScripts, holding: Holding) => {
+  const coherence = holding.coherence
+  return coherence === undefined
+    ? (key: string) => client.get(key)
+    : (key: string) => commands.wtHold(key, holding.holdersOf(key), ...coherence.holdArguments)
+}
+
+export const get = (
+  client: Redis | Cluster,
+  commands: KeyScripts,
+  holding: Holding,
+  call: Call
+): Cache.Service["get"] => {
+  const read = holdingGet(client, commands, holding)
+  return (key) =>
+    call("get", key, () => read(key)).pipe(
       Effect.map(RedisEntry.decode),
       // A key of another type is a foreign write: a miss, repaired by the next fill.
       Effect.catchIf(
@@ -23,6 +86,13 @@ export const get =
         () => Effect.succeedNone
       )
     )
+}
+
+/** Reads of many keys one by one (each a script of its own), registering as `get` does: strict mode's `getMany`. */
+export const holdMany = (commands: KeyScripts, holding: Holding, keys: ReadonlyArray<string>) => {
+  const hold = holding.coherence!.holdArguments
+  return Promise.all(keys.map((key) => commands.wtHold(key, holding.holdersOf(key), ...hold).then(RedisEntry.decode)))
+}
 
 /**
  * The arguments of a guarded write. `guard` names the memory the ticket is checked against and
@@ -33,10 +103,14 @@ export const setArguments = (
   entry: Entry,
   { replacing, ticket, ttl }: SetOptions,
   guard: { readonly key: string; readonly argument: string },
-  channel: string
+  channel: string,
+  holding: Holding,
+  strict: Coherence.StrictArguments
 ): SetArguments => [
   key,
   guard.key,
+  holding.holdersOf(key),
+  holding.bornOf(key),
   String(entry.version),
   RedisEntry.encode(entry),
   ttlMillis(ttl),
@@ -45,12 +119,16 @@ export const setArguments = (
   ticket === undefined ? "" : String(Math.floor(ticket.notAfter)),
   guard.argument,
   channel,
-  key
+  key,
+  ...strict
 ]
 
-/** A set script's reply: any refusal other than by version (late, a lost memory) is `outdated`. */
+/**
+ * A write script's reply: any refusal other than by version (late, a lost memory) is `outdated`.
+ * A strict writer's `written` or `rejected` carries what it waits for after a `|`.
+ */
 export const writeOutcome = (reply: string): WriteOutcome =>
-  reply === "written" || reply === "rejected" ? reply : "outdated"
+  reply.startsWith("written") ? "written" : reply.startsWith("rejected") ? "rejected" : "outdated"
 
 /** This process's leases: its token, and where the lease of a key is kept. */
 export interface Leases {
@@ -73,25 +151,39 @@ const lookupOf = (reply: string): Lookup => {
     : { entry: RedisEntry.decode(reply), leased: undefined }
 }
 
-export const getOrLease =
-  (commands: KeyScripts, leases: Leases, call: Call): Cache.Service["getOrLease"] =>
-  (key, ttl) =>
-    call("get", key, () => commands.wtGetOrLease(key, leases.keyOf(key), leases.holder, ttlMillis(ttl)).then(lookupOf))
+export const getOrLease = (
+  commands: KeyScripts,
+  leases: Leases,
+  holding: Holding,
+  call: Call
+): Cache.Service["getOrLease"] => {
+  const hold = holding.coherence?.holdArguments ?? Coherence.notHolding
+  return (key, ttl) =>
+    call("get", key, () =>
+      commands
+        .wtGetOrLease(key, leases.keyOf(key), holding.holdersOf(key), leases.holder, ttlMillis(ttl), ...hold)
+        .then(lookupOf)
+    )
+}
 
 export const invalidate =
-  (commands: KeyScripts, channel: string, call: Call): Cache.Service["invalidate"] =>
+  (commands: KeyScripts, channel: string, holding: Holding, call: Call): Cache.Service["invalidate"] =>
   (key, version, ttl) =>
-    call("invalidate", key, () =>
-      commands
-        .wtInvalidate(
+    Effect.map(
+      writeOne(holding.coherence, call, "invalidate", key, (strict) =>
+        commands.wtInvalidate(
           key,
+          holding.holdersOf(key),
+          holding.bornOf(key),
           String(version),
           RedisEntry.encode(Entry.Tombstone({ version })),
           ttlMillis(ttl),
           channel,
-          key
+          key,
+          ...strict
         )
-        .then((written): WriteOutcome => (written === 1 ? "written" : "rejected"))
+      ),
+      (reply): WriteOutcome => (reply.startsWith("written") ? "written" : "rejected")
     )
 
 // SCAN's MATCH is a glob: a prefix holding *, ?, [ or \ must match only itself.

@@ -10,6 +10,7 @@ import type { NearTierStats, Options } from "../../RedisCache.js"
 import { acquireClient, type Call, coalescing, connectWithin, displayUrl, failFast } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import * as CacheBreaker from "../cacheBreaker.js"
+import type { StrictArguments } from "./coherence.js"
 import * as NearCache from "./nearCache.js"
 import * as Operations from "./operations.js"
 import { defineServerScripts, type ServerScripts } from "./scripts.js"
@@ -61,8 +62,18 @@ const readMemory = (commands: ServerScripts, url: string): Effect.Effect<Memory,
   }).pipe(Effect.map((epoch) => ({ epoch, candidate })))
 }
 
-const setArguments = (memory: Memory, channel: string) => (key: string, entry: Entry, options: SetOptions) =>
-  Operations.setArguments(key, entry, options, { key: RedisEntry.epochKey, argument: memory.candidate() }, channel)
+const setArguments =
+  (memory: Memory, channel: string, holding: Operations.Holding) =>
+  (key: string, entry: Entry, options: SetOptions, strict: StrictArguments) =>
+    Operations.setArguments(
+      key,
+      entry,
+      options,
+      { key: RedisEntry.epochKey, argument: memory.candidate() },
+      channel,
+      holding,
+      strict
+    )
 
 const writeOutcome =
   (memory: Memory) =>
@@ -72,31 +83,42 @@ const writeOutcome =
     return Operations.writeOutcome(reply)
   }
 
-// MGET answers nil for a key of another type: a miss, like get's WRONGTYPE.
+// MGET answers nil for a key of another type: a miss, like get's WRONGTYPE. A strict tier reads
+// key by key, each read registering it as a holder.
 const getMany =
-  (redis: Redis, call: Call): Cache.Service["getMany"] =>
+  (redis: Redis, commands: ServerScripts, holding: Operations.Holding, call: Call): Cache.Service["getMany"] =>
   (keys) =>
     keys.length === 0
       ? Effect.succeed([])
-      : call("getMany", keys[0]!, () => redis.mget(keys as Array<string>).then((raws) => raws.map(RedisEntry.decode)))
+      : call("getMany", keys[0]!, () =>
+          holding.coherence === undefined
+            ? redis.mget(keys as Array<string>).then((raws) => raws.map(RedisEntry.decode))
+            : Operations.holdMany(commands, holding, keys)
+        )
 
 const setMany =
-  (redis: Redis, memory: Memory, channel: string, call: Call): Cache.Service["setMany"] =>
+  (redis: Redis, memory: Memory, channel: string, holding: Operations.Holding, call: Call): Cache.Service["setMany"] =>
   (items) => {
     if (items.length === 0) return Effect.succeed([])
-    const argumentsOf = setArguments(memory, channel)
+    const argumentsOf = setArguments(memory, channel, holding)
     const outcomeOf = writeOutcome(memory)
-    return call("setMany", items[0]!.key, async () => {
+    const send = async (strict: ReadonlyArray<StrictArguments>) => {
       const pipeline = redis.pipeline() as unknown as ServerScripts & {
         exec(): Promise<Array<[Error | null, unknown]> | null>
       }
-      for (const { entry, key, options } of items) void pipeline.wtSet(...argumentsOf(key, entry, options))
+      items.forEach(
+        ({ entry, key, options }, i) => void pipeline.wtSet(...argumentsOf(key, entry, options, strict[i]!))
+      )
       const replies = (await pipeline.exec()) ?? []
       return replies.map(([error, reply]) => {
         if (error !== null) throw error
-        return outcomeOf(reply as string)
+        return reply as string
       })
-    })
+    }
+    return Effect.map(
+      Operations.writeAll(holding.coherence, call, "setMany", items[0]!.key, items.length, send),
+      (replies) => replies.map(outcomeOf)
+    )
   }
 
 const remoteCache = (
@@ -106,7 +128,12 @@ const remoteCache = (
   tier: NearCache.Tier,
   keyPrefix: string
 ) => {
-  const argumentsOf = setArguments(memory, tier.channel)
+  const holding: Operations.Holding = {
+    holdersOf: RedisEntry.holdersKey,
+    bornOf: () => RedisEntry.bornKey,
+    coherence: tier.coherence
+  }
+  const argumentsOf = setArguments(memory, tier.channel, holding)
   const outcomeOf = writeOutcome(memory)
   const leases: Operations.Leases = { holder: randomUUID(), keyOf: RedisEntry.leaseKey }
   const call = coalescing(redis)
@@ -114,26 +141,25 @@ const remoteCache = (
     // ioredis fails every command, queued ones too, after commandTimeout.
     selfBounded: true,
     reusesEntries: false,
-    get: Operations.get(redis, call),
+    get: Operations.get(redis, commands, holding, call),
     // Deadlines are checked against Redis's clock (TIME), so they are set from the wall clock, not Effect's Clock.
     ticket: (validFor) =>
       Effect.sync(() => ({ epoch: memory.epoch, notAfter: Date.now() + Duration.toMillis(validFor) })),
-    getMany: getMany(redis, call),
+    getMany: getMany(redis, commands, holding, call),
     set: (key, entry, options) =>
-      call("set", key, () => commands.wtSet(...argumentsOf(key, entry, options)).then(outcomeOf)),
-    setMany: setMany(redis, memory, tier.channel, call),
+      Effect.map(
+        Operations.writeOne(tier.coherence, call, "set", key, (strict) =>
+          commands.wtSet(...argumentsOf(key, entry, options, strict))
+        ),
+        outcomeOf
+      ),
+    setMany: setMany(redis, memory, tier.channel, holding, call),
     scan: (prefix, cursor) => call("scan", prefix, () => Operations.scanPage(redis, keyPrefix, prefix, cursor)),
     lease: Operations.lease(commands, leases, call),
-    getOrLease: Operations.getOrLease(commands, leases, call),
-    invalidate: Operations.invalidate(commands, tier.channel, call)
+    getOrLease: Operations.getOrLease(commands, leases, holding, call),
+    invalidate: Operations.invalidate(commands, tier.channel, holding, call)
   })
 }
-
-const statsOf = ({ near }: NearCache.Tier): NearTierStats["Type"] => ({
-  enabled: near !== undefined,
-  entries: Effect.sync(() => near?.size() ?? 0),
-  bytes: Effect.sync(() => near?.bytes() ?? 0)
-})
 
 export const makeWithStats = (
   options: Options
@@ -149,7 +175,10 @@ export const makeWithStats = (
       client: redis,
       keyPrefix,
       url: displayUrl(url),
-      lossEvents: ["close"]
+      lossEvents: ["close"],
+      paths: () => [(channel, message) => redis.publish(channel, message)],
+      acknowledge: (key, { channel, member, message, version }, hold) =>
+        commands.wtAck(RedisEntry.holdersKey(key), member, version, channel, message, ...hold)
     })
     const remote = CacheBreaker.around(
       remoteCache(redis, commands, memory, tier, keyPrefix),
@@ -157,5 +186,5 @@ export const makeWithStats = (
       displayUrl(url),
       () => tier.near?.clear()
     )
-    return [NearCache.front(remote, tier), statsOf(tier)] as const
+    return [NearCache.front(remote, tier), NearCache.statsOf(tier)] as const
   })

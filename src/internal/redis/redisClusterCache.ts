@@ -5,8 +5,10 @@ import type * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { Cluster } from "ioredis"
 import { randomUUID } from "node:crypto"
-import { Cache, type CacheConnectionError, type Entry, type SetOptions, type WriteOutcome } from "../../Cache.js"
+import { Cache, type CacheConnectionError, type Entry, type SetOptions } from "../../Cache.js"
+import type { NearTierStats } from "../../RedisCache.js"
 import type { Options } from "../../RedisClusterCache.js"
+import type { StrictArguments } from "./coherence.js"
 import { acquireClient, type Call, connectWithin, displayUrl, fail, failFast } from "./client.js"
 import * as RedisEntry from "./entry.js"
 import * as HashSlot from "./hashSlot.js"
@@ -92,31 +94,40 @@ const connectAndMark = async (cluster: Cluster, commands: ClusterScripts, marker
   await Promise.all(markers.all.map((marker) => commands.wtBorn(marker)))
 }
 
-// Multi-key reads are one MGET per hash slot, sent together (auto-pipelined per node).
+// Multi-key reads are one MGET per hash slot, sent together (auto-pipelined per node); a strict
+// tier's, a script a key, each registering it as a holder.
 const getMany =
-  (cluster: Cluster, keyPrefix: string, call: Call): Cache.Service["getMany"] =>
+  (
+    cluster: Cluster,
+    commands: ClusterScripts,
+    keyPrefix: string,
+    holding: Operations.Holding,
+    call: Call
+  ): Cache.Service["getMany"] =>
   (keys) =>
     keys.length === 0
       ? Effect.succeed([])
-      : call("getMany", keys[0]!, async () => {
-          const bySlot = new Map<number, Array<number>>()
-          keys.forEach((key, i) => {
-            const slot = HashSlot.slotOf(keyPrefix + key)
-            const group = bySlot.get(slot)
-            if (group === undefined) bySlot.set(slot, [i])
-            else group.push(i)
-          })
-          const found = new Array<Option.Option<Entry>>(keys.length)
-          await Promise.all(
-            [...bySlot.values()].map(async (indices) => {
-              const raws = await cluster.mget(indices.map((i) => keys[i]!))
-              indices.forEach((at, j) => {
-                found[at] = RedisEntry.decode(raws[j] ?? null)
-              })
+      : holding.coherence !== undefined
+        ? call("getMany", keys[0]!, () => Operations.holdMany(commands, holding, keys))
+        : call("getMany", keys[0]!, async () => {
+            const bySlot = new Map<number, Array<number>>()
+            keys.forEach((key, i) => {
+              const slot = HashSlot.slotOf(keyPrefix + key)
+              const group = bySlot.get(slot)
+              if (group === undefined) bySlot.set(slot, [i])
+              else group.push(i)
             })
-          )
-          return found
-        })
+            const found = new Array<Option.Option<Entry>>(keys.length)
+            await Promise.all(
+              [...bySlot.values()].map(async (indices) => {
+                const raws = await cluster.mget(indices.map((i) => keys[i]!))
+                indices.forEach((at, j) => {
+                  found[at] = RedisEntry.decode(raws[j] ?? null)
+                })
+              })
+            )
+            return found
+          })
 
 // Masters in a fixed order, so that a scan's cursor (`<master>:<its cursor>`) means the same on
 // every page. A slot that moves during a scan may be missed or seen twice.
@@ -147,52 +158,71 @@ interface Remote {
   readonly keyPrefix: string
   readonly clockSkew: string
   readonly channel: string
+  readonly holding: Operations.Holding
 }
 
 const setCall =
-  ({ channel, clockSkew, commands, markers }: Remote) =>
-  (key: string, entry: Entry, options: SetOptions): Promise<WriteOutcome> =>
-    commands
-      .wtSet(...Operations.setArguments(key, entry, options, { key: markers.of(key), argument: clockSkew }, channel))
-      .then(Operations.writeOutcome)
+  ({ channel, clockSkew, commands, holding, markers }: Remote) =>
+  (key: string, entry: Entry, options: SetOptions, strict: StrictArguments): Promise<string> =>
+    commands.wtSet(
+      ...Operations.setArguments(
+        key,
+        entry,
+        options,
+        { key: markers.of(key), argument: clockSkew },
+        channel,
+        holding,
+        strict
+      )
+    )
 
-// A script may only touch keys of one slot: a key's lease is kept under a hash tag of the key's slot.
-const leaseKeyIn =
-  (keyPrefix: string) =>
+// A script may only touch keys of one slot: what it keeps of a key (its lease, its holders) is
+// kept under a hash tag of the key's slot.
+const inSlotOf =
+  (keyPrefix: string, name: (key: string) => string) =>
   (key: string): string =>
     HashSlot.prefixFixesSlot(keyPrefix)
-      ? RedisEntry.leaseKey(key)
-      : `${RedisEntry.leaseKey(`{${HashSlot.tagOf(HashSlot.slotOf(keyPrefix + key))}}`)}:${key}`
+      ? name(key)
+      : `${name(`{${HashSlot.tagOf(HashSlot.slotOf(keyPrefix + key))}}`)}:${key}`
 
 const remoteCache = (remote: Remote): Cache.Service => {
-  const { call, channel, cluster, commands, keyPrefix } = remote
+  const { call, channel, cluster, commands, holding, keyPrefix } = remote
   const set = setCall(remote)
-  const leases: Operations.Leases = { holder: randomUUID(), keyOf: leaseKeyIn(keyPrefix) }
+  const leases: Operations.Leases = { holder: randomUUID(), keyOf: inSlotOf(keyPrefix, RedisEntry.leaseKey) }
   return Cache.of({
     selfBounded: true,
     reusesEntries: false,
-    get: Operations.get(cluster, call),
-    getMany: getMany(cluster, keyPrefix, call),
+    get: Operations.get(cluster, commands, holding, call),
+    getMany: getMany(cluster, commands, keyPrefix, holding, call),
     ticket: (validFor) =>
       Effect.sync(() => {
         const now = Date.now()
         return { epoch: String(now), notAfter: now + Duration.toMillis(validFor) }
       }),
-    set: (key, entry, options) => call("set", key, () => set(key, entry, options)),
+    set: (key, entry, options) =>
+      Effect.map(
+        Operations.writeOne(holding.coherence, call, "set", key, (strict) => set(key, entry, options, strict)),
+        Operations.writeOutcome
+      ),
     setMany: (items) =>
       items.length === 0
         ? Effect.succeed([])
-        : call("setMany", items[0]!.key, () =>
-            Promise.all(items.map(({ entry, key, options }) => set(key, entry, options)))
+        : Effect.map(
+            Operations.writeAll(holding.coherence, call, "setMany", items[0]!.key, items.length, (strict) =>
+              Promise.all(items.map(({ entry, key, options }, i) => set(key, entry, options, strict[i]!)))
+            ),
+            (replies) => replies.map(Operations.writeOutcome)
           ),
     scan: scan(cluster, keyPrefix, call),
     lease: Operations.lease(commands, leases, call),
-    getOrLease: Operations.getOrLease(commands, leases, call),
-    invalidate: Operations.invalidate(commands, channel, call)
+    getOrLease: Operations.getOrLease(commands, leases, holding, call),
+    invalidate: Operations.invalidate(commands, channel, holding, call)
   })
 }
 
-export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnectionError, Scope.Scope> =>
+export const makeWithStats = (
+  options: Options
+): Effect.Effect<readonly [Cache.Service, NearTierStats["Type"]], CacheConnectionError, Scope.Scope> =>
   Effect.gen(function* () {
     const nodes = options.nodes.map(parseNode)
     const url = nodes.map(({ host, port }) => displayUrl(`redis://${host}:${port}`)).join(",")
@@ -212,7 +242,13 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
       client: cluster,
       keyPrefix,
       url,
-      lossEvents: ["close", "node error", "+node", "-node"]
+      lossEvents: ["close", "node error", "+node", "-node"],
+      // Each master's messages reach a subscriber in the order it published them, whichever node the
+      // subscriber is on: a heartbeat through every master follows every write announced before it.
+      paths: () =>
+        cluster.nodes("master").map((node) => (channel: string, message: string) => node.publish(channel, message)),
+      acknowledge: (key, { channel, member, message, version }, hold) =>
+        commands.wtAck(inSlotOf(keyPrefix, RedisEntry.holdersKey)(key), member, version, channel, message, ...hold)
     })
     const remote = remoteCache({
       cluster,
@@ -221,10 +257,13 @@ export const make = (options: Options): Effect.Effect<Cache.Service, CacheConnec
       markers,
       keyPrefix,
       clockSkew: String(Math.max(0, Math.ceil(Duration.toMillis(options.clockSkew ?? 0)))),
-      channel: tier.channel
+      channel: tier.channel,
+      // The born marker of a key's memory is its slot's marker, which holds the time it was created.
+      holding: { holdersOf: inSlotOf(keyPrefix, RedisEntry.holdersKey), bornOf: markers.of, coherence: tier.coherence }
     })
-    return NearCache.front(
+    const cache = NearCache.front(
       CacheBreaker.around(remote, options.breaker, url, () => tier.near?.clear()),
       tier
     )
+    return [cache, NearCache.statsOf(tier)] as const
   })

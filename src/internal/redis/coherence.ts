@@ -1,0 +1,211 @@
+// Strict mode of the in-process tier, in one process: its right to serve from the tier, and the
+// writes that wait for other processes to drop what they hold.
+//
+// The right to serve is a lease renewed by heartbeats: the process publishes a heartbeat on its
+// own channel through every node that may announce a write (one Redis, or each master of a
+// cluster), and the lease runs from the moment it sent the heartbeat once every copy came back
+// through its subscription. A node delivers its messages to a subscriber in the order it
+// published them, so every write announced before a heartbeat was heard, and its entry dropped,
+// before the lease that heartbeat renews begins. A write announced after it reaches a writer that
+// waits for the process's acknowledgement, or for longer than the lease can run: a process that
+// stops hearing from Redis stops serving from its tier when its lease runs out, and a frozen one
+// finds its lease over when it wakes.
+//
+// Leases are measured on `performance.now()`, a monotonic clock: a writer waits on its own, from
+// after its write's reply, so no two clocks are compared.
+import { randomUUID } from "node:crypto"
+import { performance } from "node:perf_hooks"
+
+/** What a strict writer sends with a write: its member id, the write's id, its lease, its registration's lifetime. */
+export type StrictArguments = readonly [member: string, writeId: string, leaseMillis: string, holdMillis: string]
+
+/** What a strict reader sends with a read: its member id, its lease, its registration's lifetime. */
+export type HoldArguments = readonly [member: string, leaseMillis: string, holdMillis: string]
+
+/** A non-strict process's arguments: no member, so the scripts neither register nor collect holders. */
+export const notStrict: StrictArguments = ["", "", "", ""]
+export const notHolding: HoldArguments = ["", "", ""]
+
+/** A write on its way: its arguments, then `settle` with the script's reply, or `abandon`. */
+export interface Write {
+  readonly arguments: StrictArguments
+  /** Resolves once every other holder the reply names acknowledged, or its lease ran out. */
+  readonly settle: (reply: string) => Promise<void>
+  readonly abandon: () => void
+}
+
+/** Counts since the layer was built, for `NearTierStats`. */
+export interface Counts {
+  /** Holders that acknowledged a write of this process. */
+  acknowledged: number
+  /** Holders whose lease ran out before they acknowledged: silent, or frozen, or cut off. */
+  leaseExpired: number
+  /** Writes that waited for a young memory (a fresh or restarted Redis) to be a lease old. */
+  youngMemoryWaits: number
+}
+
+export interface Coherence {
+  readonly member: string
+  readonly leaseMillis: number
+  readonly holdArguments: HoldArguments
+  readonly counts: Counts
+  /** The channel another process acknowledges to, and the heartbeats come back on, for `member`. */
+  readonly channelOf: (member: string) => string
+  /** Whether this process may serve from its tier now. */
+  readonly serving: () => boolean
+  /** Sends a heartbeat through each of the `paths` (publish functions), renewing the lease once all came back. */
+  readonly beat: (paths: ReadonlyArray<(message: string) => Promise<unknown>>) => void
+  /** A message on this process's own channel: a heartbeat come back, or an acknowledgement. */
+  readonly hear: (message: string) => void
+  /** An announcement's head: whether it asks this process to acknowledge, and what to send to whom. */
+  readonly acknowledgement: (head: string) => Acknowledgement | undefined
+  readonly begin: () => Write
+  /** Drops the lease: the tier cannot tell what it missed (its subscription was lost). */
+  readonly revoke: () => void
+}
+
+/** An acknowledgement of the write of `version`: `message` on the writer's `channel`. */
+export interface Acknowledgement {
+  readonly member: string
+  readonly version: string
+  readonly channel: string
+  readonly message: string
+}
+
+interface Waiting {
+  readonly acked: Set<string>
+  check: () => void
+}
+
+interface Round {
+  readonly sentAt: number
+  missing: number
+}
+
+// The lease a heartbeat grants, less a margin for the two processes' clocks running at different rates.
+const usable = (leaseMillis: number) => leaseMillis * 0.95
+
+/** What a `written` reply asks to wait for, in ms: `written|<young memory>|<member>=<at most>,...`. */
+const parseWait = (
+  reply: string
+): { readonly young: number; readonly holders: ReadonlyArray<readonly [string, number]> } => {
+  const [, young = "0", list = ""] = reply.split("|")
+  const holders =
+    list === ""
+      ? []
+      : list.split(",").map((pair) => {
+          const at = pair.lastIndexOf("=")
+          return [pair.slice(0, at), Number(pair.slice(at + 1))] as const
+        })
+  return { young: Number(young), holders }
+}
+
+export const make = (options: {
+  readonly keyPrefix: string
+  readonly leaseMillis: number
+  readonly holdMillis: number
+}): Coherence => {
+  const member = randomUUID().replaceAll("-", "").slice(0, 16)
+  const channelOf = (of: string) => `${options.keyPrefix}__wt_member:${of}`
+  const counts: Counts = { acknowledged: 0, leaseExpired: 0, youngMemoryWaits: 0 }
+  const waiting = new Map<string, Waiting>()
+  const rounds = new Map<number, Round>()
+  let deadline = 0
+  let round = 0
+  let writes = 0
+
+  const heardBack = (number: number) => {
+    const sent = rounds.get(number)
+    if (sent === undefined || --sent.missing > 0) return
+    rounds.delete(number)
+    // Older rounds still missing a copy can no longer extend the lease beyond this one.
+    for (const older of rounds.keys()) if (older < number) rounds.delete(older)
+    deadline = Math.max(deadline, sent.sentAt + usable(options.leaseMillis))
+  }
+
+  const beat: Coherence["beat"] = (paths) => {
+    const number = ++round
+    rounds.set(number, { sentAt: performance.now(), missing: paths.length })
+    paths.forEach((publish, path) => void publish(`h${number}.${path}`).catch(() => rounds.delete(number)))
+  }
+
+  const hear = (message: string) => {
+    if (message.startsWith("h")) heardBack(Number(message.slice(1, message.indexOf("."))))
+    else if (message.startsWith("a")) {
+      const slash = message.indexOf("/")
+      const write = waiting.get(message.slice(1, slash))
+      if (write === undefined) return
+      write.acked.add(message.slice(slash + 1))
+      write.check()
+    }
+  }
+
+  // `<version>/<writer>/<write id>/<holder>,<holder>`: the holders the write waits for.
+  const acknowledgement: Coherence["acknowledgement"] = (head) => {
+    const parts = head.split("/")
+    if (parts.length !== 4 || !parts[3]!.split(",").includes(member)) return undefined
+    return { member, version: parts[0]!, channel: channelOf(parts[1]!), message: `a${parts[2]}/${member}` }
+  }
+
+  const begin = (): Write => {
+    const id = String(++writes)
+    const write: Waiting = { acked: new Set(), check: () => {} }
+    waiting.set(id, write)
+    const abandon = () => void waiting.delete(id)
+    const settle = (reply: string): Promise<void> => {
+      const { holders, young } = parseWait(reply)
+      if (holders.length === 0 && young === 0) {
+        abandon()
+        return Promise.resolve()
+      }
+      const repliedAt = performance.now()
+      if (young > 0) counts.youngMemoryWaits++
+      return new Promise<void>((resolve) => {
+        let timer: ReturnType<typeof setTimeout> | undefined
+        write.check = () => {
+          const now = performance.now()
+          let next = young > 0 ? repliedAt + young : 0
+          for (const [holder, lease] of holders) {
+            if (!write.acked.has(holder)) next = Math.max(next, repliedAt + lease)
+          }
+          if (next > now) {
+            if (timer !== undefined) clearTimeout(timer)
+            timer = setTimeout(write.check, Math.ceil(next - now))
+            return
+          }
+          if (timer !== undefined) clearTimeout(timer)
+          for (const [holder] of holders) {
+            if (write.acked.has(holder)) counts.acknowledged++
+            else counts.leaseExpired++
+          }
+          write.check = () => {}
+          abandon()
+          resolve()
+        }
+        write.check()
+      })
+    }
+    return {
+      arguments: [member, id, String(options.leaseMillis), String(options.holdMillis)],
+      settle,
+      abandon
+    }
+  }
+
+  return {
+    member,
+    leaseMillis: options.leaseMillis,
+    holdArguments: [member, String(options.leaseMillis), String(options.holdMillis)],
+    counts,
+    channelOf,
+    serving: () => performance.now() < deadline,
+    beat,
+    hear,
+    acknowledgement,
+    begin,
+    revoke: () => {
+      deadline = 0
+      rounds.clear()
+    }
+  }
+}
