@@ -70,7 +70,7 @@ const cacheLayer = config.naive
       // The keys written while the breaker is open converge once it closes, up to an interval after
       // Redis is back: the interval is kept below the run's settle time, which the final check follows.
       breaker: { interval: "1 second" },
-      ...(config.near ? { near: {} } : {})
+      ...(config.near ? { near: { mode: config.strict ? "strict" : "bounded" } } : {})
     })
 
 const layer = Layer.merge(

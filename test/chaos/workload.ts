@@ -28,6 +28,8 @@ export interface WorkerConfig {
   readonly naive: boolean
   /** RedisCache with its in-process tier on. */
   readonly near: boolean
+  /** The tier in strict mode: a write returns once every other process holding the key dropped it. */
+  readonly strict: boolean
   /** Probability of holding a step between the store and the cache, forcing races (a), (b), (c), (f). */
   readonly pauseProbability: number
   /** The journal: each write's invocation as it begins and every operation as it completes, one JSON object a line. */
