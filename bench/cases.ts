@@ -9,6 +9,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Context, Duration, Effect, Either, Layer, ManagedRuntime, Option, Redacted } from "effect"
 import { Cache, MemoryCache, RedisCache, SqlStore, Store } from "../src/index.js"
 import { capturedSet, lagProbe } from "./changeFeed.js"
+import { strictCases } from "./strict.js"
 import type { Case, Runner } from "./harness.js"
 import {
   ahead,
@@ -957,5 +958,6 @@ export const cases: ReadonlyArray<Case<Fixture>> = [
     target: extraMillisAtMost(5),
     note: "users.set while the cache's breaker is open: committed to the store, fails with StaleCacheError (expected)",
     setup: async (fx) => outageSets(fx)
-  }
+  },
+  ...strictCases({ nearHit: "lib: near-cache hit", redisHit: LIB_HIT, libraryHits })
 ]
