@@ -13,6 +13,9 @@ export const ttlMillis = (ttl: Duration.Duration): string => String(Math.max(1, 
 
 const isWrongType = (error: unknown): boolean => error instanceof Error && error.message.startsWith("WRONGTYPE")
 
+/** A failed call that is Redis answering all the same (the key holds another type): not an outage. */
+export const isAnswer = (error: CacheError): boolean => isWrongType(error.cause)
+
 /**
  * Where a key's strict-mode bookkeeping lives (its holders, and the marker of the memory's birth,
  * in the key's slot), and this process's part in it when its tier is strict.

@@ -126,7 +126,8 @@ const remoteCache = (
   commands: ServerScripts,
   memory: Memory,
   tier: NearCache.Tier,
-  keyPrefix: string
+  keyPrefix: string,
+  call: Call
 ) => {
   const holding: Operations.Holding = {
     holdersOf: RedisEntry.holdersKey,
@@ -136,7 +137,6 @@ const remoteCache = (
   const argumentsOf = setArguments(memory, tier.channel, holding)
   const outcomeOf = writeOutcome(memory)
   const leases: Operations.Leases = { holder: randomUUID(), keyOf: RedisEntry.leaseKey }
-  const call = coalescing(redis)
   return Cache.of({
     // ioredis fails every command, queued ones too, after commandTimeout.
     selfBounded: true,
@@ -180,11 +180,13 @@ export const makeWithStats = (
       acknowledge: (key, { channel, member, message, version }, hold) =>
         commands.wtAck(RedisEntry.holdersKey(key), member, version, channel, message, ...hold)
     })
-    const remote = CacheBreaker.around(
-      remoteCache(redis, commands, memory, tier, keyPrefix),
+    const call = CacheBreaker.aroundCalls(
+      coalescing(redis),
       options.breaker,
       displayUrl(url),
-      () => tier.near?.clear()
+      () => tier.near?.clear(),
+      Operations.isAnswer
     )
+    const remote = remoteCache(redis, commands, memory, tier, keyPrefix, call)
     return [NearCache.front(remote, tier), NearCache.statsOf(tier)] as const
   })

@@ -253,7 +253,13 @@ export const makeWithStats = (
     const remote = remoteCache({
       cluster,
       commands,
-      call: callWithin(commandTimeout),
+      call: CacheBreaker.aroundCalls(
+        callWithin(commandTimeout),
+        options.breaker,
+        url,
+        () => tier.near?.clear(),
+        Operations.isAnswer
+      ),
       markers,
       keyPrefix,
       clockSkew: String(Math.max(0, Math.ceil(Duration.toMillis(options.clockSkew ?? 0)))),
@@ -261,9 +267,5 @@ export const makeWithStats = (
       // The born marker of a key's memory is its slot's marker, which holds the time it was created.
       holding: { holdersOf: inSlotOf(keyPrefix, RedisEntry.holdersKey), bornOf: markers.of, coherence: tier.coherence }
     })
-    const cache = NearCache.front(
-      CacheBreaker.around(remote, options.breaker, url, () => tier.near?.clear()),
-      tier
-    )
-    return [cache, NearCache.statsOf(tier)] as const
+    return [NearCache.front(remote, tier), NearCache.statsOf(tier)] as const
   })
