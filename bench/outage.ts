@@ -6,57 +6,16 @@
 // `set`, the first calls (before a breaker opened) apart from the rest, and what they returned.
 import { PgClient } from "@effect/sql-pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Effect, Exit, Layer, Logger, LogLevel, Redacted, Schema } from "effect"
+import { Context, Effect, Layer, Logger, LogLevel, Redacted, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { startFaultProxy } from "../test/chaos/faultProxy.js"
 import { startRedisServer } from "../test/support/redisServer.js"
+import { format, type Timing, timed } from "./timing.js"
 
 const databaseUrl = new URL(process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test")
 
 class User extends Schema.Class<User>("bench/OutageUser")({ id: Schema.String, name: Schema.String }) {}
-
-interface Timing {
-  readonly millis: ReadonlyArray<number>
-  readonly outcomes: ReadonlyMap<string, number>
-}
-
-/** Calls of two kinds in turn: the outcomes of the even calls and of the odd ones. */
-interface Interleaved extends Timing {
-  readonly kinds: readonly [ReadonlyMap<string, number>, ReadonlyMap<string, number>]
-}
-
-// Runs `op` `times` times in a row; the time of each and what each returned (an error's tag).
-const timed = <A, E extends { readonly _tag: string }>(
-  times: number,
-  op: (i: number) => Effect.Effect<A, E>
-): Effect.Effect<Interleaved> =>
-  Effect.gen(function* () {
-    const millis: Array<number> = []
-    const outcomes = new Map<string, number>()
-    const kinds = [new Map<string, number>(), new Map<string, number>()] as const
-    for (let i = 0; i < times; i++) {
-      const started = performance.now()
-      const exit = yield* Effect.exit(op(i))
-      millis.push(performance.now() - started)
-      const outcome = Exit.isSuccess(exit)
-        ? "ok"
-        : Exit.isFailure(exit) && exit.cause._tag === "Fail"
-          ? `${exit.cause.error._tag}${"reason" in exit.cause.error ? ` ${String(exit.cause.error.reason)}` : ""}`
-          : "defect"
-      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
-      kinds[i % 2]!.set(outcome, (kinds[i % 2]!.get(outcome) ?? 0) + 1)
-    }
-    return { millis, outcomes, kinds }
-  })
-
-const format = ({ millis, outcomes }: Timing): string => {
-  const sorted = [...millis].sort((a, b) => a - b)
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!
-  const ms = (n: number) => (n >= 100 ? n.toFixed(0) : n.toFixed(2))
-  const what = [...outcomes].map(([outcome, n]) => `${n}× ${outcome}`).join(", ")
-  return `${millis.length} calls: p50 ${ms(at(0.5))} ms, max ${ms(sorted[sorted.length - 1]!)} ms (${what})`
-}
 
 const rows: Array<readonly [phase: string, get: string, set: string]> = []
 

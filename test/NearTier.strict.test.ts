@@ -6,16 +6,14 @@
 // another. Redis Cluster's strict tier is tested in RedisClusterCache.test.ts.
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { Cache, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { User, user, value } from "./support/fixtures.js"
+import { holderProcess } from "./support/holderProcess.js"
 import { startRedisServer } from "./support/redisServer.js"
 import { cacheContract } from "./contract/CacheContract.js"
 import { PgLive, dropPrefix, rawRedis, redisCacheLayer, redisUrl, unique, usersTable } from "./support/services.js"
 
 const ttl = Duration.minutes(1)
-const holderPath = fileURLToPath(new URL("./near/holder.ts", import.meta.url))
 
 const strict = (lease: number): RedisCache.NearTierOptions => ({ mode: "strict", lease: Duration.millis(lease) })
 
@@ -144,42 +142,6 @@ describe("strict near tier: what a holder owes", () => {
   )
 })
 
-/** A holder in a process of its own, answering `get` and `peek` lines; killed when the scope closes. */
-const holderProcess = (prefix: string, lease: number) =>
-  Effect.acquireRelease(
-    Effect.async<{ child: ChildProcess; ask: (line: string) => Effect.Effect<string> }, Error>((resume) => {
-      const child = spawn(process.execPath, ["--import", "tsx", holderPath, redisUrl, `${prefix}:`, String(lease)], {
-        stdio: ["pipe", "pipe", "pipe"]
-      })
-      let output = ""
-      const waiting: Array<(line: string) => void> = []
-      child.stdout!.on("data", (chunk: Buffer) => {
-        output += chunk.toString()
-        let newline: number
-        while ((newline = output.indexOf("\n")) >= 0) {
-          const line = output.slice(0, newline)
-          output = output.slice(newline + 1)
-          if (line === "ready") resume(Effect.succeed({ child, ask }))
-          else waiting.shift()?.(line)
-        }
-      })
-      let errors = ""
-      child.stderr!.on("data", (chunk: Buffer) => void (errors += chunk.toString()))
-      child.once("exit", (code) =>
-        resume(Effect.fail(new Error(`the holder exited (${code}) before it was ready: ${errors}`)))
-      )
-      const ask = (line: string) =>
-        Effect.async<string>((answer) => {
-          waiting.push((reply) => answer(Effect.succeed(reply)))
-          child.stdin!.write(`${line}\n`)
-        }).pipe(
-          Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`no answer to ${line}: ${errors}`) }),
-          Effect.orDie
-        )
-    }).pipe(Effect.timeout("30 seconds")),
-    ({ child }) => Effect.sync(() => child.kill("SIGKILL"))
-  )
-
 describe("strict near tier: a silent process", () => {
   it.scopedLive("a frozen holder costs the writer at most its lease, and serves nothing stale once it wakes", () =>
     Effect.gen(function* () {
@@ -187,7 +149,7 @@ describe("strict near tier: a silent process", () => {
       const lease = 500
       const writer = yield* member(prefix, { lease })
       yield* writer.cache.set("k", value(1, "one"), { ttl })
-      const holder = yield* holderProcess(prefix, lease)
+      const holder = yield* holderProcess(redisUrl, `${prefix}:`, lease)
       expect(yield* holder.ask("get k")).toBe("got k 1")
       expect(yield* holder.ask("peek k")).toBe("peeked k 1")
 
@@ -215,7 +177,7 @@ describe("strict near tier: a silent process, and a second write", () => {
       const writer = yield* member(prefix, { lease })
       const redis = yield* rawRedis
       yield* writer.cache.set("k", value(1, "one"), { ttl })
-      const holder = yield* holderProcess(prefix, lease)
+      const holder = yield* holderProcess(redisUrl, `${prefix}:`, lease)
       expect(yield* holder.ask("get k")).toBe("got k 1")
 
       holder.child.kill("SIGSTOP")
