@@ -5,7 +5,7 @@
 // through WriteThrough, a delete in one process is never followed by a hit on the deleted row in
 // another. Redis Cluster's strict tier is tested in RedisClusterCache.test.ts.
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
+import { Cause, Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
 import { Cache, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { User, user, value } from "./support/fixtures.js"
 import { holderProcess } from "./support/holderProcess.js"
@@ -42,6 +42,20 @@ const sharedPrefix = Effect.acquireRelease(
 )
 
 cacheContract("RedisCache with the strict near tier", () => redisCacheLayer(unique("strict"), { near: strict(300) }))
+
+describe("strict near tier: options", () => {
+  it.effect("a lease of zero or a mode it does not know fails the layer at once, naming it", () =>
+    Effect.gen(function* () {
+      const build = (near: RedisCache.NearTierOptions) =>
+        Effect.scoped(Layer.build(RedisCache.layer({ url: redisUrl, keyPrefix: `${unique("strict")}:`, near }))).pipe(
+          Effect.exit,
+          Effect.map((exit) => String(exit._tag === "Failure" ? Cause.squash(exit.cause) : "built"))
+        )
+      expect(yield* build({ mode: "strict", lease: 0 })).toContain("lease must be above zero")
+      expect(yield* build({ mode: "strong" as "strict" })).toContain('mode must be "bounded" or "strict"; got "strong"')
+    })
+  )
+})
 
 describe("strict near tier: the acknowledgement path", () => {
   it.scopedLive("a write returns only after another process holding the key dropped it", () =>

@@ -176,13 +176,21 @@ export const start = <C extends Redis | Cluster>(
   const near = make(options)
   const channel = channelOf(source.keyPrefix)
   const ttlMillis = Duration.toMillis(options.ttl ?? "1 minute")
+  const leaseMillis = Math.ceil(Duration.toMillis(options.lease ?? "1 second"))
+  // As the breaker's figures are checked: a layer built with one fails at once, naming it.
+  if (options.mode !== undefined && options.mode !== "bounded" && options.mode !== "strict") {
+    throw new RangeError(`near tier: mode must be "bounded" or "strict"; got ${JSON.stringify(options.mode)}`)
+  }
+  if (!(leaseMillis > 0 && Number.isFinite(leaseMillis))) {
+    throw new RangeError(`near tier: lease must be above zero and finite; got ${Duration.format(options.lease ?? 0)}`)
+  }
   const coherence =
     options.mode === "strict"
       ? Coherence.make({
           keyPrefix: source.keyPrefix,
-          leaseMillis: Duration.toMillis(options.lease ?? "1 second"),
+          leaseMillis,
           // A registration outlives every entry it covers: entries are timed from before their read.
-          holdMillis: ttlMillis + Duration.toMillis(options.lease ?? "1 second")
+          holdMillis: ttlMillis + leaseMillis
         })
       : undefined
   return Effect.map(listen(near, coherence, channel, source), (hearing) => ({
