@@ -172,9 +172,9 @@ describe("strict near tier: a silent process", () => {
       expect(yield* writer.cache.set("k", value(2, "two"), { ttl })).toBe("written")
       const waited = Date.now() - started
       expect(yield* writer.stats.holders).toMatchObject({ acknowledged: 0, leaseExpired: 1 })
-      // The lease, counted from the write's reply; well under the 1 s the call's own bound would be.
+      // The lease, counted from the write's reply: not a second lease, nor the call's own bound.
       expect(waited).toBeGreaterThanOrEqual(lease)
-      expect(waited).toBeLessThan(lease + 400)
+      expect(waited).toBeLessThan(2 * lease)
 
       holder.child.kill("SIGCONT")
       expect(yield* holder.ask("peek k")).toBe("peeked k none")
