@@ -85,7 +85,7 @@ interface Round {
 // The lease a heartbeat grants, less a margin for the two processes' clocks running at different rates.
 const usable = (leaseMillis: number) => leaseMillis * 0.95
 
-/** What a `written` reply asks to wait for, in ms: `written|<young memory>|<member>=<at most>,...`. */
+/** What a strict write's reply asks to wait for, in ms: `written|<young memory>|<member>=<at most>,...` (or `rejected|...`). */
 const parseWait = (
   reply: string
 ): { readonly young: number; readonly holders: ReadonlyArray<readonly [string, number]> } => {
@@ -147,6 +147,33 @@ export const make = (options: {
     return { member, version: parts[0]!, channel: channelOf(parts[1]!), message: `a${parts[2]}/${member}` }
   }
 
+  // Resolves once every holder acknowledged or its wait ran out (counted from the reply), and a
+  // young memory's wait did: one timer, reset to the latest of what is still awaited.
+  const waitOut = (write: Waiting, holders: ReadonlyArray<readonly [string, number]>, young: number): Promise<void> => {
+    const repliedAt = performance.now()
+    if (young > 0) counts.youngMemoryWaits++
+    return new Promise<void>((resolve) => {
+      let timer: ReturnType<typeof setTimeout> | undefined
+      write.check = () => {
+        let until = young > 0 ? repliedAt + young : 0
+        for (const [holder, wait] of holders) if (!write.acked.has(holder)) until = Math.max(until, repliedAt + wait)
+        clearTimeout(timer)
+        const left = until - performance.now()
+        if (left > 0) {
+          timer = setTimeout(write.check, Math.ceil(left))
+          return
+        }
+        for (const [holder] of holders) {
+          if (write.acked.has(holder)) counts.acknowledged++
+          else counts.leaseExpired++
+        }
+        write.check = () => {}
+        resolve()
+      }
+      write.check()
+    })
+  }
+
   const begin = (): Write => {
     const id = String(++writes)
     const write: Waiting = { acked: new Set(), check: () => {} }
@@ -154,42 +181,10 @@ export const make = (options: {
     const abandon = () => void waiting.delete(id)
     const settle = (reply: string): Promise<void> => {
       const { holders, young } = parseWait(reply)
-      if (holders.length === 0 && young === 0) {
-        abandon()
-        return Promise.resolve()
-      }
-      const repliedAt = performance.now()
-      if (young > 0) counts.youngMemoryWaits++
-      return new Promise<void>((resolve) => {
-        let timer: ReturnType<typeof setTimeout> | undefined
-        write.check = () => {
-          const now = performance.now()
-          let next = young > 0 ? repliedAt + young : 0
-          for (const [holder, lease] of holders) {
-            if (!write.acked.has(holder)) next = Math.max(next, repliedAt + lease)
-          }
-          if (next > now) {
-            if (timer !== undefined) clearTimeout(timer)
-            timer = setTimeout(write.check, Math.ceil(next - now))
-            return
-          }
-          if (timer !== undefined) clearTimeout(timer)
-          for (const [holder] of holders) {
-            if (write.acked.has(holder)) counts.acknowledged++
-            else counts.leaseExpired++
-          }
-          write.check = () => {}
-          abandon()
-          resolve()
-        }
-        write.check()
-      })
+      const waited = holders.length === 0 && young === 0 ? Promise.resolve() : waitOut(write, holders, young)
+      return waited.finally(abandon)
     }
-    return {
-      arguments: [member, id, String(options.leaseMillis), String(options.holdMillis)],
-      settle,
-      abandon
-    }
+    return { arguments: [member, id, String(options.leaseMillis), String(options.holdMillis)], settle, abandon }
   }
 
   return {
