@@ -367,6 +367,30 @@ describe("ChangeCapture", () => {
       )
     }
 
+    for (const via of ["get", "getMany"] as const) {
+      it.live(
+        `a reader (${via}) the cache failed that found the row deleted owes its tombstone: this process reads the key from the store until it landed`,
+        () =>
+          Effect.gen(function* () {
+            const { users, faults, raw } = yield* racing
+            const read = (key: string) =>
+              via === "get" ? users.get(key) : Effect.map(users.getMany([key]), (found) => found[0]!)
+            yield* users.set("3", user("3", "v1"))
+            const tombstone = yield* faults.pause({ when: "before" }, "invalidate")
+            const deleted = yield* Effect.fork(users.delete("3"))
+            yield* tombstone.reached // the delete committed; the cache still holds v1
+            yield* faults.failNext(1, "get")
+            expect(yield* read("3")).toEqual(Option.none()) // the cache failed: from the store
+            // The cache answers again and still holds v1: without the owed tombstone, this read returned it.
+            expect((yield* raw("3"))?._tag).not.toBe("Tombstone")
+            expect(yield* read("3")).toEqual(Option.none())
+            yield* tombstone.release
+            yield* Fiber.join(deleted)
+            expect(yield* read("3")).toEqual(Option.none())
+          }).pipe(Effect.scoped, Effect.provide(PgLive))
+      )
+    }
+
     it.live("a row inserted by a transaction still open when a reader found it absent is published at its COMMIT", () =>
       Effect.gen(function* () {
         const { users, raw, store } = yield* racing

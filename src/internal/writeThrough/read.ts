@@ -246,13 +246,21 @@ const leaveTombstone = <K, A, I>(entity: Entity<K, A, I>, key: string, version: 
       Effect.catchAll(() => entity.repairs.schedule(key, version, true))
     )
 
-// A reader the cache failed does not try it again: it owes the tombstone at once.
+const oweTombstone =
+  <K, A, I>(entity: Entity<K, A, I>) =>
+  (key: string, version: number): Effect.Effect<void> =>
+    entity.repairs.schedule(key, version, true)
+
+// A reader the cache failed does not try it again: it owes the tombstone at once, below the
+// version it read, or at the deleted row's when it found none.
 const oweNoOlder = <K, A, I>(
   entity: Entity<K, A, I>,
   key: string,
   loaded: Option.Option<Loaded<A>>
 ): Effect.Effect<void> =>
-  Option.isSome(loaded) ? entity.repairs.schedule(key, loaded.value.version - 1, true) : Effect.void
+  Option.isSome(loaded)
+    ? entity.repairs.schedule(key, loaded.value.version - 1, true)
+    : forEachDeletion(entity, loaded, [key], oweTombstone(entity))
 
 // A reader that found no row leaves a tombstone at the version of the row whose deletion it saw
 // (the store's record of it): an older write's cache update, not landed yet, would otherwise serve
@@ -262,6 +270,15 @@ const leaveAbsence = <K, A, I>(
   entity: Entity<K, A, I>,
   found: Option.Option<unknown> | ReadonlyMap<string, unknown>,
   keys: ReadonlyArray<string>
+): Effect.Effect<void> => forEachDeletion(entity, found, keys, (key, version) => leaveTombstone(entity, key, version))
+
+// For each of `keys` the read found absent, the version of the row whose deletion the store
+// recorded (change capture's outbox; nothing without it).
+const forEachDeletion = <K, A, I>(
+  entity: Entity<K, A, I>,
+  found: Option.Option<unknown> | ReadonlyMap<string, unknown>,
+  keys: ReadonlyArray<string>,
+  f: (key: string, version: number) => Effect.Effect<void>
 ): Effect.Effect<void> => {
   const { deletions } = entity.collection
   const absent = Option.isOption(found) ? (Option.isNone(found) ? keys : []) : keys.filter((key) => !found.has(key))
@@ -270,10 +287,7 @@ const leaveAbsence = <K, A, I>(
     storeReadTimeout(entity, absent[0]!)
   ).pipe(
     Effect.flatMap((versions) =>
-      Effect.forEach(versions, ([key, version]) => leaveTombstone(entity, key, version), {
-        concurrency: 16,
-        discard: true
-      })
+      Effect.forEach(versions, ([key, version]) => f(key, version), { concurrency: 16, discard: true })
     ),
     Effect.ignore
   )
@@ -428,11 +442,28 @@ export const getMany = <K, A, I>(
         if (!(yield* entity.store.inTransaction)) {
           yield* Either.isRight(cached)
             ? publishMisses(entity, ticket, misses, loaded)
-            : Effect.forEach(loaded, (row) => oweNoOlder(entity, row.key, Option.some(row)), { discard: true })
+            : oweMisses(entity, misses, loaded)
         }
       }
       return texts.map((key) => Option.fromNullable(found.get(key)))
     })
+  )
+
+// After a failed cache call, what the store answered for the misses is owed instead: a tombstone
+// below each row read, and one for each key found deleted.
+const oweMisses = <K, A, I>(
+  entity: Entity<K, A, I>,
+  misses: ReadonlyArray<Miss>,
+  loaded: ReadonlyArray<LoadedKey<A>>
+): Effect.Effect<void> =>
+  Effect.zipRight(
+    Effect.forEach(loaded, (row) => oweNoOlder(entity, row.key, Option.some(row)), { discard: true }),
+    forEachDeletion(
+      entity,
+      new Map(loaded.map((row) => [row.key, row])),
+      misses.map(({ key }) => key),
+      oweTombstone(entity)
+    )
   )
 
 // What the store answered for the misses goes to the cache: a fill, except for a key this process
