@@ -1,13 +1,15 @@
-// Strict mode of the in-process tier, against the real Redis: a write returns only once every
-// other process whose tier may hold the key dropped it (the acknowledgement path), or its lease ran
-// out (a frozen process, in a process of its own); a process cut off from Redis stops serving from
-// its tier within its lease; a restarted Redis's memory vouches for no lease granted before it; and
-// through WriteThrough, a delete in one process is never followed by a hit on the deleted row in
-// another. Redis Cluster's strict tier is tested in RedisClusterCache.test.ts.
+// Strict mode of the in-process tier. One process's bookkeeping on its own (heartbeats, waits,
+// acknowledgements); then against the real Redis: a write returns only once every other process
+// whose tier may hold the key dropped it (the acknowledgement path), or its lease ran out (a frozen
+// process, in a process of its own); a process cut off from Redis stops serving from its tier
+// within its lease; a restarted Redis's memory vouches for no lease granted before it; and through
+// WriteThrough, a delete in one process is never followed by a hit on the deleted row in another.
+// Redis Cluster's strict tier is tested in RedisClusterCache.test.ts.
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
 import { Cache, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { User, user, value } from "./support/fixtures.js"
+import * as Coherence from "../src/internal/redis/coherence.js"
 import { holderProcess } from "./support/holderProcess.js"
 import { startRedisServer } from "./support/redisServer.js"
 import { cacheContract } from "./contract/CacheContract.js"
@@ -42,6 +44,65 @@ const sharedPrefix = Effect.acquireRelease(
 )
 
 cacheContract("RedisCache with the strict near tier", () => redisCacheLayer(unique("strict"), { near: strict(300) }))
+
+describe("strict near tier: one process's bookkeeping (Coherence), on its own", () => {
+  const make = () => Coherence.make({ keyPrefix: "p:", leaseMillis: 200, holdMillis: 1_000 })
+
+  it("serves only once every copy of a heartbeat came back, and not after its lease is revoked", () => {
+    const coherence = make()
+    const sent: Array<string> = []
+    const path = (message: string) => Promise.resolve(void sent.push(message))
+    expect(coherence.serving()).toBe(false)
+    coherence.beat([path, path])
+    expect(sent).toEqual(["h1.0", "h1.1"])
+    coherence.hear("h1.0")
+    expect(coherence.serving()).toBe(false)
+    coherence.hear("h1.1")
+    expect(coherence.serving()).toBe(true)
+    coherence.revoke()
+    expect(coherence.serving()).toBe(false)
+    // A copy of a revoked round coming back late renews nothing.
+    coherence.beat([path])
+    coherence.revoke()
+    coherence.hear("h2.0")
+    expect(coherence.serving()).toBe(false)
+  })
+
+  it.live(
+    "a write waits for each named holder's acknowledgement, or for as long as the reply allows for one that is silent",
+    () =>
+      Effect.gen(function* () {
+        const coherence = make()
+        const write = coherence.begin()
+        const [, id] = write.arguments
+        // An acknowledgement may arrive before the reply does.
+        coherence.hear(`a${id}/fast`)
+        const started = performance.now()
+        yield* Effect.promise(() => write.settle("written|0|fast=5000,silent=50"))
+        expect(performance.now() - started).toBeGreaterThanOrEqual(49)
+        expect(coherence.counts).toEqual({ acknowledged: 1, leaseExpired: 1, youngMemoryWaits: 0 })
+        // Acknowledged by both: no wait at all; a reply naming nobody neither.
+        const other = coherence.begin()
+        coherence.hear(`a${other.arguments[1]}/one`)
+        yield* Effect.promise(() => other.settle("rejected|0|one=5000"))
+        yield* Effect.promise(() => coherence.begin().settle("written|0|"))
+        expect(coherence.counts).toEqual({ acknowledged: 2, leaseExpired: 1, youngMemoryWaits: 0 })
+      })
+  )
+
+  it("acknowledges only an announcement that names it, to the writer's channel", () => {
+    const coherence = make()
+    const { member } = coherence
+    expect(coherence.acknowledgement(`7/writer/3/other,${member}`)).toEqual({
+      member,
+      version: "7",
+      channel: "p:__wt_member:writer",
+      message: `a3/${member}`
+    })
+    expect(coherence.acknowledgement("7/writer/3/other")).toBeUndefined()
+    expect(coherence.acknowledgement("7")).toBeUndefined()
+  })
+})
 
 describe("strict near tier: options", () => {
   it.effect("a lease of zero or a mode it does not know fails the layer at once, naming it", () =>

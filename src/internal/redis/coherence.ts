@@ -125,7 +125,10 @@ export const make = (options: {
 
   const beat: Coherence["beat"] = (paths) => {
     const number = ++round
-    rounds.set(number, { sentAt: performance.now(), missing: paths.length })
+    const now = performance.now()
+    // A round still missing a copy a lease after it was sent could only grant a lease already over.
+    for (const [older, { sentAt }] of rounds) if (sentAt + options.leaseMillis < now) rounds.delete(older)
+    rounds.set(number, { sentAt: now, missing: paths.length })
     paths.forEach((publish, path) => void publish(`h${number}.${path}`).catch(() => rounds.delete(number)))
   }
 
