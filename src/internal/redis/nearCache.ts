@@ -248,7 +248,9 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier, serving: ()
     else if (outcome === "rejected" || (outcome === "written" && !replacing)) near.outranked(key, entry)
     else near.drop(key)
   }
-  const begin = (): Began => ({ at: Date.now(), generation: near.generation() })
+  // Only for a call to the remote: a hit served here allocates nothing.
+  const beganAt = (at: number): Began => ({ at, generation: near.generation() })
+  const begin = () => beganAt(Date.now())
   // While a call that may bring back an entry is in flight, the key counts as held: an
   // acknowledgement then registers this process again (see NearTier.holds).
   const expecting = <A, E>(keys: ReadonlyArray<string>, call: Effect.Effect<A, E>): Effect.Effect<A, E> => {
@@ -263,27 +265,27 @@ export const wrap = (remote: Cache.Service, near: NearTier.NearTier, serving: ()
     reusesEntries: true,
     get: (key) =>
       Effect.suspend(() => {
-        const began = begin()
-        const local = serving() ? near.get(key, began.at) : undefined
-        return local !== undefined
-          ? Effect.succeedSome(local)
-          : expecting(
-              [key],
-              Effect.tap(remote.get(key), (entry) => remember(key, entry, began))
-            )
+        const now = Date.now()
+        const local = serving() ? near.get(key, now) : undefined
+        if (local !== undefined) return Effect.succeedSome(local)
+        const began = beganAt(now)
+        return expecting(
+          [key],
+          Effect.tap(remote.get(key), (entry) => remember(key, entry, began))
+        )
       }),
     peek: (key) => (serving() ? near.get(key, Date.now()) : undefined),
     // A tombstone held here says a miss, whose lease only Redis can grant.
     getOrLease: (key, ttl) =>
       Effect.suspend(() => {
-        const began = begin()
-        const local = serving() ? near.get(key, began.at) : undefined
-        return local?._tag === "Value"
-          ? Effect.succeed({ entry: Option.some<Entry>(local), leased: undefined })
-          : expecting(
-              [key],
-              Effect.tap(remote.getOrLease(key, ttl), ({ entry }) => remember(key, entry, began))
-            )
+        const now = Date.now()
+        const local = serving() ? near.get(key, now) : undefined
+        if (local?._tag === "Value") return Effect.succeed({ entry: Option.some<Entry>(local), leased: undefined })
+        const began = beganAt(now)
+        return expecting(
+          [key],
+          Effect.tap(remote.getOrLease(key, ttl), ({ entry }) => remember(key, entry, began))
+        )
       }),
     getMany: (keys) =>
       Effect.suspend(() => {
