@@ -9,7 +9,11 @@ import { describe, expect, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
 import { Cache, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { User, user, value } from "./support/fixtures.js"
+import { Redis } from "ioredis"
 import * as Coherence from "../src/internal/redis/coherence.js"
+import * as RedisEntry from "../src/internal/redis/entry.js"
+import * as Operations from "../src/internal/redis/operations.js"
+import { defineServerScripts } from "../src/internal/redis/scripts.js"
 import { holderProcess } from "./support/holderProcess.js"
 import { startRedisServer } from "./support/redisServer.js"
 import { cacheContract } from "./contract/CacheContract.js"
@@ -214,6 +218,60 @@ describe("strict near tier: what a holder owes", () => {
         expect(reader.cache.peek?.("k")).toBeUndefined()
         expect((yield* writer.stats.holders).acknowledged).toBe(before + 2)
       })
+  )
+})
+
+describe("strict near tier: the scripts, at the largest versions a key may have", () => {
+  // Lua prints a number of 16 digits in exponent form: what a holder owes must stay text.
+  it.scopedLive("what a holder owes is recorded at a 16-digit version and cleared by its acknowledgement", () =>
+    Effect.gen(function* () {
+      const prefix = yield* sharedPrefix
+      const redis = yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          const client = new Redis(redisUrl, { keyPrefix: `${prefix}:`, lazyConnect: true })
+          await client.connect()
+          return client
+        }),
+        (client) => Effect.promise(() => client.quit())
+      )
+      const scripts = defineServerScripts(redis)
+      const top = Number.MAX_SAFE_INTEGER
+      const holding: Operations.Holding = {
+        holdersOf: RedisEntry.holdersKey,
+        bornOf: () => RedisEntry.bornKey,
+        coherence: undefined
+      }
+      const write = (version: number) =>
+        Effect.promise(() =>
+          scripts.wtSet(
+            ...Operations.setArguments(
+              "k",
+              value(version, "v"),
+              { ttl },
+              { key: RedisEntry.epochKey, argument: "epoch" },
+              "",
+              holding,
+              ["writer", String(version), "300", "60000"]
+            )
+          )
+        )
+      const owed = Effect.promise(() => redis.hget(RedisEntry.holdersKey("k"), "p:reader"))
+      yield* Effect.promise(() => redis.hset(RedisEntry.holdersKey("k"), "h:reader", "300"))
+      expect(yield* write(top - 1)).toMatch(/^written\|\d+\|reader=300$/)
+      expect(yield* owed).toMatch(new RegExp(`^${top - 1}:\\d+:300$`))
+      // Still owing the first: the second raises what it owes, as text.
+      expect(yield* write(top)).toMatch(/^written\|\d+\|reader=\d+$/)
+      expect(yield* owed).toMatch(new RegExp(`^${top}:\\d+:300$`))
+      // An acknowledgement of the first clears nothing; of the second, what it owes.
+      yield* Effect.promise(() =>
+        scripts.wtAck(RedisEntry.holdersKey("k"), "reader", String(top - 1), "c", "m", "", "", "")
+      )
+      expect(yield* owed).not.toBeNull()
+      yield* Effect.promise(() =>
+        scripts.wtAck(RedisEntry.holdersKey("k"), "reader", String(top), "c", "m", "", "", "")
+      )
+      expect(yield* owed).toBeNull()
+    })
   )
 })
 

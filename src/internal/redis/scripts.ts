@@ -72,9 +72,10 @@ local function announce(changed, channel, version, key, holdersKey, bornKey, mem
   for other, wait in pairs(collected) do
     others[#others + 1] = other
     waits[#waits + 1] = other .. '=' .. wait[1]
-    -- Owed: the highest version announced to it, until a lease after the latest announcement.
-    local owed = tonumber(string.match(redis.call('HGET', holdersKey, 'p:' .. other) or '', '^(%d+):') or '0')
-    local owes = math.max(owed, tonumber(version))
+    -- Owed: the highest version announced to it (kept as text: Lua would print a 16-digit number
+    -- in exponent form), until a lease after the latest announcement.
+    local owes = string.match(redis.call('HGET', holdersKey, 'p:' .. other) or '', '^(%d+):')
+    if not owes or tonumber(owes) < tonumber(version) then owes = version end
     redis.call('HSET', holdersKey, 'p:' .. other, owes .. ':' .. (nowMs + tonumber(wait[2])) .. ':' .. wait[2])
   end
   redis.call('HSET', holdersKey, 'h:' .. member, lease)
@@ -106,8 +107,11 @@ end
 // later write since; one that kept its entry is a holder again.
 const acknowledgeScript = `${hold}
 local owed = redis.call('HGET', KEYS[1], 'p:' .. ARGV[1])
-if owed and tonumber(string.match(owed, '^(%d+):')) <= tonumber(ARGV[2]) then
-  redis.call('HDEL', KEYS[1], 'p:' .. ARGV[1])
+if owed then
+  local version = tonumber(string.match(owed, '^(%d+):') or '')
+  if not version or version <= tonumber(ARGV[2]) then
+    redis.call('HDEL', KEYS[1], 'p:' .. ARGV[1])
+  end
 end
 hold(KEYS[1], ARGV[5], ARGV[6], ARGV[7])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
