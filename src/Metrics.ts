@@ -145,6 +145,31 @@ export const changeFeedConsuming = Metric.gauge("write_through_change_feed_consu
 })
 
 /**
+ * The other processes a strict near tier's write waited for, tagged with `outcome`:
+ * `acknowledged` (it dropped what the write superseded) or `lease_expired` (silent: frozen, cut
+ * off from Redis, or gone, and so no longer serving from its tier).
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const nearTierHolders = counter(
+  "write_through_near_tier_holders",
+  "other processes a strict near tier's write waited for, by outcome"
+)
+/**
+ * How long each strict near tier's write that had anyone to wait for waited, in milliseconds,
+ * after Redis answered: from 50 us to about 1.6 s in doubling buckets.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const nearTierWriteWait = Metric.histogram(
+  "write_through_near_tier_write_wait_ms",
+  MetricBoundaries.exponential({ start: 0.05, factor: 2, count: 16 }),
+  "time a strict near tier's write waited for other processes after Redis answered, in milliseconds"
+)
+
+/**
  * The time each public operation took, in milliseconds, failures included: from 50 us to about
  * 1.6 s in doubling buckets.
  *

@@ -7,7 +7,7 @@
 // Redis Cluster's strict tier is tested in RedisClusterCache.test.ts.
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
-import { Cache, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
+import { Cache, Metrics, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { User, user, value } from "./support/fixtures.js"
 import { Redis } from "ioredis"
 import * as Coherence from "../src/internal/redis/coherence.js"
@@ -133,9 +133,11 @@ describe("strict near tier: the acknowledgement path", () => {
       expect(yield* reader.cache.get("k")).toEqual(Option.some(value(1, "one")))
       expect(reader.cache.peek?.("k")).toEqual(value(1, "one"))
 
+      const acknowledgedBefore = yield* Metrics.total(Metrics.nearTierHolders, { outcome: "acknowledged" })
       expect(yield* writer.cache.set("k", value(2, "two"), { ttl })).toBe("written")
       // Checked as the write returns, with no time for an announcement to arrive on its own.
       expect(reader.cache.peek?.("k")).toBeUndefined()
+      expect(yield* Metrics.total(Metrics.nearTierHolders, { outcome: "acknowledged" })).toBe(acknowledgedBefore + 1)
       expect(yield* reader.cache.get("k")).toEqual(Option.some(value(2, "two")))
       // The first write on a fresh prefix waited for the memory to be a lease old; the second, for the reader.
       expect(yield* writer.stats.holders).toEqual({ acknowledged: 1, leaseExpired: 0, youngMemoryWaits: 1 })
@@ -287,10 +289,12 @@ describe("strict near tier: a silent process", () => {
       expect(yield* holder.ask("peek k")).toBe("peeked k 1")
 
       holder.child.kill("SIGSTOP")
+      const silentBefore = yield* Metrics.total(Metrics.nearTierHolders, { outcome: "lease_expired" })
       const started = Date.now()
       expect(yield* writer.cache.set("k", value(2, "two"), { ttl })).toBe("written")
       const waited = Date.now() - started
       expect(yield* writer.stats.holders).toMatchObject({ acknowledged: 0, leaseExpired: 1 })
+      expect(yield* Metrics.total(Metrics.nearTierHolders, { outcome: "lease_expired" })).toBe(silentBefore + 1)
       // The lease, counted from the write's reply: not a second lease, nor the call's own bound.
       expect(waited).toBeGreaterThanOrEqual(lease)
       expect(waited).toBeLessThan(2 * lease)

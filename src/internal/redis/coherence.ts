@@ -30,8 +30,15 @@ export const notHolding: HoldArguments = ["", "", ""]
 export interface Write {
   readonly arguments: StrictArguments
   /** Resolves once every other holder the reply names acknowledged, or its lease ran out. */
-  readonly settle: (reply: string) => Promise<void>
+  readonly settle: (reply: string) => Promise<Waited | undefined>
   readonly abandon: () => void
+}
+
+/** What a write that had anyone (or a young memory) to wait for waited for. */
+export interface Waited {
+  readonly acknowledged: number
+  readonly leaseExpired: number
+  readonly millis: number
 }
 
 /** Counts since the layer was built, for `NearTierStats`. */
@@ -152,10 +159,14 @@ export const make = (options: {
 
   // Resolves once every holder acknowledged or its wait ran out (counted from the reply), and a
   // young memory's wait did: one timer, reset to the latest of what is still awaited.
-  const waitOut = (write: Waiting, holders: ReadonlyArray<readonly [string, number]>, young: number): Promise<void> => {
+  const waitOut = (
+    write: Waiting,
+    holders: ReadonlyArray<readonly [string, number]>,
+    young: number
+  ): Promise<Waited> => {
     const repliedAt = performance.now()
     if (young > 0) counts.youngMemoryWaits++
-    return new Promise<void>((resolve) => {
+    return new Promise<Waited>((resolve) => {
       let timer: ReturnType<typeof setTimeout> | undefined
       write.check = () => {
         let until = young > 0 ? repliedAt + young : 0
@@ -166,12 +177,11 @@ export const make = (options: {
           timer = setTimeout(write.check, Math.ceil(left))
           return
         }
-        for (const [holder] of holders) {
-          if (write.acked.has(holder)) counts.acknowledged++
-          else counts.leaseExpired++
-        }
+        const acknowledged = holders.filter(([holder]) => write.acked.has(holder)).length
+        counts.acknowledged += acknowledged
+        counts.leaseExpired += holders.length - acknowledged
         write.check = () => {}
-        resolve()
+        resolve({ acknowledged, leaseExpired: holders.length - acknowledged, millis: performance.now() - repliedAt })
       }
       write.check()
     })
@@ -182,9 +192,9 @@ export const make = (options: {
     const write: Waiting = { acked: new Set(), check: () => {} }
     waiting.set(id, write)
     const abandon = () => void waiting.delete(id)
-    const settle = (reply: string): Promise<void> => {
+    const settle = (reply: string): Promise<Waited | undefined> => {
       const { holders, young } = parseWait(reply)
-      const waited = holders.length === 0 && young === 0 ? Promise.resolve() : waitOut(write, holders, young)
+      const waited = holders.length === 0 && young === 0 ? Promise.resolve(undefined) : waitOut(write, holders, young)
       return waited.finally(abandon)
     }
     return { arguments: [member, id, String(options.leaseMillis), String(options.holdMillis)], settle, abandon }

@@ -1,8 +1,10 @@
 // The cache operations RedisCache and RedisClusterCache perform alike, given how each runs a call.
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import type { Cluster, Redis } from "ioredis"
 import { type Cache, type CacheError, Entry, type Lookup, type SetOptions, type WriteOutcome } from "../../Cache.js"
+import * as Metrics from "../../Metrics.js"
 import type { Call } from "./client.js"
 import * as Coherence from "./coherence.js"
 import * as RedisEntry from "./entry.js"
@@ -46,11 +48,31 @@ export const writeAll = (
   return Effect.suspend(() => {
     const writes = Array.from({ length: count }, coherence.begin)
     return call(operation, key, () => send(writes.map((write) => write.arguments))).pipe(
-      Effect.tap((replies) => Effect.promise(() => Promise.all(replies.map((reply, i) => writes[i]!.settle(reply))))),
+      Effect.tap((replies) =>
+        Effect.flatMap(
+          Effect.promise(() => Promise.all(replies.map((reply, i) => writes[i]!.settle(reply)))),
+          (waits) => Effect.forEach(waits, recordWait, { discard: true })
+        )
+      ),
       Effect.ensuring(Effect.sync(() => writes.forEach((write) => write.abandon())))
     )
   })
 }
+
+const acknowledgedHolders = Metric.tagged(Metrics.nearTierHolders, "outcome", "acknowledged")
+const silentHolders = Metric.tagged(Metrics.nearTierHolders, "outcome", "lease_expired")
+
+const recordWait = (waited: Coherence.Waited | undefined): Effect.Effect<void> =>
+  waited === undefined
+    ? Effect.void
+    : Effect.all(
+        [
+          Metric.incrementBy(acknowledgedHolders, waited.acknowledged),
+          Metric.incrementBy(silentHolders, waited.leaseExpired),
+          Metric.update(Metrics.nearTierWriteWait, waited.millis)
+        ],
+        { discard: true }
+      )
 
 /** One write, as `writeAll` sends it. */
 export const writeOne = (
