@@ -50,7 +50,7 @@ const payload = JSON.stringify({ id: "k", name: "Ada Lovelace", email: "ada@exam
 const writes = async (fx: Fixture, mode: Mode, holders: number, inFlight: number): Promise<Runner> => {
   const prefix = `${fx.runId}:strict-${mode}-${holders}-${inFlight}:`
   const writer = await caches(prefix, mode, 1)
-  const readers = await caches(prefix, mode === "off" ? "off" : mode, holders)
+  const readers = await caches(prefix, mode, holders)
   const keys = Array.from({ length: inFlight }, (_, k) => `w${k}`)
   const writeAll = (version: number) =>
     Effect.forEach(keys, (key) => writer.built[0]!.cache.set(key, Cache.Entry.Value({ version, payload }), { ttl }), {

@@ -28,8 +28,6 @@ export interface Holding {
   readonly coherence: Coherence.Coherence | undefined
 }
 
-const justOne = [Coherence.notStrict] as const
-
 /**
  * Sends `count` writes in one call, then, in strict mode, waits for the other holders each written
  * one names. The wait is outside the call's bound: a holder's lease bounds it, not the command's.
@@ -42,9 +40,7 @@ export const writeAll = (
   count: number,
   send: (strict: ReadonlyArray<Coherence.StrictArguments>) => Promise<ReadonlyArray<string>>
 ): Effect.Effect<ReadonlyArray<string>, CacheError> => {
-  if (coherence === undefined) {
-    return call(operation, key, () => send(count === 1 ? justOne : Array(count).fill(Coherence.notStrict)))
-  }
+  if (coherence === undefined) return call(operation, key, () => send(Array(count).fill(Coherence.notStrict)))
   return Effect.suspend(() => {
     const writes = Array.from({ length: count }, coherence.begin)
     return call(operation, key, () => send(writes.map((write) => write.arguments))).pipe(
@@ -74,7 +70,7 @@ const recordWait = (waited: Coherence.Waited | undefined): Effect.Effect<void> =
         { discard: true }
       )
 
-/** One write, as `writeAll` sends it. */
+/** One write, as `writeAll` sends it; without a strict tier, the call alone (the path of every set). */
 export const writeOne = (
   coherence: Coherence.Coherence | undefined,
   call: Call,
@@ -82,10 +78,22 @@ export const writeOne = (
   key: string,
   send: (strict: Coherence.StrictArguments) => Promise<string>
 ): Effect.Effect<string, CacheError> =>
-  Effect.map(
-    writeAll(coherence, call, operation, key, 1, ([strict]) => send(strict!).then((reply) => [reply])),
-    (replies) => replies[0]!
-  )
+  coherence === undefined
+    ? call(operation, key, () => send(Coherence.notStrict))
+    : Effect.map(
+        writeAll(coherence, call, operation, key, 1, ([strict]) => send(strict!).then((reply) => [reply])),
+        (replies) => replies[0]!
+      )
+
+/** How a process acknowledges a strict write of a key it was told of (see NearCache's `Source`). */
+export const acknowledge =
+  (commands: KeyScripts, holdersOf: (key: string) => string) =>
+  (
+    key: string,
+    { channel, member, message, version }: Coherence.Acknowledgement,
+    hold: Coherence.HoldArguments
+  ): Promise<number> =>
+    commands.wtAck(holdersOf(key), member, version, channel, message, ...hold)
 
 /** A read of what the key holds, registering this process as a holder when its tier is strict. */
 const holdingGet = (client: Redis | Cluster, commands: KeyScripts, holding: Holding) => {

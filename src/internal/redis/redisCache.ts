@@ -177,8 +177,7 @@ export const makeWithStats = (
       url: displayUrl(url),
       lossEvents: ["close"],
       paths: () => [(channel, message) => redis.publish(channel, message)],
-      acknowledge: (key, { channel, member, message, version }, hold) =>
-        commands.wtAck(RedisEntry.holdersKey(key), member, version, channel, message, ...hold)
+      acknowledge: Operations.acknowledge(commands, RedisEntry.holdersKey)
     })
     const call = CacheBreaker.aroundCalls(
       coalescing(redis),

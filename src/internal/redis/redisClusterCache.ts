@@ -231,6 +231,7 @@ export const makeWithStats = (
     const [cluster, lastError] = yield* acquireCluster(options, nodes, commandTimeout)
     const commands = defineClusterScripts(cluster)
     const markers = markersFor(keyPrefix)
+    const holdersOf = inSlotOf(keyPrefix, RedisEntry.holdersKey)
     yield* connectWithin(() => connectAndMark(cluster, commands, markers), {
       url,
       timeout: Duration.decode(options.connectTimeout ?? "10 seconds"),
@@ -247,8 +248,7 @@ export const makeWithStats = (
       // subscriber is on: a heartbeat through every master follows every write announced before it.
       paths: () =>
         cluster.nodes("master").map((node) => (channel: string, message: string) => node.publish(channel, message)),
-      acknowledge: (key, { channel, member, message, version }, hold) =>
-        commands.wtAck(inSlotOf(keyPrefix, RedisEntry.holdersKey)(key), member, version, channel, message, ...hold)
+      acknowledge: Operations.acknowledge(commands, holdersOf)
     })
     const remote = remoteCache({
       cluster,
@@ -265,7 +265,7 @@ export const makeWithStats = (
       clockSkew: String(Math.max(0, Math.ceil(Duration.toMillis(options.clockSkew ?? 0)))),
       channel: tier.channel,
       // The born marker of a key's memory is its slot's marker, which holds the time it was created.
-      holding: { holdersOf: inSlotOf(keyPrefix, RedisEntry.holdersKey), bornOf: markers.of, coherence: tier.coherence }
+      holding: { holdersOf, bornOf: markers.of, coherence: tier.coherence }
     })
     return [NearCache.front(remote, tier), NearCache.statsOf(tier)] as const
   })
