@@ -6,7 +6,7 @@
 // WriteThrough, a delete in one process is never followed by a hit on the deleted row in another.
 // Redis Cluster's strict tier is tested in RedisClusterCache.test.ts.
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Fiber, Layer, Option, Schedule, Schema } from "effect"
+import { Cause, Context, Duration, Effect, Fiber, Layer, Metric, Option, Schedule, Schema } from "effect"
 import { Cache, Metrics, RedisCache, SqlStore, WriteThrough } from "../src/index.js"
 import { User, user, value } from "./support/fixtures.js"
 import { Redis } from "ioredis"
@@ -290,11 +290,15 @@ describe("strict near tier: a silent process", () => {
 
       holder.child.kill("SIGSTOP")
       const silentBefore = yield* Metrics.total(Metrics.nearTierHolders, { outcome: "lease_expired" })
+      const waitsBefore = yield* Metric.value(Metrics.nearTierWriteWait)
       const started = Date.now()
       expect(yield* writer.cache.set("k", value(2, "two"), { ttl })).toBe("written")
       const waited = Date.now() - started
       expect(yield* writer.stats.holders).toMatchObject({ acknowledged: 0, leaseExpired: 1 })
       expect(yield* Metrics.total(Metrics.nearTierHolders, { outcome: "lease_expired" })).toBe(silentBefore + 1)
+      const waits = yield* Metric.value(Metrics.nearTierWriteWait)
+      expect(waits.count).toBe(waitsBefore.count + 1)
+      expect(waits.sum - waitsBefore.sum).toBeGreaterThanOrEqual(lease)
       // The lease, counted from the write's reply: not a second lease, nor the call's own bound.
       expect(waited).toBeGreaterThanOrEqual(lease)
       expect(waited).toBeLessThan(2 * lease)
